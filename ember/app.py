@@ -1,0 +1,55 @@
+"""create_app(config): the FastAPI application, its routers, and the engine's lifetime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
+
+from ember.api import completions, health, models
+from ember.api.deps import AppState, ServedModel
+from ember.api.errors import install_error_handlers
+from ember.config import Config
+from ember.engine.client import EngineClient
+from ember.engine.engine import Engine
+from ember.engine.metrics import EngineMetrics
+from ember.model.loader import LoadedModel, load_model
+
+log = logging.getLogger("ember")
+
+
+def build_client(config: Config, loaded: LoadedModel, registry: CollectorRegistry) -> EngineClient:
+    engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
+                    config.model.max_model_len)
+    metrics = EngineMetrics(registry)
+    return EngineClient(engine, on_step=metrics.on_step)
+
+
+def create_app(config: Config, loaded: LoadedModel | None = None) -> FastAPI:
+    """The app; pass `loaded` to reuse a model already in memory (tests, several apps in one process)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        lm = loaded if loaded is not None else load_model(config.model)
+        registry = CollectorRegistry()
+        client = build_client(config, lm, registry)
+        client.start()
+        served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len)
+        app.state.ember = AppState(client=client, model=served, api_keys=config.server.api_keys)
+        app.state.registry = registry
+        log.info("serving %s (%d KV blocks of %d tokens)", served.model_id, client.engine.pool.num_blocks,
+                 client.engine.pool.block_size)
+        try:
+            yield
+        finally:
+            client.stop()
+
+    app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(completions.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,122 @@
+"""`ember serve | complete | bench`: parse flags -> Config -> run. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig, ServerConfig
+from ember.errors import EmberError
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None,
+                   help="a .gguf file, a Hugging Face checkpoint dir, or a short name "
+                        "(default: the embedded smollm2-135m-instruct)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--quantization", default="none", choices=["none", "int8"],
+                   help="weight-only quantization applied after loading")
+    p.add_argument("--max-model-len", type=int, default=None, help="context window (default: the model's)")
+    p.add_argument("--kv-cache-mb", type=int, default=1024, help="memory budget of the KV cache")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in one batch")
+    p.add_argument("--max-num-batched-tokens", type=int, default=512, help="per-step token budget")
+
+
+def _config(a: argparse.Namespace) -> Config:
+    return Config(
+        model=ModelConfig(model=a.model, device=a.device, quantization=a.quantization,
+                          max_model_len=a.max_model_len),
+        cache=CacheConfig(block_size=a.block_size, kv_cache_mb=a.kv_cache_mb,
+                          enable_prefix_caching=not a.no_prefix_caching),
+        scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens),
+        server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
+                            api_keys=tuple(getattr(a, "api_key", None) or ())),
+    )
+
+
+def serve(a: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ember.app import create_app
+    from ember.model.loader import load_model
+
+    config = _config(a)
+    print(f"ember: loading {config.model.model or 'the default model'} ...", file=sys.stderr)
+    loaded = load_model(config.model)
+    print(f"ember: serving {loaded.ref.model_id} on http://{config.server.host}:{config.server.port}/v1",
+          file=sys.stderr)
+    app = create_app(config, loaded)
+    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=a.log_level)
+    return 0
+
+
+def complete(a: argparse.Namespace) -> int:
+    from ember.engine.client import EngineClient
+    from ember.engine.engine import Engine
+    from ember.engine.request import EngineRequest, SamplingParams
+    from ember.model.loader import load_model
+
+    config = _config(a)
+    loaded = load_model(config.model)
+    engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
+                    config.model.max_model_len)
+    client = EngineClient(engine)
+    client.start()
+    params = SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
+    req = EngineRequest("cli-0", tuple(loaded.tokenizer.encode(a.prompt)), params)
+
+    async def run() -> None:
+        async for out in client.generate(req):
+            sys.stdout.write(out.new_text)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+    try:
+        asyncio.run(run())
+    finally:
+        client.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from ember.bench import bench_main
+
+        return bench_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="ember", description="A Fireworks-compatible completion server.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="serve POST /v1/completions over HTTP")
+    _add_engine_flags(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", action="append", help="require this Bearer key (repeatable)")
+    s.add_argument("--log-level", default="info")
+    c = sub.add_parser("complete", help="stream one completion to the terminal")
+    _add_engine_flags(c)
+    c.add_argument("prompt")
+    c.add_argument("--max-tokens", type=int, default=64)
+    c.add_argument("--temperature", type=float, default=0.0)
+    c.add_argument("--top-p", type=float, default=1.0)
+    c.add_argument("--seed", type=int, default=None)
+    sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return serve(a) if a.cmd == "serve" else complete(a)
+    except EmberError as e:
+        print(f"ember: error: {e.message}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as e:
+        print(f"ember: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

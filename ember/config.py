@@ -1,0 +1,72 @@
+"""Configuration: one frozen dataclass per area, validated at construction, built once by the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: str | None = None
+    """A path to a .gguf file or a Hugging Face checkpoint directory, or a known short name; None = default."""
+    device: str = "cpu"
+    """"cpu", "cuda" or "auto" (cuda when available)."""
+    dtype: str = "float32"
+    """Activation dtype of the dense path: float32 on CPU (bf16 matmuls have no fast CPU path here)."""
+    quantization: str = "none"
+    """Weight-only quantization applied after loading: "none" or "int8"."""
+    max_model_len: int | None = None
+    """Context window served; None = the checkpoint's own."""
+
+    def __post_init__(self) -> None:
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"device must be cpu, cuda or auto, not {self.device!r}")
+        if self.quantization not in ("none", "int8"):
+            raise ValueError(f"quantization must be none or int8, not {self.quantization!r}")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise ValueError("max_model_len must be at least 16")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    block_size: int = 16
+    """Tokens per KV block; prefix sharing works at this granularity."""
+    kv_cache_mb: int = 1024
+    """Memory budget for K and V of all layers; the block count is derived from it."""
+    enable_prefix_caching: bool = True
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError("block_size must be a power of two")
+        if self.kv_cache_mb < 1:
+            raise ValueError("kv_cache_mb must be positive")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    """Most sequences in one running batch."""
+    max_num_batched_tokens: int = 512
+    """Per-step token budget: decodes take one each, prefills are chunked to fit what is left."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be at least 1")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs so every decode fits a step")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_keys: tuple[str, ...] = ()
+    """When non-empty, requests must carry one of these as a Bearer token."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)

@@ -1,0 +1,158 @@
+"""EngineClient: the async face of the engine.
+
+The engine steps on its own thread so the HTTP event loop never waits on the model. Requests and aborts
+cross into that thread through a queue; outputs cross back through `loop.call_soon_threadsafe` into one
+asyncio.Queue per request.
+
+    event loop                         engine thread
+    submit() --(inbox: add)-->         drain inbox -> Engine.add / abort
+    async for out in stream  <--       step() -> outputs -> call_soon_threadsafe(queue.put_nowait)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from ember.engine.engine import Engine, EngineStats
+from ember.engine.request import EngineRequest, FinishReason, RequestOutput
+from ember.errors import EmberError, Overloaded
+
+log = logging.getLogger("ember.engine")
+
+
+@dataclass
+class _Add:
+    req: EngineRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[RequestOutput | BaseException]
+
+
+@dataclass
+class _Abort:
+    request_id: str
+
+
+class EngineClient:
+    def __init__(self, engine: Engine, on_step: Callable[[Engine, float, list[RequestOutput]], None] | None = None):
+        self.engine = engine
+        self._inbox: queue.Queue[_Add | _Abort | None] = queue.Queue()
+        self._streams: dict[str, _Add] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._on_step = on_step
+        self._stats = engine.stats()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="ember-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stats(self) -> EngineStats:
+        """A snapshot taken by the engine thread after its last step (safe to read from any thread)."""
+        return self._stats
+
+    # -- the async face --------------------------------------------------------------------------
+    async def generate(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
+        """Submit a request and yield its outputs; leaving early (or being cancelled) aborts it."""
+        if self._stopping or not self.alive:
+            raise Overloaded("the engine is not running")
+        out: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._inbox.put(_Add(req, asyncio.get_running_loop(), out))
+        finished = False
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item.finished:
+                    finished = True
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished:
+                self.abort(req.request_id)
+
+    def abort(self, request_id: str) -> None:
+        self._inbox.put(_Abort(request_id))
+
+    # -- the engine thread -----------------------------------------------------------------------
+    def _deliver(self, add: _Add, item: RequestOutput | BaseException) -> None:
+        try:
+            add.loop.call_soon_threadsafe(add.out.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.engine.abort(add.req.request_id)
+            self._streams.pop(add.req.request_id, None)
+
+    def _drain(self, block: bool) -> bool:
+        try:
+            msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if msg is None:
+                return False
+            if isinstance(msg, _Add):
+                try:
+                    self.engine.add(msg.req)
+                    self._streams[msg.req.request_id] = msg
+                except EmberError as e:
+                    self._deliver(msg, e)
+            else:
+                self.engine.abort(msg.request_id)
+                self._streams.pop(msg.request_id, None)
+            try:
+                msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _loop(self) -> None:
+        while True:
+            if not self._drain(block=not self.engine.has_work):
+                break
+            if not self.engine.has_work:
+                self._stats = self.engine.stats()
+                continue
+            t0 = time.monotonic()
+            try:
+                outputs = self.engine.step()
+            except Exception as e:  # a failed step must not hang every waiting client
+                log.exception("engine step failed")
+                self._fail_all(e)
+                continue
+            for o in outputs:
+                add = self._streams.get(o.request_id)
+                if add is None:
+                    continue
+                if o.finished:
+                    del self._streams[o.request_id]
+                self._deliver(add, o)
+            self._stats = self.engine.stats()
+            if self._on_step is not None:
+                self._on_step(self.engine, time.monotonic() - t0, outputs)
+        self._fail_all(Overloaded("the server is shutting down"))
+
+    def _fail_all(self, err: BaseException) -> None:
+        for rid, add in list(self._streams.items()):
+            self.engine.abort(rid)
+            self._deliver(add, err)
+        self._streams.clear()
+
+
+__all__ = ["EngineClient", "FinishReason"]

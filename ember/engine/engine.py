@@ -1,0 +1,178 @@
+"""Engine: add / abort / step. One step = schedule -> run -> sample -> detokenize -> outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ember.config import CacheConfig, SchedulerConfig
+from ember.engine.detokenizer import Detokenizer
+from ember.engine.kv_cache import BlockPool
+from ember.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
+from ember.engine.runner import ModelRunner, RunResult
+from ember.engine.sampler import Sampler, prompt_logprobs
+from ember.engine.scheduler import ScheduledBatch, Scheduler
+from ember.engine.sequence import Sequence, SequenceStatus
+from ember.errors import ContextLengthExceeded, InvalidRequest
+from ember.model.llama import Llama
+from ember.tokenizer import Tokenizer
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int
+    kv_blocks_free: int
+    prefix_queries: int
+    prefix_hits: int
+    num_preemptions: int
+
+
+class Engine:
+    def __init__(self, model: Llama, tokenizer: Tokenizer, cache: CacheConfig, sched: SchedulerConfig,
+                 device: torch.device, max_model_len: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_model_len = max_model_len or model.args.max_seq_len
+        per_block = ModelRunner.bytes_per_block(model.args, cache.block_size)
+        num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
+        self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
+        self.scheduler = Scheduler(sched, self.pool)
+        self.runner = ModelRunner(model, num_blocks, cache.block_size, device)
+        self.sampler = Sampler()
+        self.detok = Detokenizer(tokenizer)
+        self.seqs: dict[str, Sequence] = {}
+        self.stop_ids = tokenizer.stop_ids
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.pool.num_blocks * self.pool.block_size
+
+    def add(self, req: EngineRequest) -> None:
+        n = len(req.prompt_token_ids)
+        if n == 0:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        if n + req.params.max_tokens > self.max_model_len:
+            raise ContextLengthExceeded(
+                f"prompt ({n} tokens) plus max_tokens ({req.params.max_tokens}) exceeds the context "
+                f"window of {self.max_model_len} tokens", param="max_tokens")
+        if n + req.params.max_tokens > self.kv_capacity_tokens:
+            raise InvalidRequest(
+                f"the request needs {n + req.params.max_tokens} tokens of KV cache; this server has "
+                f"{self.kv_capacity_tokens} (raise --kv-cache-mb)", param="max_tokens")
+        if req.request_id in self.seqs:
+            raise InvalidRequest(f"duplicate request id {req.request_id}")
+        gen = None
+        if req.params.seed is not None and not req.params.greedy:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(req.params.seed)
+        seq = Sequence(request=req, detok=self.detok.new_state(req.prompt_token_ids, req.params.stop),
+                       generator=gen)
+        self.seqs[req.request_id] = seq
+        seq.arrival_time = req.arrival_time or time.monotonic()
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> None:
+        seq = self.seqs.pop(request_id, None)
+        if seq is not None:
+            self.scheduler.finish(seq, FinishReason.ABORT)
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), self.pool.num_used,
+                           self.pool.num_free, self.pool.queries, self.pool.hits,
+                           self.scheduler.num_preemptions)
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        result = self.runner.run(batch)
+        self._record_prompt_logprobs(batch, result)
+        for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+            self.scheduler.on_computed(seq, n)
+        return self._sample_and_emit(batch, result)
+
+    def _record_prompt_logprobs(self, batch: ScheduledBatch, result: RunResult) -> None:
+        for i, (start, logits) in result.prompt_logits.items():
+            seq = batch.seqs[i]
+            n_top = seq.params.prompt_logprobs or 0
+            # Row r predicts token start + r + 1; only prompt tokens are targets here.
+            end = min(start + logits.shape[0], seq.num_prompt_tokens - 1)
+            have = len(seq.prompt_logprobs) - 1  # entry 0 is the first token, which has no logprob
+            if not seq.prompt_logprobs:
+                seq.prompt_logprobs.append(TokenLogprob(seq.token_ids[0], None))
+                have = 0
+            lo = max(start, have)
+            if lo >= end:
+                continue
+            targets = seq.token_ids[lo + 1 : end + 1]
+            seq.prompt_logprobs.extend(prompt_logprobs(logits[lo - start : end - start], targets, n_top))
+
+    def _sample_and_emit(self, batch: ScheduledBatch, result: RunResult) -> list[RequestOutput]:
+        now = time.monotonic()
+        seqs = [batch.seqs[i] for i in result.sample_index]
+        outputs: list[RequestOutput] = []
+        to_sample = [k for k, s in enumerate(seqs) if s.params.max_tokens > 0]
+        sampled = None
+        if to_sample:
+            sub = [seqs[k] for k in to_sample]
+            sampled = self.sampler(result.sample_logits[to_sample], [s.params for s in sub],
+                                   [s.generator for s in sub], [s.token_ids for s in sub],
+                                   [s.num_prompt_tokens for s in sub])
+        pos = {k: j for j, k in enumerate(to_sample)}
+        for k, seq in enumerate(seqs):
+            if seq.is_finished:
+                continue
+            if k not in pos:  # max_tokens == 0: the prompt (and its logprobs) was all that was asked
+                outputs.append(self._finish(seq, FinishReason.LENGTH, (), (), now))
+                continue
+            assert sampled is not None
+            tok = sampled.token_ids[pos[k]]
+            rec = sampled.logprobs[pos[k]]
+            seq.token_ids.append(tok)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            reason = None
+            is_eos = tok in self.stop_ids and not seq.params.ignore_eos
+            offset = len(seq.detok.text)
+            if not is_eos and self.detok.append(seq.detok, tok):
+                reason = FinishReason.STOP
+            if is_eos:
+                reason = FinishReason.STOP
+            elif reason is None and (seq.num_output_tokens >= seq.params.max_tokens
+                                     or seq.num_tokens >= self.max_model_len):
+                reason = FinishReason.LENGTH
+            recs = (rec,) if rec is not None else ()
+            if reason is not None:
+                outputs.append(self._finish(seq, reason, (tok,), recs, now, (offset,)))
+            else:
+                outputs.append(self._output(seq, (tok,), recs, None, (offset,)))
+        return outputs
+
+    def _output(self, seq: Sequence, toks: tuple[int, ...], recs: tuple[TokenLogprob, ...],
+                reason: FinishReason | None, offsets: tuple[int, ...] = ()) -> RequestOutput:
+        text = self.detok.take(seq.detok, final=reason is not None)
+        plp = None
+        if seq.wants_prompt_logprobs and not seq.prompt_logprobs_sent:
+            plp = tuple(seq.prompt_logprobs)
+            seq.prompt_logprobs_sent = True
+        return RequestOutput(
+            request_id=seq.request_id, new_token_ids=toks, new_text=text, finish_reason=reason,
+            new_logprobs=recs, new_text_offsets=offsets, prompt_logprobs=plp,
+            num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=seq.num_prefix_hit_tokens,
+            num_output_tokens=seq.num_output_tokens, first_token_time=seq.first_token_time,
+            arrival_time=seq.arrival_time)
+
+    def _finish(self, seq: Sequence, reason: FinishReason, toks: tuple[int, ...],
+                recs: tuple[TokenLogprob, ...], now: float, offsets: tuple[int, ...] = ()) -> RequestOutput:
+        self.scheduler.finish(seq, reason)
+        self.seqs.pop(seq.request_id, None)
+        seq.status = SequenceStatus.FINISHED
+        return self._output(seq, toks, recs, reason, offsets)

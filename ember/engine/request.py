@@ -1,0 +1,90 @@
+"""Immutable values that cross the engine's edge: what to generate, and what came out of one step."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"
+    """EOS or a stop string."""
+    LENGTH = "length"
+    """max_tokens reached, or the context window is full."""
+    ABORT = "abort"
+    """The client went away or the server is shutting down."""
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Everything the engine needs to choose tokens for one sequence; validated by the API layer."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    """0 = off."""
+    top_p: float = 1.0
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    """Top alternatives per generated token; None = no logprobs; 0 = only the chosen token's."""
+    prompt_logprobs: int | None = None
+    """Like logprobs, for prompt tokens (echo); None = not computed."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    cache_salt: str | None = None
+    """Isolation key: cached prefixes are shared only between requests with the same salt."""
+    arrival_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One position's logprob record: the chosen token and the top alternatives."""
+
+    token_id: int
+    logprob: float | None
+    top: tuple[tuple[int, float], ...] = ()
+    sampling_logprob: float | None = None
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """What one engine step produced for one request: deltas, plus totals once finished."""
+
+    request_id: str
+    new_token_ids: tuple[int, ...]
+    new_text: str
+    finish_reason: FinishReason | None = None
+    new_logprobs: tuple[TokenLogprob, ...] = ()
+    """One record per id in new_token_ids when logprobs were asked for."""
+    new_text_offsets: tuple[int, ...] = ()
+    """Character offset of each new token's text within the completion text."""
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None
+    """Sent once, on the first output, when prompt logprobs were asked for (first entry's logprob is None)."""
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_output_tokens: int = 0
+    first_token_time: float | None = None
+    """Engine-clock (time.monotonic) time the first output token was produced."""
+    arrival_time: float = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,112 @@
+"""ModelRunner: a scheduled batch -> ForwardBatch tensors -> model -> logits at the rows that need them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ember.engine.scheduler import ScheduledBatch
+from ember.model.attention import ForwardBatch, PrefillSlice
+from ember.model.llama import Llama
+
+
+@dataclass
+class RunResult:
+    sample_logits: torch.Tensor
+    """[len(sample_seqs), vocab]: logits at the last row of each sequence that caught up this step."""
+    sample_index: list[int]
+    """Positions in the scheduled batch of the sequences that sample."""
+    prompt_logits: dict[int, tuple[int, torch.Tensor]]
+    """Batch position -> (first position covered, logits for every row of its chunk) for echo logprobs."""
+
+
+class ModelRunner:
+    def __init__(self, model: Llama, num_blocks: int, block_size: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.model = model
+        self.block_size = block_size
+        self.device = device
+        a = model.args
+        assert a.head_dim is not None
+        width = a.n_kv_heads * a.head_dim
+        slots = num_blocks * block_size
+        self.kv_caches = [
+            (torch.zeros(slots, width, dtype=dtype, device=device),
+             torch.zeros(slots, width, dtype=dtype, device=device))
+            for _ in range(a.n_layers)
+        ]
+
+    @staticmethod
+    def bytes_per_block(model_args, block_size: int, dtype: torch.dtype = torch.float32) -> int:
+        width = model_args.n_kv_heads * model_args.head_dim
+        return 2 * model_args.n_layers * block_size * width * torch.empty((), dtype=dtype).element_size()
+
+    def _slots(self, block_ids: list[int], start: int, end: int) -> torch.Tensor:
+        bs = self.block_size
+        pos = torch.arange(start, end)
+        table = torch.tensor(block_ids, dtype=torch.long)
+        return table[pos // bs] * bs + pos % bs
+
+    def build(self, batch: ScheduledBatch) -> ForwardBatch:
+        ids: list[int] = []
+        positions: list[torch.Tensor] = []
+        slot_parts: list[torch.Tensor] = []
+        decode_ctx: list[list[int]] = []
+        decode_lens: list[int] = []
+        prefills: list[PrefillSlice] = []
+        row = 0
+        for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+            start = seq.num_computed_tokens
+            end = start + n
+            ids.extend(seq.token_ids[start:end])
+            positions.append(torch.arange(start, end))
+            if n == 1:
+                decode_ctx.append(seq.block_ids)
+                decode_lens.append(end)
+                slot_parts.append(self._slots(seq.block_ids, start, end))
+            else:
+                ctx = self._slots(seq.block_ids, 0, end)
+                slot_parts.append(ctx[start:])
+                prefills.append(PrefillSlice(start=row, q_len=n, context_slots=ctx.to(self.device)))
+            row += n
+        fb = ForwardBatch(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
+            positions=torch.cat(positions).to(self.device),
+            slot_mapping=torch.cat(slot_parts).to(self.device),
+            num_decodes=len(decode_ctx),
+            prefills=prefills,
+        )
+        if decode_ctx:
+            bs = self.block_size
+            max_len = max(decode_lens)
+            nb = -(-max_len // bs)
+            table = torch.zeros(len(decode_ctx), nb, dtype=torch.long)
+            for i, blocks in enumerate(decode_ctx):
+                table[i, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
+            slots = (table.unsqueeze(2) * bs + torch.arange(bs)).view(len(decode_ctx), -1)[:, :max_len]
+            lens = torch.tensor(decode_lens).unsqueeze(1)
+            mask = torch.zeros(len(decode_ctx), max_len)
+            mask.masked_fill_(torch.arange(max_len).unsqueeze(0) >= lens, float("-inf"))
+            fb.decode_slots = slots.to(self.device)
+            fb.decode_mask = mask.view(len(decode_ctx), 1, 1, max_len).to(self.device)
+        return fb
+
+    @torch.inference_mode()
+    def run(self, batch: ScheduledBatch) -> RunResult:
+        fb = self.build(batch)
+        hidden = self.model(fb, self.kv_caches)
+        sample_rows: list[int] = []
+        sample_index: list[int] = []
+        prompt_logits: dict[int, tuple[int, torch.Tensor]] = {}
+        row = 0
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
+            start = seq.num_computed_tokens
+            if start + n == seq.num_tokens:
+                sample_rows.append(row + n - 1)
+                sample_index.append(i)
+            if seq.wants_prompt_logprobs and start < seq.num_prompt_tokens:
+                prompt_logits[i] = (start, self.model.logits(hidden[row : row + n]))
+            row += n
+        logits = self.model.logits(hidden[sample_rows]) if sample_rows else hidden.new_empty(0, 0)
+        return RunResult(logits, sample_index, prompt_logits)

@@ -1,0 +1,54 @@
+"""Error kinds raised anywhere in ember.
+
+No HTTP here: `ember.api.errors` alone maps each kind to a status code and a wire body, so the engine
+stays usable from the CLI, the batch runner and Ray replicas.
+"""
+
+from __future__ import annotations
+
+
+class EmberError(Exception):
+    """Base of every error ember raises on purpose.
+
+    `param` names the request field at fault (OpenAI's `error.param`); `code` is a stable machine-readable
+    string (OpenAI's `error.code`).
+    """
+
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(EmberError):
+    """The request is well-formed but cannot be served as asked (a 400)."""
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class NotFound(EmberError):
+    code = "model_not_found"
+
+
+class Unauthorized(EmberError):
+    code = "invalid_api_key"
+
+
+class RateLimited(EmberError):
+    code = "rate_limit_exceeded"
+
+
+class Overloaded(EmberError):
+    code = "overloaded"
+
+
+class ModelLoadError(EmberError):
+    """A model file is missing, unreadable or of an unsupported kind."""
+
+    code = "model_load_error"

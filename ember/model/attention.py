@@ -1,0 +1,90 @@
+"""ForwardBatch and paged attention over block tables.
+
+The KV cache of one layer is a flat array of slots, `[num_blocks * block_size, n_kv_heads * head_dim]`;
+slot = block_id * block_size + offset. A sequence's context is the slots its block table names, in order.
+The runner turns block tables into slot indices once per step; every layer reuses them.
+
+Tokens of all sequences in a step are flattened into one axis of T rows:
+
+    rows:  [ d0 d1 d2 ... d(B-1) | p0 p0 p0 p0 | p1 p1 ... ]
+             decodes (1 query each)  prefill chunks (q_len each)
+
+Decodes are attended together as one padded batch; each prefill chunk is attended on its own with a
+causal mask offset by the tokens already in its context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class PrefillSlice:
+    start: int
+    """First row of this chunk in the flattened batch."""
+    q_len: int
+    context_slots: torch.Tensor
+    """[ctx_len] slot ids of the whole context (cached tokens plus this chunk)."""
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor
+    """[T] token ids."""
+    positions: torch.Tensor
+    """[T] position of each token in its sequence."""
+    slot_mapping: torch.Tensor
+    """[T] where each token's K/V is written."""
+    num_decodes: int = 0
+    """Rows 0..num_decodes-1 are single-token decodes."""
+    decode_slots: torch.Tensor | None = None
+    """[num_decodes, max_ctx] context slots of each decode, padded with slot 0."""
+    decode_mask: torch.Tensor | None = None
+    """[num_decodes, 1, 1, max_ctx] additive mask: 0 inside the context, -inf in the padding."""
+    prefills: list[PrefillSlice] = field(default_factory=list)
+
+
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             slots: torch.Tensor) -> None:
+    k_cache.index_copy_(0, slots, k.reshape(k.shape[0], -1))
+    v_cache.index_copy_(0, slots, v.reshape(v.shape[0], -1))
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch,
+                    n_kv_heads: int) -> torch.Tensor:
+    """q: [T, H, D] -> [T, H, D], reading K/V for every row's context from the cache."""
+    T, H, D = q.shape
+    group = H // n_kv_heads
+    scale = 1.0 / math.sqrt(D)
+    out = torch.empty_like(q)
+    nd = batch.num_decodes
+    if nd:
+        assert batch.decode_slots is not None and batch.decode_mask is not None
+        B, L = batch.decode_slots.shape
+        flat = batch.decode_slots.reshape(-1)
+        k = k_cache.index_select(0, flat).view(B, L, n_kv_heads, D)
+        v = v_cache.index_select(0, flat).view(B, L, n_kv_heads, D)
+        qd = q[:nd].view(B, n_kv_heads, group, D)
+        # A hand-written matmul + softmax: SDPA costs milliseconds per single-query call on CPU.
+        scores = torch.matmul(qd, k.permute(0, 2, 3, 1)) * scale  # (B, KV, G, L)
+        scores = scores + batch.decode_mask
+        probs = torch.softmax(scores, dim=-1)
+        o = torch.matmul(probs, v.transpose(1, 2))  # (B, KV, G, D)
+        out[:nd] = o.reshape(B, H, D)
+    for p in batch.prefills:
+        ctx = p.context_slots.shape[0]
+        k = k_cache.index_select(0, p.context_slots).view(ctx, n_kv_heads, D)
+        v = v_cache.index_select(0, p.context_slots).view(ctx, n_kv_heads, D)
+        qp = q[p.start : p.start + p.q_len].transpose(0, 1).unsqueeze(0)  # (1, H, q, D)
+        kp = k.transpose(0, 1).repeat_interleave(group, dim=0).unsqueeze(0)  # (1, H, ctx, D)
+        vp = v.transpose(0, 1).repeat_interleave(group, dim=0).unsqueeze(0)
+        # Query i sits at context position ctx - q_len + i and sees keys 0..that position.
+        qpos = torch.arange(ctx - p.q_len, ctx, device=q.device).unsqueeze(1)
+        mask = torch.arange(ctx, device=q.device).unsqueeze(0) <= qpos
+        o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)
+        out[p.start : p.start + p.q_len] = o.squeeze(0).transpose(0, 1)
+    return out

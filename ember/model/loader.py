@@ -1,0 +1,80 @@
+"""load_model: a checkpoint on disk -> a ready Llama module and its tokenizer.
+
+Checkpoint readers (gguf.py, hf.py) hand over tensors under Hugging Face Llama names; the differences
+from our module layout (fused qkv and gate_up, tied embeddings) are a mapping applied here, once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ember.config import ModelConfig
+from ember.model.args import ModelArgs
+from ember.model.checkpoint import Checkpoint, read_checkpoint
+from ember.model.llama import Llama, rope_inv_freq
+from ember.model.registry import ModelRef, resolve_model
+from ember.tokenizer import Tokenizer
+
+
+@dataclass
+class LoadedModel:
+    model: Llama
+    tokenizer: Tokenizer
+    args: ModelArgs
+    ref: ModelRef
+    device: torch.device
+
+
+def to_module_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    """Hugging Face Llama tensor names -> this package's module names (fused projections)."""
+    t, args = ckpt.tensors, ckpt.args
+    out: dict[str, torch.Tensor] = {
+        "embed_tokens.weight": t["model.embed_tokens.weight"],
+        "norm.weight": t["model.norm.weight"],
+        "lm_head.weight": t["model.embed_tokens.weight"] if args.tie_embeddings else t["lm_head.weight"],
+    }
+    for i in range(args.n_layers):
+        p = f"model.layers.{i}."
+        out[f"layers.{i}.input_layernorm.weight"] = t[p + "input_layernorm.weight"]
+        out[f"layers.{i}.post_attention_layernorm.weight"] = t[p + "post_attention_layernorm.weight"]
+        out[f"layers.{i}.self_attn.qkv_proj.weight"] = torch.cat(
+            [t[p + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")], dim=0)
+        out[f"layers.{i}.self_attn.o_proj.weight"] = t[p + "self_attn.o_proj.weight"]
+        out[f"layers.{i}.mlp.gate_up_proj.weight"] = torch.cat(
+            [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
+        out[f"layers.{i}.mlp.down_proj.weight"] = t[p + "mlp.down_proj.weight"]
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None = None) -> Llama:
+    args = ckpt.args
+    if cfg is not None and cfg.max_model_len is not None:
+        args = replace(args, max_seq_len=cfg.max_model_len)
+    with torch.device("meta"):
+        model = Llama(args)
+    state = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in to_module_state(ckpt).items()}
+    model.load_state_dict(state, strict=False, assign=True)
+    # Non-persistent buffers are not in the state dict; rebuild them on the real device.
+    model.inv_freq = rope_inv_freq(args).to(device)
+    model.eval().requires_grad_(False)
+    if cfg is not None and cfg.quantization == "int8":
+        from ember.model.quant import quantize_int8
+
+        quantize_int8(model)
+    return model
+
+
+def load_model(cfg: ModelConfig) -> LoadedModel:
+    ref = resolve_model(cfg.model)
+    ckpt = read_checkpoint(ref.path)
+    device = resolve_device(cfg.device)
+    model = build_model(ckpt, device, cfg)
+    return LoadedModel(model=model, tokenizer=ckpt.tokenizer, args=model.args, ref=ref, device=device)

@@ -1,0 +1,139 @@
+"""Shared fixtures: the real SmolLM2 model, a tiny random-weight Llama, and a live uvicorn server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import torch
+import uvicorn
+
+from ember.app import create_app
+from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig
+from ember.model.args import ModelArgs
+from ember.model.checkpoint import Checkpoint, read_checkpoint
+from ember.model.loader import LoadedModel, build_model, load_model
+from ember.model.registry import ModelRef, resolve_model
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(2)
+
+MODEL_ID = "accounts/fireworks/models/smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smol_ref() -> ModelRef:
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def smol_checkpoint(smol_ref: ModelRef) -> Checkpoint:
+    return read_checkpoint(smol_ref.path)
+
+
+@pytest.fixture(scope="session")
+def smol(smol_ref: ModelRef) -> LoadedModel:
+    return load_model(ModelConfig())
+
+
+def tiny_args(vocab_size: int) -> ModelArgs:
+    return ModelArgs(vocab_size=vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=128,
+                     norm_eps=1e-5, rope_theta=10000.0, max_seq_len=512, tie_embeddings=True)
+
+
+def tiny_tensors(args: ModelArgs, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    hd = args.head_dim
+    assert hd is not None
+
+    def w(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g) * 0.5
+
+    t = {"model.embed_tokens.weight": w(args.vocab_size, args.dim), "model.norm.weight": torch.ones(args.dim)}
+    for i in range(args.n_layers):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = torch.ones(args.dim)
+        t[p + "post_attention_layernorm.weight"] = torch.ones(args.dim)
+        t[p + "self_attn.q_proj.weight"] = w(args.n_heads * hd, args.dim)
+        t[p + "self_attn.k_proj.weight"] = w(args.n_kv_heads * hd, args.dim)
+        t[p + "self_attn.v_proj.weight"] = w(args.n_kv_heads * hd, args.dim)
+        t[p + "self_attn.o_proj.weight"] = w(args.dim, args.n_heads * hd)
+        t[p + "mlp.gate_proj.weight"] = w(args.hidden_dim, args.dim)
+        t[p + "mlp.up_proj.weight"] = w(args.hidden_dim, args.dim)
+        t[p + "mlp.down_proj.weight"] = w(args.dim, args.hidden_dim)
+    return t
+
+
+@pytest.fixture(scope="session")
+def tiny(smol_checkpoint: Checkpoint, smol_ref: ModelRef) -> LoadedModel:
+    """A 2-layer random-weight Llama that shares SmolLM2's tokenizer: fast engine tests with real text."""
+    tok = smol_checkpoint.tokenizer
+    args = tiny_args(tok.vocab_size)
+    ckpt = Checkpoint(args=args, tensors=tiny_tensors(args), tokenizer=tok, source="tiny")
+    model = build_model(ckpt, torch.device("cpu"))
+    return LoadedModel(model=model, tokenizer=tok, args=args, ref=smol_ref, device=torch.device("cpu"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread."""
+
+    def __init__(self, config: Config, loaded: LoadedModel) -> None:
+        self.port = free_port()
+        self.app = create_app(config, loaded)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
+                                                    log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("server did not start")
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def engine(self):
+        return self.app.state.ember.client.engine
+
+
+def server_config(**cache: object) -> Config:
+    return Config(cache=CacheConfig(kv_cache_mb=256, **cache),  # type: ignore[arg-type]
+                  scheduler=SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=512))
+
+
+@pytest.fixture(scope="session")
+def smol_server(smol: LoadedModel) -> Iterator[LiveServer]:
+    with LiveServer(server_config(), smol) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def openai_client(smol_server: LiveServer):
+    import openai
+
+    return openai.OpenAI(base_url=smol_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
