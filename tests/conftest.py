@@ -13,7 +13,6 @@ import pytest
 import torch
 import uvicorn
 
-from ember.app import create_app
 from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
@@ -90,6 +89,8 @@ class LiveServer:
     """A real uvicorn server on 127.0.0.1 in a background thread."""
 
     def __init__(self, config: Config, loaded: LoadedModel) -> None:
+        from ember.app import create_app
+
         self.port = free_port()
         self.app = create_app(config, loaded)
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,

@@ -62,7 +62,7 @@ def _filter(logits: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
     typ = [p.typical_p for p in params]
     V = logits.shape[1]
     if any(k > 0 for k in top_k) or any(x < 1.0 for x in top_p) or any(x < 1.0 for x in typ):
-        srt, idx = logits.sort(dim=-1, descending=True)
+        srt, idx = logits.sort(dim=-1, descending=True, stable=True)
         keep = torch.ones_like(srt, dtype=torch.bool)
         if any(k > 0 for k in top_k):
             k = torch.tensor([k if k > 0 else V for k in top_k], device=dev).unsqueeze(1)

@@ -100,8 +100,11 @@ class Scheduler:
                     self._match_prefix(seq)
                 n = min(seq.num_uncomputed, budget)
                 if not self._grow(seq, n):
-                    if not self.running and not chosen:
-                        raise RuntimeError("KV pool too small for a single sequence; admission should reject")
+                    # Hand back any prefix blocks it took: a waiting sequence holds no KV memory.
+                    self.pool.free_blocks(seq.block_ids)
+                    seq.block_ids = []
+                    seq.num_computed_tokens = seq.num_cached_blocks = 0
+                    seq.last_block_key = None
                     break
                 self.waiting.popleft()
                 seq.status = SequenceStatus.RUNNING

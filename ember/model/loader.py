@@ -14,6 +14,7 @@ from ember.config import ModelConfig
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.llama import Llama, rope_inv_freq
+from ember.model.quant import quantize_int8
 from ember.model.registry import ModelRef, resolve_model
 from ember.tokenizer import Tokenizer
 
@@ -66,8 +67,6 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
     model.inv_freq = rope_inv_freq(args).to(device)
     model.eval().requires_grad_(False)
     if cfg is not None and cfg.quantization == "int8":
-        from ember.model.quant import quantize_int8
-
         quantize_int8(model)
     return model
 
