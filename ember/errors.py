@@ -16,10 +16,13 @@ class EmberError(Exception):
 
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after
+        """Seconds a client should wait before retrying (429 and 503 only)."""
         if code is not None:
             self.code = code
 

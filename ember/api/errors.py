@@ -1,0 +1,152 @@
+"""The one place that turns errors into HTTP: status codes and OpenAI-shaped bodies.
+
+Every error body carries `{"error": {"message", "type", "param", "code"}}`, which the openai SDK reads into
+`exc.type/param/code`. Schema violations (422) also keep FastAPI's `detail` list, the spec's declared
+HTTPValidationError shape (NOTES 4e). Nothing here ever sends a traceback to a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ember.api.protocol import WIRE_FIELD_NAMES
+from ember.errors import (
+    EmberError,
+    InvalidRequest,
+    ModelLoadError,
+    NotFound,
+    Overloaded,
+    RateLimited,
+    Unauthorized,
+)
+
+log = logging.getLogger("ember.api")
+
+# (status, OpenAI error type) for each kind; the first match in MRO order wins.
+_KINDS: tuple[tuple[type[EmberError], int, str], ...] = (
+    (InvalidRequest, 400, "invalid_request_error"),
+    (Unauthorized, 401, "authentication_error"),
+    (NotFound, 404, "invalid_request_error"),
+    (RateLimited, 429, "rate_limit_error"),
+    (Overloaded, 503, "overloaded_error"),
+    (ModelLoadError, 500, "server_error"),
+)
+
+_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                 429: "rate_limit_error", 503: "overloaded_error"}
+
+# Errors that only say "not this union branch"; a branch that matched the type but broke a bound says more.
+_BRANCH_MISS = re.compile(r".*_type$|^literal_error$|^union_tag_invalid$|^is_instance_of$")
+
+
+def status_of(exc: EmberError) -> tuple[int, str]:
+    for kind, status, typ in _KINDS:
+        if isinstance(exc, kind):
+            return status, typ
+    return 500, "server_error"
+
+
+def error_body(message: str, typ: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": typ, "param": param, "code": code}}
+
+
+def error_payload(exc: BaseException) -> dict:
+    """The `{"error": {...}}` body for any exception (also sent as the last event of a failed stream)."""
+    if isinstance(exc, EmberError):
+        _, typ = status_of(exc)
+        return error_body(exc.message, typ, exc.param, exc.code)
+    return error_body("internal server error; see the server log", "server_error", None, "internal_error")
+
+
+def param_of(loc: tuple | list) -> str | None:
+    """`["body", "prompt", "list[int]", 0]` -> "prompt".
+
+    Only real field names survive: pydantic's union-branch labels ("list[int]", "constrained-int"),
+    discriminator tags and list indexes are dropped.
+    """
+    parts = [p for p in loc if isinstance(p, str) and p in WIRE_FIELD_NAMES]
+    return ".".join(parts) or None
+
+
+def _jsonable(v: object) -> object:
+    if v is None or isinstance(v, (bool, int, str)):
+        return v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return str(v)
+
+
+def _param_for(err: dict) -> str | None:
+    loc = err.get("loc", ())
+    if err.get("type") == "extra_forbidden":  # the unknown name itself is the culprit
+        return ".".join(p for p in loc if isinstance(p, str) and p != "body") or None
+    return param_of(loc)
+
+
+def validation_body(errors: list[dict]) -> dict:
+    detail = [_jsonable({k: e[k] for k in ("type", "loc", "msg", "input", "ctx") if k in e}) for e in errors]
+    first = next((e for e in errors if not _BRANCH_MISS.match(e.get("type", ""))),
+                 errors[0] if errors else {"loc": (), "msg": "invalid request"})
+    param = _param_for(first)
+    text = str(first["msg"]).removeprefix("Value error, ")
+    if first.get("type") == "extra_forbidden":
+        text = "unknown field; the completions API does not accept it"
+    # A union reports one error per branch; the first one names the field and says enough.
+    msg = f"{param}: {text}" if param else text
+    if first.get("type") == "json_invalid":
+        msg = "the request body is not valid JSON"
+    others = len({_param_for(e) for e in errors} - {param})
+    if others:
+        msg += f" (and {others} more field{'s' if others > 1 else ''} invalid)"
+    return {"detail": detail, **error_body(msg, "invalid_request_error", param, None)}
+
+
+def _headers(request: Request, exc: BaseException | None = None) -> dict[str, str]:
+    h = {}
+    rid = request.headers.get("x-request-id")
+    if rid:
+        h["x-request-id"] = rid
+    retry = getattr(exc, "retry_after", None)
+    if retry is not None:
+        h["retry-after"] = str(max(1, math.ceil(retry)))
+    return h
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(validation_body(list(exc.errors())), status_code=422, headers=_headers(request))
+
+    @app.exception_handler(EmberError)
+    async def _ember(request: Request, exc: EmberError) -> JSONResponse:
+        status, _ = status_of(exc)
+        if status >= 500:
+            log.error("%s: %s", type(exc).__name__, exc.message)
+        return JSONResponse(error_payload(exc), status_code=status, headers=_headers(request, exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        typ = _STATUS_TYPES.get(exc.status_code, "server_error" if exc.status_code >= 500 else
+                                "invalid_request_error")
+        msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and msg == "Not Found":
+            msg = f"no route for {request.method} {request.url.path}"
+        headers = dict(exc.headers or {}) | _headers(request)
+        return JSONResponse(error_body(msg, typ), status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(error_payload(exc), status_code=500, headers=_headers(request))

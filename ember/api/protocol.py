@@ -1,0 +1,167 @@
+"""Wire types of POST /v1/completions, exactly as the Fireworks spec shapes them.
+
+Unknown fields are a 422 (the spec sets additionalProperties: false) except `stream_options`, which OpenAI
+clients send on their own. The spec writes most ranges only in prose; they are enforced here so a bad value
+is a 422 naming the field, never a 500 deep in the sampler (shared/spec/NOTES.md V2-V5).
+
+Booleans are strict (JSON `1` or `"yes"` is not `true`), so `logprobs: true` and `logprobs: 1` stay apart:
+the first asks for new-style logprobs, the second for legacy ones.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
+
+NonNegInt = Annotated[StrictInt, Field(ge=0)]
+MAX_STOP = 4
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(WireModel):
+    include_usage: StrictBool | None = False
+    """Accepted for OpenAI clients; usage is always on the final chunk (NOTES U2)."""
+
+
+class ResponseFormat(WireModel):
+    type: Literal["json_object", "json_schema", "grammar", "text"]
+    schema_: str | dict | None = Field(default=None, alias="schema")
+    grammar: str | None = None
+    json_schema: str | dict | None = None
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ThinkingConfigEnabled(WireModel):
+    type: Literal["enabled"]
+    budget_tokens: Annotated[StrictInt, Field(ge=1024)] | None = None
+
+
+class ThinkingConfigDisabled(WireModel):
+    type: Literal["disabled"]
+
+
+class PredictedOutput(WireModel):
+    content: str | list[dict]
+    type: Literal["content"] = "content"
+
+
+Prompt = str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
+
+
+class CompletionRequest(WireModel):
+    model: str
+    prompt: Prompt
+    user: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_isolation_key: str | None = None
+    raw_output: StrictBool | None = False
+    perf_metrics_in_response: StrictBool | None = False
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] = 1
+    service_tier: Literal["auto", "default", "flex", "priority"] = "default"
+    stop: str | list[str] | None = None
+    max_tokens: NonNegInt | None = None
+    max_completion_tokens: NonNegInt | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_k: Annotated[StrictInt, Field(ge=0, le=100)] | None = None
+    top_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    min_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    typical_p: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2.0, le=2.0)] | None = None
+    # 0 would divide logits by zero; the spec's "0..2" is read as an open lower bound.
+    repetition_penalty: Annotated[float, Field(gt=0.0, le=2.0)] | None = None
+    mirostat_target: Annotated[float, Field(gt=0.0)] | None = None
+    mirostat_lr: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    seed: Annotated[StrictInt, Field(ge=SEED_MIN, le=SEED_MAX)] | None = None
+    logprobs: StrictBool | Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+    echo: StrictBool | None = False
+    echo_last: NonNegInt | None = None
+    ignore_eos: StrictBool = False
+    context_length_exceeded_behavior: Literal["error", "truncate"] = "truncate"
+    response_format: ResponseFormat | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
+    speculation: str | list[NonNegInt] | None = None
+    prediction: PredictedOutput | str | None = None
+    metadata: dict[str, str] | None = None
+    reasoning_effort: Literal["low", "medium", "high", "max", "none"] | StrictBool | StrictInt | None = None
+    reasoning_history: Literal["disabled", "interleaved", "preserved"] | None = None
+    thinking: Annotated[ThinkingConfigEnabled | ThinkingConfigDisabled, Field(discriminator="type")] | None = None
+    return_token_ids: StrictBool | None = False
+    images: list[str] | list[list[str]] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, v: Prompt) -> Prompt:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("prompt must not be an empty list")
+            if any(isinstance(x, list) and not x for x in v):
+                raise ValueError("a token-id prompt must not be empty")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_at_most_four(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed, got {len(v)}")
+        return v
+
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _not_both_max(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("max_tokens") is not None:
+            raise ValueError("max_tokens and max_completion_tokens cannot be specified together")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_keys_are_token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        for k in v or {}:
+            if not k.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {k!r}")
+        return v
+
+    @field_validator("reasoning_effort")
+    @classmethod
+    def _normalize_effort(cls, v: str | bool | int | None) -> str | int | None:
+        if v is True:
+            return "medium"
+        if v is False:
+            return "none"
+        return v
+
+    @field_validator("thinking")
+    @classmethod
+    def _not_both_reasoning(cls, v: object, info: ValidationInfo) -> object:
+        if v is not None and info.data.get("reasoning_effort") is not None:
+            raise ValueError("reasoning_effort and thinking cannot be specified together")
+        return v
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        items = [self.stop] if isinstance(self.stop, str) else self.stop
+        return [s for s in items if s]
+
+    @property
+    def wants_logprobs(self) -> bool:
+        return self.logprobs is not None and self.logprobs is not False
+
+
+def _field_names(*models: type[BaseModel]) -> frozenset[str]:
+    return frozenset(a.alias or n for m in models for n, a in m.model_fields.items())
+
+
+WIRE_FIELD_NAMES = _field_names(CompletionRequest, StreamOptions, ResponseFormat, ThinkingConfigEnabled,
+                                PredictedOutput)
+"""Every field name a request can hold; `ember.api.errors` names the faulty one from these."""

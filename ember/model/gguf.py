@@ -1,0 +1,174 @@
+"""GGUF file -> Checkpoint: args from `llama.*` metadata, float32 tensors under Hugging Face names.
+
+Two things differ from a Hugging Face checkpoint and are undone here, once: ggml stores shapes
+innermost-first (the reader hands back row-major [out, in] data, which is what torch wants), and
+llama.cpp's converter reorders the rows of q and k for its interleaved-pair RoPE, while our model
+(like transformers) rotates halves.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ember.errors import ModelLoadError
+from ember.model.args import ModelArgs
+from ember.model.checkpoint import Checkpoint, check_complete
+from ember.model.llama import rope_inv_freq
+from ember.tokenizer import Tokenizer
+
+SUPPORTED_ARCHITECTURES = ("llama",)
+
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_ROPE_FREQS = "rope_freqs.weight"
+
+
+def read_gguf(path: str | Path) -> Checkpoint:
+    path = Path(path)
+    reader = _open(path)
+    meta = {name: field.contents() for name, field in reader.fields.items()}
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {path} (supported: llama)")
+    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    args = _model_args(meta, arch, shapes, path)
+    # Before the slow part, so an unsupported vocabulary fails at once.
+    tokenizer = Tokenizer.from_gguf_fields({k: v for k, v in meta.items() if k.startswith("tokenizer.")})
+
+    tensors: dict[str, torch.Tensor] = {}
+    rope_freqs: torch.Tensor | None = None
+    bar = tqdm(reader.tensors, desc=f"loading {path.name}", unit="tensor", file=sys.stderr,
+               disable=not sys.stderr.isatty(), leave=False)
+    for t in bar:
+        weight = _dequantize(t, shapes[t.name])
+        if t.name == _ROPE_FREQS:
+            rope_freqs = weight
+            continue
+        name = hf_name(t.name)
+        if name is None:
+            raise ModelLoadError(f"unexpected tensor {t.name!r} in {path}: not a plain Llama checkpoint")
+        if name.endswith("q_proj.weight"):
+            weight = unpermute_rope_rows(weight, args.n_heads)
+        elif name.endswith("k_proj.weight"):
+            weight = unpermute_rope_rows(weight, args.n_kv_heads)
+        tensors[name] = weight
+    if rope_freqs is not None:
+        args = replace(args, rope_scaling=llama3_scaling_from_freqs(args, rope_freqs, path))
+    check_complete(args, tensors, path)
+    return Checkpoint(args=args, tensors=tensors, tokenizer=tokenizer, source=str(path))
+
+
+def hf_name(gguf_name: str) -> str | None:
+    """The Hugging Face Llama name of a GGUF tensor, or None for one we do not know."""
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    m = _BLOCK_RE.fullmatch(gguf_name)
+    if m is None or m.group(2) not in _BLOCK_NAMES:
+        return None
+    return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.weight"
+
+
+def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Inverse of llama.cpp's `permute`: per head, its rows are stored as (pair, 2) -- both members of
+    a rotated pair adjacent -- and Hugging Face keeps them as (2, pair): first halves, then second."""
+    rows = w.shape[0]
+    return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape).contiguous()
+
+
+def _open(path: Path) -> gguf.GGUFReader:
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file not found: {path}")
+    try:
+        return gguf.GGUFReader(path, "r")
+    except (OSError, ValueError, KeyError, IndexError) as e:  # the reader signals a bad file in all these ways
+        raise ModelLoadError(f"cannot read GGUF file {path}: {' '.join(str(e).split())}") from e
+
+
+def _dequantize(t: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    data = gguf.quants.dequantize(t.data, t.tensor_type)
+    arr = np.asarray(data, dtype=np.float32).reshape(shape)
+    if not arr.flags.writeable:  # unquantized tensors come back as views of the read-only file map
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
+def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]], path: Path) -> ModelArgs:
+    def key(name: str, default: Any = None) -> Any:
+        value = meta.get(f"{arch}.{name}", default)
+        if value is None:
+            raise ModelLoadError(f"GGUF file {path} lacks metadata {arch}.{name}")
+        return value
+
+    if "token_embd.weight" not in shapes:
+        raise ModelLoadError(f"GGUF file {path} has no token_embd.weight tensor")
+    dim, n_heads = int(key("embedding_length")), int(key("attention.head_count"))
+    head_dim = int(key("attention.key_length", dim // n_heads))
+    rot = int(key("rope.dimension_count", head_dim))
+    if rot != head_dim:
+        raise ModelLoadError(f"{path}: partial rotary embeddings ({rot} of {head_dim} dims) are not supported")
+    return ModelArgs(
+        # The embedding's rows, not llama.vocab_size: older files omit the key, and rows are what ids index.
+        vocab_size=shapes["token_embd.weight"][0],
+        dim=dim,
+        n_layers=int(key("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(key("attention.head_count_kv", n_heads)),
+        hidden_dim=int(key("feed_forward_length")),
+        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(key("rope.freq_base", 10000.0)),
+        rope_scaling=_rope_scaling(meta, arch),
+        max_seq_len=int(key("context_length", 2048)),
+        tie_embeddings="output.weight" not in shapes,
+        head_dim=head_dim,
+    )
+
+
+def _rope_scaling(meta: dict[str, Any], arch: str) -> dict[str, Any] | None:
+    kind = meta.get(f"{arch}.rope.scaling.type")
+    factor = meta.get(f"{arch}.rope.scaling.factor", meta.get(f"{arch}.rope.scale_linear"))
+    if kind in (None, "none") and factor in (None, 1.0):
+        return None
+    scaling: dict[str, Any] = {"rope_type": kind or "linear", "factor": float(factor or 1.0)}
+    original = meta.get(f"{arch}.rope.scaling.original_context_length")
+    if original is not None:
+        scaling["original_max_position_embeddings"] = int(original)
+    return scaling
+
+
+# Llama 3.x files carry their RoPE scaling only as a per-frequency divisor tensor; these are the
+# parameters every released Llama 3.x used, tried in turn and kept only when they reproduce it.
+_LLAMA3_CANDIDATES = tuple({"rope_type": "llama3", "factor": f, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 8192} for f in (8.0, 32.0, 16.0, 4.0, 2.0))
+
+
+def llama3_scaling_from_freqs(args: ModelArgs, rope_freqs: torch.Tensor, path: Path) -> dict[str, Any]:
+    plain = rope_inv_freq(replace(args, rope_scaling=None))
+    for candidate in _LLAMA3_CANDIDATES:
+        scaled = rope_inv_freq(replace(args, rope_scaling=candidate))
+        if torch.allclose(plain / scaled, rope_freqs.flatten().float(), rtol=1e-3):
+            return dict(candidate)
+    raise ModelLoadError(f"{path}: its rope_freqs tensor matches no known Llama 3 RoPE scaling")

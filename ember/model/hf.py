@@ -1,0 +1,113 @@
+"""Hugging Face Llama directory (config.json, *.safetensors, tokenizer.json) -> Checkpoint.
+
+The tensors already carry the names and rotate-half layout the loader expects; only the dtype changes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ember.errors import ModelLoadError
+from ember.model.args import ModelArgs
+from ember.model.checkpoint import Checkpoint, check_complete
+from ember.tokenizer import Tokenizer
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+# Buffers some old exports saved alongside the weights; recomputed by the model, never loaded.
+_SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def read_hf_dir(path: str | Path) -> Checkpoint:
+    folder = Path(path)
+    config = _read_config(folder)
+    files = _weight_files(folder)
+    if not files:
+        raise ModelLoadError(f"no *.safetensors weights in {folder}")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            part = load_file(str(file))
+        except (OSError, SafetensorError) as e:
+            raise ModelLoadError(f"cannot read weights {file}: {one_line(e)}") from e
+        tensors.update({k: v.to(torch.float32) for k, v in part.items() if not k.endswith(_SKIPPED_SUFFIXES)})
+    if "model.embed_tokens.weight" not in tensors:
+        raise ModelLoadError(f"{folder} has no model.embed_tokens.weight: not a Llama checkpoint")
+
+    args = model_args(config, tie_embeddings="lm_head.weight" not in tensors or
+                      bool(config.get("tie_word_embeddings", False)))
+    if args.tie_embeddings:
+        tensors.pop("lm_head.weight", None)  # a saved copy of the embedding; keep one source of truth
+    check_complete(args, tensors, folder)
+    tokenizer_file = folder / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        raise ModelLoadError(f"no tokenizer.json in {folder}")
+    tokenizer = Tokenizer.from_file(tokenizer_file, config)
+    return Checkpoint(args=args, tensors=tensors, tokenizer=tokenizer, source=str(folder))
+
+
+def model_args(config: dict[str, Any], tie_embeddings: bool) -> ModelArgs:
+    """ModelArgs from a Llama config.json (old `rope_theta`/`rope_scaling` or newer `rope_parameters`)."""
+    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
+        raise ModelLoadError(f"unsupported model_type {config.get('model_type')!r} (supported: llama, mistral)")
+    if config.get("attention_bias") or config.get("mlp_bias"):
+        raise ModelLoadError("Llama checkpoints with attention or MLP biases are not supported")
+    rope = dict(config.get("rope_parameters") or {})
+    theta = config.get("rope_theta", rope.pop("rope_theta", 10000.0))
+    scaling = config.get("rope_scaling") or rope or None
+    if scaling is not None and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+        scaling = None
+    try:
+        n_heads = int(config["num_attention_heads"])
+        return ModelArgs(
+            vocab_size=int(config["vocab_size"]),
+            dim=int(config["hidden_size"]),
+            n_layers=int(config["num_hidden_layers"]),
+            n_heads=n_heads,
+            n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
+            hidden_dim=int(config["intermediate_size"]),
+            norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            rope_scaling=scaling,
+            max_seq_len=int(config.get("max_position_embeddings", 2048)),
+            tie_embeddings=tie_embeddings,
+            head_dim=int(config["head_dim"]) if config.get("head_dim") else None,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"config.json is missing or has a bad value: {e}") from e
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ModelLoadError(f"no config.json in {folder}") from e
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path} is not a JSON object")
+    return config
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The shards the index names, else model.safetensors, else every *.safetensors (some repos also ship
+    differently named copies, such as Mistral's consolidated.safetensors, that must not be mixed in)."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ModelLoadError(f"cannot read {index}: {one_line(e)}") from e
+        return sorted(folder / n for n in names)
+    single = folder / "model.safetensors"
+    return [single] if single.is_file() else sorted(folder.glob("*.safetensors"))
+
+
+def one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
