@@ -7,7 +7,7 @@ import asyncio
 import logging
 import sys
 
-from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig, ServerConfig
+from ember.config import QUANTIZATIONS, CacheConfig, Config, ModelConfig, SchedulerConfig, ServerConfig
 from ember.errors import EmberError
 
 
@@ -16,8 +16,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="a .gguf file, a Hugging Face checkpoint dir, or a short name "
                         "(default: the embedded smollm2-135m-instruct)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
-    p.add_argument("--quantization", default="none", choices=["none", "int8"],
-                   help="weight-only quantization applied after loading")
+    p.add_argument("--quantization", default="auto", choices=list(QUANTIZATIONS),
+                   help="weight-only quantization: auto keeps each weight at its file's precision")
     p.add_argument("--max-model-len", type=int, default=None, help="context window (default: the model's)")
     p.add_argument("--kv-cache-mb", type=int, default=1024, help="memory budget of the KV cache")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")

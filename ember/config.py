@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+QUANTIZATIONS = ("auto", "int4", "int8", "none")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -13,16 +15,17 @@ class ModelConfig:
     """"cpu", "cuda" or "auto" (cuda when available)."""
     dtype: str = "float32"
     """Activation dtype of the dense path: float32 on CPU (bf16 matmuls have no fast CPU path here)."""
-    quantization: str = "none"
-    """Weight-only quantization applied after loading: "none" or "int8"."""
+    quantization: str = "auto"
+    """Weight-only quantization after loading: "auto" (each weight at its file's precision: a Q4 GGUF
+    tensor -> int4, Q8/Q6 -> int8, floats stay fp32; CPU only), "int4", "int8" or "none" (fp32)."""
     max_model_len: int | None = None
     """Context window served; None = the checkpoint's own."""
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, not {self.device!r}")
-        if self.quantization not in ("none", "int8"):
-            raise ValueError(f"quantization must be none or int8, not {self.quantization!r}")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}")
         if self.max_model_len is not None and self.max_model_len < 16:
             raise ValueError("max_model_len must be at least 16")
 

@@ -38,6 +38,13 @@ def smol_checkpoint(smol_ref: ModelRef) -> Checkpoint:
 
 @pytest.fixture(scope="session")
 def smol(smol_ref: ModelRef) -> LoadedModel:
+    """SmolLM2 in fp32: the exact dequantized GGUF, which the transformers oracle must match."""
+    return load_model(ModelConfig(quantization="none"))
+
+
+@pytest.fixture(scope="session")
+def smol_served(smol_ref: ModelRef) -> LoadedModel:
+    """SmolLM2 as `ember serve` loads it by default (int4/int8 kernels at the GGUF's own precision)."""
     return load_model(ModelConfig())
 
 
@@ -128,8 +135,8 @@ def server_config(**cache: object) -> Config:
 
 
 @pytest.fixture(scope="session")
-def smol_server(smol: LoadedModel) -> Iterator[LiveServer]:
-    with LiveServer(server_config(), smol) as s:
+def smol_server(smol_served: LoadedModel) -> Iterator[LiveServer]:
+    with LiveServer(server_config(), smol_served) as s:
         yield s
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ember.engine.scheduler import ScheduledBatch
-from ember.model.attention import ForwardBatch, PrefillSlice
+from ember.model.attention import ForwardBatch, PrefillSlice, decode_head_rows
 from ember.model.llama import Llama
 
 
@@ -89,6 +89,7 @@ class ModelRunner:
             mask = torch.zeros(len(decode_ctx), max_len)
             mask.masked_fill_(torch.arange(max_len).unsqueeze(0) >= lens, float("-inf"))
             fb.decode_slots = slots.to(self.device)
+            fb.decode_head_rows = decode_head_rows(fb.decode_slots, self.model.args.n_kv_heads)
             fb.decode_mask = mask.view(len(decode_ctx), 1, 1, max_len).to(self.device)
         return fb
 

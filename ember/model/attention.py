@@ -43,9 +43,17 @@ class ForwardBatch:
     """Rows 0..num_decodes-1 are single-token decodes."""
     decode_slots: torch.Tensor | None = None
     """[num_decodes, max_ctx] context slots of each decode, padded with slot 0."""
+    decode_head_rows: torch.Tensor | None = None
+    """[num_decodes * n_kv_heads * max_ctx] rows of the cache viewed as [slots * n_kv_heads, head_dim],
+    ordered (decode, kv head, position): one gather yields K as [B, KV, L, D], ready for the matmul."""
     decode_mask: torch.Tensor | None = None
     """[num_decodes, 1, 1, max_ctx] additive mask: 0 inside the context, -inf in the padding."""
     prefills: list[PrefillSlice] = field(default_factory=list)
+
+
+def decode_head_rows(decode_slots: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
+    heads = torch.arange(n_kv_heads, device=decode_slots.device).view(1, n_kv_heads, 1)
+    return (decode_slots.unsqueeze(1) * n_kv_heads + heads).reshape(-1)
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -65,15 +73,18 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     if nd:
         assert batch.decode_slots is not None and batch.decode_mask is not None
         B, L = batch.decode_slots.shape
-        flat = batch.decode_slots.reshape(-1)
-        k = k_cache.index_select(0, flat).view(B, L, n_kv_heads, D)
-        v = v_cache.index_select(0, flat).view(B, L, n_kv_heads, D)
+        rows = batch.decode_head_rows
+        if rows is None:
+            rows = decode_head_rows(batch.decode_slots, n_kv_heads)
+        # Gathering straight into (B, KV, L, D) saves the copy a permuted view would cost in matmul.
+        k = k_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
+        v = v_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
         qd = q[:nd].view(B, n_kv_heads, group, D)
         # A hand-written matmul + softmax: SDPA costs milliseconds per single-query call on CPU.
-        scores = torch.matmul(qd, k.permute(0, 2, 3, 1)) * scale  # (B, KV, G, L)
-        scores = scores + batch.decode_mask
+        scores = torch.matmul(qd, k.transpose(-1, -2)).mul_(scale)  # (B, KV, G, L)
+        scores += batch.decode_mask
         probs = torch.softmax(scores, dim=-1)
-        o = torch.matmul(probs, v.transpose(1, 2))  # (B, KV, G, D)
+        o = torch.matmul(probs, v)  # (B, KV, G, D)
         out[:nd] = o.reshape(B, H, D)
     for p in batch.prefills:
         ctx = p.context_slots.shape[0]

@@ -6,7 +6,7 @@ naming scheme, not one per format.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,9 @@ class Checkpoint:
     tokenizer: Tokenizer
     source: str
     """Where the weights came from (a path), for messages and logs."""
+    source_bits: dict[str, int] = field(default_factory=dict)
+    """Bits per weight each tensor was stored with when the file was quantized (GGUF Q4_1 -> 4); tensors
+    stored as floats are absent. `quantization="auto"` keeps each weight at its file's precision."""
 
 
 def expected_tensor_names(args: ModelArgs) -> list[str]:

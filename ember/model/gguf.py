@@ -60,6 +60,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
     tokenizer = Tokenizer.from_gguf_fields({k: v for k, v in meta.items() if k.startswith("tokenizer.")})
 
     tensors: dict[str, torch.Tensor] = {}
+    source_bits: dict[str, int] = {}
     rope_freqs: torch.Tensor | None = None
     bar = tqdm(reader.tensors, desc=f"loading {path.name}", unit="tensor", file=sys.stderr,
                disable=not sys.stderr.isatty(), leave=False)
@@ -76,10 +77,19 @@ def read_gguf(path: str | Path) -> Checkpoint:
         elif name.endswith("k_proj.weight"):
             weight = unpermute_rope_rows(weight, args.n_kv_heads)
         tensors[name] = weight
+        bits = quant_bits(t.tensor_type)
+        if bits is not None:
+            source_bits[name] = bits
     if rope_freqs is not None:
         args = replace(args, rope_scaling=llama3_scaling_from_freqs(args, rope_freqs, path))
     check_complete(args, tensors, path)
-    return Checkpoint(args=args, tensors=tensors, tokenizer=tokenizer, source=str(path))
+    return Checkpoint(args=args, tensors=tensors, tokenizer=tokenizer, source=str(path), source_bits=source_bits)
+
+
+def quant_bits(qtype: gguf.GGMLQuantizationType) -> int | None:
+    """Nominal bits per weight of a GGML block type (Q4_1 -> 4, Q6_K -> 6); None for float types."""
+    m = re.match(r"I?Q(\d)", qtype.name)
+    return int(m.group(1)) if m else None
 
 
 def hf_name(gguf_name: str) -> str | None:

@@ -14,7 +14,7 @@ from ember.config import ModelConfig
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.llama import Llama, rope_inv_freq
-from ember.model.quant import quantize_int8
+from ember.model.quant import kind_for_bits, quantize_model
 from ember.model.registry import ModelRef, resolve_model
 from ember.tokenizer import Tokenizer
 
@@ -66,9 +66,39 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
     # Non-persistent buffers are not in the state dict; rebuild them on the real device.
     model.inv_freq = rope_inv_freq(args).to(device)
     model.eval().requires_grad_(False)
-    if cfg is not None and cfg.quantization == "int8":
-        quantize_int8(model)
+    if cfg is not None:
+        quantize_model(model, quantization_plan(ckpt, cfg.quantization, device))
     return model
+
+
+def source_names(args: ModelArgs) -> dict[str, list[str]]:
+    """Module path of each Linear -> the checkpoint tensors fused into it."""
+    out = {"lm_head": ["model.embed_tokens.weight" if args.tie_embeddings else "lm_head.weight"]}
+    for i in range(args.n_layers):
+        p = f"model.layers.{i}."
+        out[f"layers.{i}.self_attn.qkv_proj"] = [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
+        out[f"layers.{i}.self_attn.o_proj"] = [p + "self_attn.o_proj.weight"]
+        out[f"layers.{i}.mlp.gate_up_proj"] = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+        out[f"layers.{i}.mlp.down_proj"] = [p + "mlp.down_proj.weight"]
+    return out
+
+
+def quantization_plan(ckpt: Checkpoint, quantization: str, device: torch.device) -> dict[str, str]:
+    """Module path -> "int4" | "int8" | "none".
+
+    "auto" keeps each weight at its file's precision, and only on CPU, where the packed kernels live;
+    a fused module takes the widest precision among its parts.
+    """
+    names = source_names(ckpt.args)
+    if quantization in ("int4", "int8"):
+        return dict.fromkeys(names, quantization)
+    if quantization != "auto" or device.type != "cpu":
+        return dict.fromkeys(names, "none")
+    plan = {}
+    for path, parts in names.items():
+        bits = [ckpt.source_bits.get(n) for n in parts]
+        plan[path] = "none" if None in bits else kind_for_bits(max(b for b in bits if b is not None))
+    return plan
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:

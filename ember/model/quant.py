@@ -1,9 +1,15 @@
-"""Weight-only int8 Linear: a drop-in for nn.Linear that the model never notices.
+"""Weight-only quantized Linears: drop-ins for nn.Linear that the model never notices.
 
-Decode on CPU is bound by reading weights; int8 halves that against bf16 and quarters it against fp32.
-torch's `_weight_int8pack_mm` is fast only with bf16 activations on this class of CPU (measured: 0.03 ms
-for a 3072x576 projection at batch 1 vs 0.3 ms in fp32), so activations are cast to bf16 around it.
-Scales are per output channel (symmetric, absmax / 127).
+Decode on CPU is bound by reading weights: fp32 SmolLM2 reads 540 MB per token, int8 135 MB, int4 70 MB.
+torch's packed kernels are fast only with bf16 activations on this class of CPU (a 3072x576 projection
+at batch 1: fp32 matmul 0.15 ms, `_weight_int4pack_mm_for_cpu` 0.05 ms with bf16 input but 1.5 ms with
+fp32 input), so activations are cast to bf16 around them. Measured per shape (bench notes in
+bench/RESULTS.md), int4 with 32-wide groups is the fastest kernel at every batch size up to 64 rows and
+within 10% of fp32 at 512-row prefill chunks; int8 is close at batch 1 but 2x slower than int4 at 32 rows.
+
+`auto` keeps each weight at the precision of its file: a GGUF Q4_1 tensor (w = d*q + m over 32-wide
+groups) becomes int4 with the same groups, which reproduces its values up to bf16 rounding of d and m;
+an 8-bit or 6-bit tensor becomes per-channel int8; float tensors stay fp32.
 """
 
 from __future__ import annotations
@@ -11,8 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+INT4_GROUP = 32
+
 
 class Int8Linear(nn.Module):
+    """Symmetric per-output-channel int8 (absmax / 127)."""
+
     def __init__(self, weight: torch.Tensor) -> None:
         super().__init__()
         w = weight.float()
@@ -27,11 +37,64 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Swap every nn.Linear in place for an Int8Linear holding the same weights."""
-    for name, child in list(model.named_children()):
+class Int4Linear(nn.Module):
+    """Asymmetric int4 over groups of 32 input channels: w = (q - 8) * scale + zero, q in 0..15."""
+
+    def __init__(self, weight: torch.Tensor, group: int = INT4_GROUP) -> None:
+        super().__init__()
+        N, K = weight.shape
+        g = weight.float().reshape(N, K // group, group)
+        lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-10)
+        q = torch.round((g - lo.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp(0, 15).to(torch.int32)
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.reshape(N, K), 1))
+        # The kernel wants [K / group, N, 2] = (scale, zero) with zero the value at q = 8.
+        sz = torch.stack([scale, lo + 8.0 * scale], dim=-1).transpose(0, 1).contiguous()
+        self.register_buffer("scales_zeros", sz.to(torch.bfloat16))
+        self.group = group
+        self.in_features = K
+        self.out_features = N
+
+    @staticmethod
+    def supports(weight: torch.Tensor, group: int = INT4_GROUP) -> bool:
+        N, K = weight.shape
+        return weight.device.type == "cpu" and K % group == 0 and N % 16 == 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(torch.bfloat16), self.packed, self.group,
+                                                       self.scales_zeros)
+        return y.to(x.dtype)
+
+
+def quantize_linear(linear: nn.Linear, kind: str) -> nn.Module:
+    """`kind`: "int4", "int8" or "none"; int4 falls back to int8 where the shape does not allow it."""
+    w = linear.weight.data
+    if kind == "int4" and Int4Linear.supports(w):
+        return Int4Linear(w)
+    if kind in ("int4", "int8"):
+        return Int8Linear(w)
+    return linear
+
+
+def kind_for_bits(bits: int | None) -> str:
+    """The kernel that holds a weight stored with `bits` per value without losing much of it."""
+    if bits is None:
+        return "none"
+    return "int4" if bits <= 4 else "int8"
+
+
+def quantize_model(model: nn.Module, kinds: dict[str, str]) -> nn.Module:
+    """Swap each bias-free nn.Linear named in `kinds` (module path -> kind) in place."""
+    for path, kind in kinds.items():
+        if kind == "none":
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        child = getattr(parent, name)
         if isinstance(child, nn.Linear) and child.bias is None:
-            setattr(model, name, Int8Linear(child.weight.data))
-        else:
-            quantize_int8(child)
+            setattr(parent, name, quantize_linear(child, kind))
     return model
+
+
+def linear_paths(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]

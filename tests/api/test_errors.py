@@ -108,11 +108,11 @@ def test_semantic_errors_are_400(smol_server) -> None:
 
 
 @pytest.fixture(scope="module")
-def short_server(smol):
+def short_server(smol_served):
     """The real model with a 64-token context window, so context limits are cheap to reach."""
     cfg = server_config()
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, max_model_len=64))
-    with LiveServer(cfg, smol) as s:
+    with LiveServer(cfg, smol_served) as s:
         yield s
 
 
