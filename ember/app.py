@@ -13,7 +13,7 @@ from ember.api import completions, health, models
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
 from ember.config import Config
-from ember.engine.client import EngineClient
+from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
 from ember.engine.metrics import EngineMetrics
 from ember.model.loader import LoadedModel, load_model
@@ -28,15 +28,18 @@ def build_client(config: Config, loaded: LoadedModel, registry: CollectorRegistr
     return EngineClient(engine, on_step=metrics.on_step)
 
 
-def create_app(config: Config, loaded: LoadedModel | None = None) -> FastAPI:
-    """The app; pass `loaded` to reuse a model already in memory (tests, several apps in one process)."""
+def create_app(config: Config, loaded: LoadedModel | None = None,
+               torch_thread: TorchThread | None = None) -> FastAPI:
+    """The app; pass `loaded` to reuse a model already in memory (tests, several apps in one process),
+    and the TorchThread that loaded it, so the step loop runs on that same thread."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        lm = loaded if loaded is not None else load_model(config.model)
+        tt = torch_thread or TorchThread()
+        lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
-        client = build_client(config, lm, registry)
-        client.start()
+        client = await tt.run(build_client, config, lm, registry)
+        client.start(tt)
         served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len)
         app.state.ember = AppState(client=client, model=served, api_keys=config.server.api_keys)
         app.state.registry = registry
@@ -46,6 +49,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None) -> FastAPI:
             yield
         finally:
             client.stop()
+            tt.shutdown()
 
     app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)

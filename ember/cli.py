@@ -42,14 +42,16 @@ def serve(a: argparse.Namespace) -> int:
     import uvicorn
 
     from ember.app import create_app
+    from ember.engine.client import TorchThread
     from ember.model.loader import load_model
 
     config = _config(a)
     print(f"ember: loading {config.model.model or 'the default model'} ...", file=sys.stderr)
-    loaded = load_model(config.model)
+    torch_thread = TorchThread()  # loads here and steps later: one thread for all torch work
+    loaded = torch_thread.submit(load_model, config.model).result()
     print(f"ember: serving {loaded.ref.model_id} on http://{config.server.host}:{config.server.port}/v1",
           file=sys.stderr)
-    app = create_app(config, loaded)
+    app = create_app(config, loaded, torch_thread)
     uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=a.log_level)
     return 0
 

@@ -17,6 +17,8 @@ from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 16
+MAX_CHOICES = 128
+"""Choices (prompts x n) one request may ask for: the spec's bound on n, applied to the product."""
 
 
 @dataclass
@@ -104,6 +106,10 @@ def logprobs_count(req: CompletionRequest) -> int | None:
 def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str) -> Plan:
     prompts = tokenize_prompts(req, tok)
     n = req.n
+    if len(prompts) * n > MAX_CHOICES:
+        raise InvalidRequest(
+            f"{len(prompts)} prompts x n={n} asks for {len(prompts) * n} choices; at most {MAX_CHOICES} "
+            "per request", param="n", code="too_many_choices")
     stop = tuple(req.stop_list)
     nlp = logprobs_count(req)
     echo = bool(req.echo) or bool(req.echo_last)
@@ -128,6 +134,8 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
                 presence_penalty=req.presence_penalty or 0.0,
                 repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
                 logit_bias=bias,
+                mirostat_target=req.mirostat_target,
+                mirostat_lr=0.1 if req.mirostat_lr is None else req.mirostat_lr,
                 seed=_choice_seed(req.seed, c),
                 stop=stop,
                 ignore_eos=req.ignore_eos,

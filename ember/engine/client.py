@@ -17,13 +17,38 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from ember.engine.engine import Engine, EngineStats
 from ember.engine.request import EngineRequest, FinishReason, RequestOutput
 from ember.errors import EmberError, Overloaded
 
 log = logging.getLogger("ember.engine")
+T = TypeVar("T")
+
+
+class TorchThread:
+    """The one thread that runs a server's torch work: loading, KV allocation, then the step loop.
+
+    Measured on 2 cores: a model loaded on the main thread and stepped on another decoded at 27 ms per
+    token against 14.5 ms when one thread did both. Each OpenMP master thread keeps its own team of
+    workers, and the loading thread's idle team competes with the stepping thread's; one thread for all
+    torch work keeps one team.
+    """
+
+    def __init__(self, name: str = "ember-engine") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        return self._pool.submit(fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.wrap_future(self.submit(fn, *args))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False)
 
 
 @dataclass
@@ -44,12 +69,17 @@ class EngineClient:
         self._inbox: queue.Queue[_Add | _Abort | None] = queue.Queue()
         self._streams: dict[str, _Add] = {}
         self._thread: threading.Thread | None = None
+        self._future: Future[None] | None = None
         self._stopping = False
         self._on_step = on_step
         self._stats = engine.stats()
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, torch_thread: TorchThread | None = None) -> None:
+        """Run the step loop on `torch_thread` (the thread that loaded the model), or a new thread."""
+        if torch_thread is not None:
+            self._future = torch_thread.submit(self._loop)
+            return
         self._thread = threading.Thread(target=self._loop, name="ember-engine", daemon=True)
         self._thread.start()
 
@@ -58,9 +88,16 @@ class EngineClient:
         self._inbox.put(None)
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._future is not None:
+            try:
+                self._future.result(timeout=30)
+            except Exception:  # noqa: BLE001 - already logged by the loop; stopping must not raise
+                log.exception("engine loop ended with an error")
 
     @property
     def alive(self) -> bool:
+        if self._future is not None:
+            return not self._future.done()
         return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> EngineStats:

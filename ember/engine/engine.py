@@ -125,7 +125,7 @@ class Engine:
             sub = [seqs[k] for k in to_sample]
             sampled = self.sampler(result.sample_logits[to_sample], [s.params for s in sub],
                                    [s.generator for s in sub], [s.token_ids for s in sub],
-                                   [s.num_prompt_tokens for s in sub])
+                                   [s.num_prompt_tokens for s in sub], [s.mirostat_mu for s in sub])
         pos = {k: j for j, k in enumerate(to_sample)}
         for k, seq in enumerate(seqs):
             if seq.is_finished:
@@ -136,6 +136,8 @@ class Engine:
             assert sampled is not None
             tok = sampled.token_ids[pos[k]]
             rec = sampled.logprobs[pos[k]]
+            if sampled.mirostat_mu is not None:
+                seq.mirostat_mu = sampled.mirostat_mu[pos[k]]
             seq.token_ids.append(tok)
             if seq.first_token_time is None:
                 seq.first_token_time = now

@@ -34,6 +34,10 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    mirostat_target: float | None = None
+    """Mirostat 2.0 target surprise (tau, in bits); None = off."""
+    mirostat_lr: float = 0.1
+    """Mirostat learning rate (eta)."""
     logprobs: int | None = None
     """Top alternatives per generated token; None = no logprobs; 0 = only the chosen token's."""
     prompt_logprobs: int | None = None

@@ -25,6 +25,19 @@ from ember.engine.request import SamplingParams, TokenLogprob
 class SampleResult:
     token_ids: list[int]
     logprobs: list[TokenLogprob | None]
+    mirostat_mu: list[float | None] | None = None
+    """Each row's updated Mirostat bound (None where Mirostat is off)."""
+
+
+LN2 = 0.6931471805599453
+
+
+def _mirostat_truncate(scaled: torch.Tensor, mus: Seq[float]) -> torch.Tensor:
+    """Mirostat 2.0: drop tokens whose surprise (-log2 p) exceeds the row's bound mu; the top one stays."""
+    surprise = -torch.log_softmax(scaled, dim=-1) / LN2
+    keep = surprise <= torch.tensor(mus, device=scaled.device, dtype=scaled.dtype).unsqueeze(1)
+    keep.scatter_(1, scaled.argmax(dim=-1, keepdim=True), True)
+    return scaled.masked_fill(~keep, float("-inf"))
 
 
 def _apply_penalties(logits: torch.Tensor, params: Seq[SamplingParams], histories: Seq[Seq[int]],
@@ -179,7 +192,7 @@ def _draw(probs: torch.Tensor, generators: Seq[torch.Generator | None]) -> torch
 class Sampler:
     def __call__(self, logits: torch.Tensor, params: Seq[SamplingParams],
                  generators: Seq[torch.Generator | None], histories: Seq[Seq[int]],
-                 num_prompt: Seq[int]) -> SampleResult:
+                 num_prompt: Seq[int], mirostat_mu: Seq[float | None] | None = None) -> SampleResult:
         logits = _apply_penalties(logits.float(), params, histories, num_prompt)
         B = logits.shape[0]
         chosen = logits.argmax(dim=-1)
@@ -191,7 +204,24 @@ class Sampler:
             sub_params = [params[i] for i in rows]
             temps = torch.tensor([p.temperature for p in sub_params], device=logits.device).unsqueeze(1)
             scaled = _filter(logits[rows] / temps, sub_params)
-            chosen[rows] = _draw(torch.softmax(scaled, dim=-1), [generators[i] for i in rows])
+            mrows = [j for j, i in enumerate(rows) if mirostat_mu is not None and mirostat_mu[i] is not None]
+            if mrows:
+                assert mirostat_mu is not None
+                scaled[mrows] = _mirostat_truncate(scaled[mrows], [mirostat_mu[rows[j]] for j in mrows])
+            probs = torch.softmax(scaled, dim=-1)
+            picked = _draw(probs, [generators[i] for i in rows])
+            chosen[rows] = picked
+            if mrows:
+                assert mirostat_mu is not None
+                new_mu: list[float | None] = list(mirostat_mu)
+                p_chosen = probs[mrows].gather(1, picked[mrows].unsqueeze(1)).squeeze(1)
+                observed = (-torch.log2(p_chosen.clamp(min=1e-30))).tolist()
+                for j, obs in zip(mrows, observed, strict=True):
+                    i = rows[j]
+                    p = params[i]
+                    assert p.mirostat_target is not None and new_mu[i] is not None
+                    new_mu[i] = new_mu[i] - p.mirostat_lr * (obs - p.mirostat_target)
+                mirostat_mu = new_mu
         records: list[TokenLogprob | None] = [None] * B
         if want_lp:
             lp = torch.log_softmax(logits, dim=-1)
@@ -200,7 +230,8 @@ class Sampler:
             if rows and scaled is not None:
                 slp[rows] = torch.log_softmax(scaled, dim=-1).gather(1, chosen[rows].unsqueeze(1)).squeeze(1)
             records = _top_records(lp, chosen, range(B), ns, slp)
-        return SampleResult(chosen.tolist(), records)
+        return SampleResult(chosen.tolist(), records,
+                            list(mirostat_mu) if mirostat_mu is not None else None)
 
 
 def prompt_logprobs(logits: torch.Tensor, targets: Seq[int], n: int) -> list[TokenLogprob]:

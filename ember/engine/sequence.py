@@ -37,10 +37,14 @@ class Sequence:
     first_token_time: float | None = None
     num_preemptions: int = 0
     arrival_time: float = 0.0
+    mirostat_mu: float | None = None
+    """Mirostat's running surprise bound; starts at twice the target."""
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.request.prompt_token_ids)
+        if self.mirostat_mu is None and self.request.params.mirostat_target is not None:
+            self.mirostat_mu = 2.0 * self.request.params.mirostat_target
 
     @property
     def request_id(self) -> str:

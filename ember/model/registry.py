@@ -48,6 +48,12 @@ def resolve_model(name_or_path: str | None) -> ModelRef:
             return ModelRef(_embedded_file(embedded), MODEL_ID_PREFIX + embedded.name, (embedded.name,))
     path = Path(name).expanduser()
     if path.exists():
+        for embedded in _EMBEDDED:  # the embedded file named by its path keeps its proper id
+            try:
+                if _embedded_file(embedded) == path.resolve():
+                    return ModelRef(path.resolve(), MODEL_ID_PREFIX + embedded.name, (embedded.name,))
+            except ModelLoadError:
+                pass
         stem = (path.stem if path.is_file() else path.name).lower()
         return ModelRef(path.resolve(), MODEL_ID_PREFIX + stem, (stem,))
     raise ModelLoadError(f"unknown model {name!r}: not a file or directory, and not a known name "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -100,3 +102,25 @@ def test_candidate_filter_equals_full_sort(seed, cfgs) -> None:
     fast = torch.isfinite(_filter(logits.clone(), ps))
     ref = torch.isfinite(_filter_sorted(logits.clone(), ps))
     assert torch.equal(fast, ref)
+
+
+def test_mirostat_truncates_by_surprise_and_adapts() -> None:
+    # Probabilities 1/2, 1/4, 1/8, ...: token i has surprise i + 1 bits.
+    V_ = 12
+    logits = torch.log(torch.tensor([2.0 ** -(i + 1) for i in range(V_)])).unsqueeze(0)
+    p = SamplingParams(temperature=1.0, mirostat_target=2.0, mirostat_lr=0.5)
+    g = torch.Generator().manual_seed(0)
+    mu = 2.5  # only tokens 0 and 1 (1 and 2 bits) are under the bound
+    seen = set()
+    for _ in range(200):
+        res = Sampler()(logits.clone(), [p], [g], [[]], [0], [mu])
+        seen.add(res.token_ids[0])
+        assert res.mirostat_mu is not None and res.mirostat_mu[0] != mu
+    assert seen == {0, 1}
+    # Renormalized over {0, 1}: p = 2/3 or 1/3, and mu moves by -lr * (observed surprise - target).
+    res = Sampler()(logits.clone(), [p], [g], [[]], [0], [mu])
+    observed = -math.log2(2 / 3 if res.token_ids[0] == 0 else 1 / 3)
+    assert res.mirostat_mu is not None
+    assert abs(res.mirostat_mu[0] - (mu - 0.5 * (observed - 2.0))) < 1e-5
+    off = Sampler()(logits.clone(), [SamplingParams(temperature=1.0)], [g], [[]], [0], [None])
+    assert off.mirostat_mu == [None]

@@ -47,3 +47,31 @@ def test_greedy_32_tokens_identical(smol: LoadedModel, hf_model) -> None:
     engine = make_engine(smol)
     got = run_all(engine, [req("g", ids, greedy(max_tokens=32))])["g"].token_ids
     assert got == expect
+
+
+def test_echo_logprobs_through_http_match_transformers(smol: LoadedModel, hf_model) -> None:
+    """What lm-eval sends for loglikelihood (echo, logprobs, max_tokens=0) against log-softmax of
+    transformers' logits, through a real server running the exact fp32 model."""
+    import httpx
+
+    from tests.conftest import MODEL_ID, LiveServer, server_config
+
+    prompt = "Once upon a time, in a land far away, there lived a dragon."
+    ids = smol.tokenizer.encode(prompt)
+    with torch.inference_mode():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    with LiveServer(server_config(), smol) as server:
+        r = httpx.post(server.url + "/v1/completions", timeout=120, json={
+            "model": MODEL_ID, "prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 2, "temperature": 0})
+    assert r.status_code == 200, r.text
+    lp = r.json()["choices"][0]["logprobs"]
+    assert lp["token_ids"] == ids and lp["token_logprobs"][0] is None
+    want = [ref[i - 1, ids[i]].item() for i in range(1, len(ids))]
+    got = lp["token_logprobs"][1:]
+    assert max(abs(a - b) for a, b in zip(got, want, strict=True)) <= 2e-3
+    for i in range(1, len(ids)):
+        top2 = ref[i - 1].topk(2)
+        alts = {smol.tokenizer.id_to_piece(t): v for t, v in zip(top2.indices.tolist(), top2.values.tolist(),
+                                                                strict=True)}
+        for piece, v in alts.items():
+            assert abs(lp["top_logprobs"][i][piece] - v) <= 2e-3
