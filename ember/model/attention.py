@@ -15,7 +15,6 @@ causal mask offset by the tokens already in its context.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -64,10 +63,10 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch,
                     n_kv_heads: int) -> torch.Tensor:
-    """q: [T, H, D] -> [T, H, D], reading K/V for every row's context from the cache."""
+    """q: [T, H, D], already scaled by 1/sqrt(D) -> [T, H, D], reading K/V for every row's context from
+    the cache."""
     T, H, D = q.shape
     group = H // n_kv_heads
-    scale = 1.0 / math.sqrt(D)
     out = torch.empty_like(q)
     nd = batch.num_decodes
     if nd:
@@ -81,7 +80,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         v = v_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
         qd = q[:nd].view(B, n_kv_heads, group, D)
         # A hand-written matmul + softmax: SDPA costs milliseconds per single-query call on CPU.
-        scores = torch.matmul(qd, k.transpose(-1, -2)).mul_(scale)  # (B, KV, G, L)
+        # q arrives pre-scaled by 1/sqrt(D) (folded into its projection by the loader).
+        scores = torch.matmul(qd, k.transpose(-1, -2))  # (B, KV, G, L)
         scores += batch.decode_mask
         probs = torch.softmax(scores, dim=-1)
         o = torch.matmul(probs, v)  # (B, KV, G, D)
@@ -96,6 +96,6 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         # Query i sits at context position ctx - q_len + i and sees keys 0..that position.
         qpos = torch.arange(ctx - p.q_len, ctx, device=q.device).unsqueeze(1)
         mask = torch.arange(ctx, device=q.device).unsqueeze(0) <= qpos
-        o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)
+        o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=1.0)
         out[p.start : p.start + p.q_len] = o.squeeze(0).transpose(0, 1)
     return out

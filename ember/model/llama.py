@@ -61,14 +61,14 @@ class Attention(nn.Module):
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         T = x.shape[0]
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv_proj(x)
-        q = qkv[:, : H * D].view(T, H, D)
-        k = qkv[:, H * D : (H + KV) * D].view(T, KV, D)
+        qkv = self.qkv_proj.forward(x)
+        # q and k rotate together: one set of RoPE ops per layer, not two.
+        qk = apply_rope(qkv[:, : (H + KV) * D].view(T, H + KV, D), cos, sin)
+        q, k = qk[:, :H], qk[:, H:]
         v = qkv[:, (H + KV) * D :].view(T, KV, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         write_kv(kv[0], kv[1], k, v, batch.slot_mapping)
         o = paged_attention(q, kv[0], kv[1], batch, KV)
-        return self.o_proj(o.reshape(T, H * D))
+        return self.o_proj.forward(o.reshape(T, H * D))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -86,8 +86,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = self.gate_up_proj(x)
-        return self.down_proj(F.silu(gu[:, : self.hidden]) * gu[:, self.hidden :])
+        gu = self.gate_up_proj.forward(x)
+        return self.down_proj.forward(F.silu(gu[:, : self.hidden]) * gu[:, self.hidden :])
 
 
 class Block(nn.Module):
@@ -100,8 +100,9 @@ class Block(nn.Module):
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        h = h + self.self_attn(self.input_layernorm(h), cos, sin, batch, kv)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        # .forward directly: nn.Module.__call__'s hook machinery costs ~0.5 ms per decode step here.
+        h = h + self.self_attn.forward(self.input_layernorm.forward(h), cos, sin, batch, kv)
+        return h + self.mlp.forward(self.post_attention_layernorm.forward(h))
 
 
 class Llama(nn.Module):
@@ -120,7 +121,7 @@ class Llama(nn.Module):
         cos, sin = freqs.cos().unsqueeze(1), freqs.sin().unsqueeze(1)
         h = self.embed_tokens(batch.input_ids)
         for layer, kv in zip(self.layers, kv_caches, strict=True):
-            h = layer(h, cos, sin, batch, kv)
+            h = layer.forward(h, cos, sin, batch, kv)
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

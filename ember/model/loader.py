@@ -6,6 +6,7 @@ from our module layout (fused qkv and gate_up, tied embeddings) are a mapping ap
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -40,8 +41,11 @@ def to_module_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
         p = f"model.layers.{i}."
         out[f"layers.{i}.input_layernorm.weight"] = t[p + "input_layernorm.weight"]
         out[f"layers.{i}.post_attention_layernorm.weight"] = t[p + "post_attention_layernorm.weight"]
+        # The attention scale is folded into q's rows (exact for head_dim 64: a power of two), so the
+        # decode path spends no op on it.
+        q = t[p + "self_attn.q_proj.weight"] * (1.0 / math.sqrt(args.head_dim or 1))
         out[f"layers.{i}.self_attn.qkv_proj.weight"] = torch.cat(
-            [t[p + f"self_attn.{n}_proj.weight"] for n in ("q", "k", "v")], dim=0)
+            [q, t[p + "self_attn.k_proj.weight"], t[p + "self_attn.v_proj.weight"]], dim=0)
         out[f"layers.{i}.self_attn.o_proj.weight"] = t[p + "self_attn.o_proj.weight"]
         out[f"layers.{i}.mlp.gate_up_proj.weight"] = torch.cat(
             [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
