@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from ember.config import QUANTIZATIONS, CacheConfig, Config, ModelConfig, SchedulerConfig, ServerConfig
 from ember.errors import EmberError
+
+# Before torch (and its libgomp) loads: OpenMP workers spin this long for the next parallel region
+# before sleeping. The default here is short enough that a decode step's ~400 small parallel regions
+# each pay a futex wake-up: 15.9 ms per token at batch 1 against 14.3 ms with this setting, and an
+# idle server still drops to 0% CPU within milliseconds. OMP_WAIT_POLICY=ACTIVE would spin forever.
+os.environ.setdefault("GOMP_SPINCOUNT", "3000000")
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:

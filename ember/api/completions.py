@@ -171,6 +171,7 @@ async def stream_completion(client: EngineClient, body: CompletionRequest, serve
     tok = served.tokenizer
     states = [ChoiceState(i) for i in range(len(plan.requests))]
     started = [False] * len(states)
+    echo_len = [0] * len(states)  # generated text offsets count from after the echoed prompt
     remaining = len(states)
     try:
         async for c, out in run_choices(client, plan):
@@ -183,13 +184,14 @@ async def stream_completion(client: EngineClient, body: CompletionRequest, serve
             echo_text, echo_ids = ("", [])
             if not started[c]:
                 echo_text, echo_ids = echo_prefix(body, prompt, tok)
+                echo_len[c] = len(echo_text)
                 choice["text"] = echo_text + text
                 if body.return_token_ids:
                     choice["prompt_token_ids"] = prompt.token_ids
             if body.logprobs is not None and body.logprobs is not False:
                 delta = ChoiceState(c, logprobs=st.logprobs[before_lp:], offsets=st.offsets[before_off:],
                                     prompt_logprobs=st.prompt_logprobs if echo_ids else None)
-                choice["logprobs"] = choice_logprobs(body, tok, delta, prompt, len(echo_text), echo_ids)
+                choice["logprobs"] = choice_logprobs(body, tok, delta, prompt, echo_len[c], echo_ids)
             if body.return_token_ids:
                 choice["token_ids"] = list(out.new_token_ids)
             started[c] = True

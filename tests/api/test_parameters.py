@@ -296,3 +296,17 @@ def test_fireworks_sdk(smol_server) -> None:
     with pytest.raises(fireworks.APIStatusError) as ei:
         fw.completions.create(model=MODEL_ID, prompt=PROMPT, temperature=9)
     assert ei.value.status_code == 422
+
+
+def test_stream_logprobs_match_non_stream(smol_server) -> None:
+    """Chunked logprobs concatenate to the non-stream object, echo offsets included."""
+    body = dict(prompt=PROMPT, max_tokens=6, temperature=0, echo=True, logprobs=1)
+    full = post(smol_server, **body)["choices"][0]["logprobs"]
+    chunks = stream(smol_server, **body)
+    got: dict[str, list] = defaultdict(list)
+    for ch in chunks:
+        lp = ch["choices"][0]["logprobs"]
+        if lp:
+            for k, v in lp.items():
+                got[k].extend(v)
+    assert dict(got) == full
