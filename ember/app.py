@@ -40,7 +40,8 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         registry = CollectorRegistry()
         client = await tt.run(build_client, config, lm, registry)
         client.start(tt)
-        served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len)
+        served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len,
+                             client.engine.grammars)
         app.state.ember = AppState(client=client, model=served, api_keys=config.server.api_keys)
         app.state.registry = registry
         log.info("serving %s (%d KV blocks of %d tokens)", served.model_id, client.engine.pool.num_blocks,

@@ -25,9 +25,6 @@ router = APIRouter()
 def reject_unsupported(body: CompletionRequest) -> None:
     if body.images:
         raise InvalidRequest("images are not supported: this server runs a text-only model", param="images")
-    rf = body.response_format
-    if rf is not None and getattr(rf, "type", "text") != "text":
-        raise InvalidRequest("response_format other than 'text' is not supported yet", param="response_format")
     effort = body.reasoning_effort
     if effort not in (None, False, "none"):
         raise InvalidRequest("reasoning_effort is not supported by this model", param="reasoning_effort")
@@ -109,6 +106,9 @@ def choice_json(body: CompletionRequest, served: ServedModel, plan: Plan, st: Ch
             lp = choice_logprobs(body.model_copy(update={"logprobs": True, "echo": False, "echo_last": None}),
                                  tok, st, prompt, 0, [])
             raw["completion_logprobs"] = lp
+        grammar = plan.requests[st.index].params.grammar
+        if grammar is not None:
+            raw["grammar"] = grammar
         out["raw_output"] = raw
     return out
 
@@ -119,7 +119,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     served = resolve_served(state, body.model)
     reject_unsupported(body)
     rid = request.headers.get("x-request-id") or f"cmpl-{uuid.uuid4().hex}"
-    plan = to_engine_requests(body, served.tokenizer, served.max_model_len, rid)
+    plan = to_engine_requests(body, served.tokenizer, served.max_model_len, rid, served.grammars)
     created = int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": served.model_id}
     if body.stream:

@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from ember.engine.client import EngineClient
+from ember.engine.grammar import GrammarCompiler
 from ember.errors import NotFound, Unauthorized
 from ember.tokenizer import Tokenizer
 
@@ -19,6 +20,8 @@ class ServedModel:
     aliases: tuple[str, ...]
     tokenizer: Tokenizer
     max_model_len: int
+    grammars: GrammarCompiler | None = None
+    """Validates response_format grammars (the engine's own compiler, so each is compiled once)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
     def answers_to(self, name: str) -> bool:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from ember.api.protocol import CompletionRequest
+from ember.engine.grammar import GrammarCompiler, response_format_grammar
 from ember.engine.request import EngineRequest, RequestOutput, SamplingParams, TokenLogprob
 from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.tokenizer import Tokenizer
@@ -103,7 +104,18 @@ def logprobs_count(req: CompletionRequest) -> int | None:
     return req.top_logprobs if req.top_logprobs is not None else lp
 
 
-def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str) -> Plan:
+def grammar_of(req: CompletionRequest, grammars: GrammarCompiler | None) -> str | None:
+    """The validated llguidance grammar of the request's response_format, or None for free text."""
+    spec = response_format_grammar(req.response_format)
+    if spec is None:
+        return None
+    if grammars is None:
+        raise InvalidRequest("constrained decoding is not available on this server", param="response_format")
+    return grammars.compile(*spec)
+
+
+def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str,
+                       grammars: GrammarCompiler | None = None) -> Plan:
     prompts = tokenize_prompts(req, tok)
     n = req.n
     if len(prompts) * n > MAX_CHOICES:
@@ -113,6 +125,7 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
     stop = tuple(req.stop_list)
     nlp = logprobs_count(req)
     echo = bool(req.echo) or bool(req.echo_last)
+    grammar = grammar_of(req, grammars)
     bias = tuple(sorted((int(k), float(v)) for k, v in (req.logit_bias or {}).items()))
     for t, _ in bias:
         if not 0 <= t < tok.vocab_size:
@@ -141,6 +154,7 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
                 ignore_eos=req.ignore_eos,
                 logprobs=nlp,
                 prompt_logprobs=nlp if (echo and nlp is not None) else None,
+                grammar=grammar,
             )
             reqs.append(EngineRequest(f"{request_id}-{c}", tuple(prompt.token_ids), params,
                                       cache_salt=req.prompt_cache_isolation_key, arrival_time=now))

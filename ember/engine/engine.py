@@ -9,6 +9,7 @@ import torch
 
 from ember.config import CacheConfig, SchedulerConfig
 from ember.engine.detokenizer import Detokenizer
+from ember.engine.grammar import GrammarCompiler, apply_masks
 from ember.engine.kv_cache import BlockPool
 from ember.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
 from ember.engine.runner import ModelRunner, RunResult
@@ -43,6 +44,7 @@ class Engine:
         self.scheduler = Scheduler(sched, self.pool)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, device)
         self.sampler = Sampler()
+        self.grammars = GrammarCompiler(tokenizer)
         self.detok = Detokenizer(tokenizer)
         self.seqs: dict[str, Sequence] = {}
         self.stop_ids = tokenizer.stop_ids
@@ -71,6 +73,8 @@ class Engine:
             gen.manual_seed(req.params.seed)
         seq = Sequence(request=req, detok=self.detok.new_state(req.prompt_token_ids, req.params.stop),
                        generator=gen)
+        if req.params.grammar is not None:
+            seq.matcher = self.grammars.matcher(req.params.grammar)
         self.seqs[req.request_id] = seq
         seq.arrival_time = req.arrival_time or time.monotonic()
         self.scheduler.add(seq)
@@ -123,7 +127,9 @@ class Engine:
         sampled = None
         if to_sample:
             sub = [seqs[k] for k in to_sample]
-            sampled = self.sampler(result.sample_logits[to_sample], [s.params for s in sub],
+            logits = result.sample_logits[to_sample]
+            apply_masks(logits, [s.matcher for s in sub])
+            sampled = self.sampler(logits, [s.params for s in sub],
                                    [s.generator for s in sub], [s.token_ids for s in sub],
                                    [s.num_prompt_tokens for s in sub], [s.mirostat_mu for s in sub])
         pos = {k: j for j, k in enumerate(to_sample)}
@@ -142,13 +148,19 @@ class Engine:
             if seq.first_token_time is None:
                 seq.first_token_time = now
             reason = None
-            is_eos = tok in self.stop_ids and not seq.params.ignore_eos
+            # A grammar decides where the text ends, so ignore_eos does not apply to a constrained sequence.
+            is_eos = tok in self.stop_ids and (not seq.params.ignore_eos or seq.matcher is not None)
             offset = len(seq.detok.text)
             if not is_eos and self.detok.append(seq.detok, tok):
                 reason = FinishReason.STOP
             if is_eos:
                 reason = FinishReason.STOP
-            elif reason is None and (seq.num_output_tokens >= seq.params.max_tokens
+            if seq.matcher is not None:
+                seq.matcher.consume_token(tok)
+                # The grammar is complete (or its end-of-text was taken): nothing more may follow.
+                if seq.matcher.is_stopped() or seq.matcher.is_error():
+                    reason = reason or FinishReason.STOP
+            if reason is None and (seq.num_output_tokens >= seq.params.max_tokens
                                      or seq.num_tokens >= self.max_model_len):
                 reason = FinishReason.LENGTH
             recs = (rec,) if rec is not None else ()

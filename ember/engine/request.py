@@ -42,6 +42,8 @@ class SamplingParams:
     """Top alternatives per generated token; None = no logprobs; 0 = only the chosen token's."""
     prompt_logprobs: int | None = None
     """Like logprobs, for prompt tokens (echo); None = not computed."""
+    grammar: str | None = None
+    """A validated llguidance grammar the output must follow (see engine/grammar.py); None = free text."""
 
     @property
     def greedy(self) -> bool:

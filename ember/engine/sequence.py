@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -37,6 +38,8 @@ class Sequence:
     first_token_time: float | None = None
     num_preemptions: int = 0
     arrival_time: float = 0.0
+    matcher: Any = None
+    """The llguidance matcher of a constrained sequence (advanced by every token it emits)."""
     mirostat_mu: float | None = None
     """Mirostat's running surprise bound; starts at twice the target."""
 

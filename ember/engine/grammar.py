@@ -1,0 +1,102 @@
+"""Constrained decoding with llguidance: a grammar per request, a token mask per step.
+
+`GrammarCompiler` belongs to one tokenizer: it builds llguidance's view of the vocabulary once (~0.2 s)
+and validates each grammar once (an LRU cache keyed by its text), so a schema sent with every request
+costs nothing after the first. Each constrained sequence holds its own `LLMatcher`; unconstrained
+sequences hold none and cost nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from typing import Any
+
+import llguidance
+import llguidance.torch as llg_torch
+import torch
+
+from ember.errors import InvalidRequest
+from ember.tokenizer import Tokenizer
+
+ANY_JSON_OBJECT = '{"type": "object"}'
+
+
+class GrammarCompiler:
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tokenizer = tokenizer
+        self._ll: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+        self.compile = functools.lru_cache(maxsize=256)(self._compile)
+
+    @property
+    def ll_tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:  # the API thread and the engine thread may both ask first
+            if self._ll is None:
+                t = self._tokenizer
+                self._ll = llguidance.LLTokenizer(t.hf.to_str(), n_vocab=t.vocab_size, eos_token=t.eos_id)
+            return self._ll
+
+    def _compile(self, kind: str, text: str) -> str:
+        """("json_schema" | "grammar" | "regex", text) -> a validated llguidance grammar; 400 if invalid."""
+        fmt = {"json_schema": "json_schema", "grammar": "grammar", "regex": "regex"}[kind]
+        try:
+            grammar = llguidance.grammar_from(fmt, text)
+        except (ValueError, RuntimeError) as e:
+            raise InvalidRequest(f"invalid {kind}: {e}", param="response_format") from e
+        err = llguidance.LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
+        if err:
+            raise InvalidRequest(f"invalid {kind}: {err}", param="response_format")
+        return grammar
+
+    def matcher(self, grammar: str) -> llguidance.LLMatcher:
+        m = llguidance.LLMatcher(self.ll_tokenizer, grammar)
+        if m.is_error():
+            raise InvalidRequest(f"invalid grammar: {m.get_error()}", param="response_format")
+        return m
+
+
+def response_format_grammar(rf: Any) -> tuple[str, str] | None:
+    """A CompletionRequest.response_format -> (kind, text) for GrammarCompiler, or None for plain text."""
+    if rf is None or rf.type == "text":
+        return None
+    if rf.type == "json_object":
+        schema = rf.json_schema if rf.json_schema is not None else rf.schema_
+        return "json_schema", ANY_JSON_OBJECT if schema is None else _schema_text(schema)
+    if rf.type == "json_schema":
+        schema = rf.json_schema if rf.json_schema is not None else rf.schema_
+        if schema is None:
+            raise InvalidRequest("response_format json_schema needs a schema under 'json_schema' or 'schema'",
+                                 param="response_format")
+        return "json_schema", _schema_text(schema)
+    if not rf.grammar:
+        raise InvalidRequest("response_format grammar needs a GBNF text under 'grammar'", param="response_format")
+    return "grammar", rf.grammar
+
+
+def _schema_text(schema: str | dict) -> str:
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except json.JSONDecodeError as e:
+            raise InvalidRequest(f"the JSON schema is not valid JSON: {e}", param="response_format") from e
+    if not isinstance(schema, dict):
+        raise InvalidRequest("the JSON schema must be an object", param="response_format")
+    # OpenAI's wrapper {"name": ..., "schema": {...}, "strict": ...} carries the schema one level down.
+    if "schema" in schema and isinstance(schema["schema"], dict) and "type" not in schema:
+        schema = schema["schema"]
+    return json.dumps(schema)
+
+
+def apply_masks(logits: torch.Tensor, matchers: list[llguidance.LLMatcher | None]) -> None:
+    """Set to -inf, in place, every token a row's grammar forbids next; rows without one are untouched."""
+    rows = [i for i, m in enumerate(matchers) if m is not None]
+    if not rows:
+        return
+    bitmask = llg_torch.allocate_token_bitmask(len(rows), logits.shape[1])
+    for j, i in enumerate(rows):
+        llg_torch.fill_next_token_bitmask(matchers[i], bitmask, j)  # type: ignore[arg-type]
+    sub = logits[rows]
+    llg_torch.apply_token_bitmask_inplace(sub, bitmask)
+    logits[rows] = sub
