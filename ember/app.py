@@ -23,7 +23,7 @@ log = logging.getLogger("ember")
 
 def build_client(config: Config, loaded: LoadedModel, registry: CollectorRegistry) -> EngineClient:
     engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
-                    config.model.max_model_len)
+                    config.model.max_model_len, config.speculative)
     metrics = EngineMetrics(registry)
     return EngineClient(engine, on_step=metrics.on_step)
 

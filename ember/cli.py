@@ -8,7 +8,15 @@ import logging
 import os
 import sys
 
-from ember.config import QUANTIZATIONS, CacheConfig, Config, ModelConfig, SchedulerConfig, ServerConfig
+from ember.config import (
+    QUANTIZATIONS,
+    CacheConfig,
+    Config,
+    ModelConfig,
+    SchedulerConfig,
+    ServerConfig,
+    SpeculativeConfig,
+)
 from ember.errors import EmberError
 
 # Before torch (and its libgomp) loads: OpenMP workers spin this long for the next parallel region
@@ -31,6 +39,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=512, help="per-step token budget")
+    p.add_argument("--speculative-ngram", action="store_true",
+                   help="prompt-lookup speculative decoding for requests without a prediction")
+    p.add_argument("--num-draft-tokens", type=int, default=8, help="most draft tokens verified per step")
 
 
 def _config(a: argparse.Namespace) -> Config:
@@ -42,6 +53,7 @@ def _config(a: argparse.Namespace) -> Config:
         scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens),
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
                             api_keys=tuple(getattr(a, "api_key", None) or ())),
+        speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
     )
 
 

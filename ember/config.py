@@ -31,6 +31,18 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class SpeculativeConfig:
+    ngram_lookup: bool = False
+    """Draft from the request's own prompt and output (prompt lookup) when it brings no prediction."""
+    num_draft_tokens: int = 8
+    """Most tokens verified per step for one sequence."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_draft_tokens <= 64:
+            raise ValueError("num_draft_tokens must be in 1..64")
+
+
+@dataclass(frozen=True)
 class CacheConfig:
     block_size: int = 16
     """Tokens per KV block; prefix sharing works at this granularity."""
@@ -73,3 +85,4 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)

@@ -71,15 +71,25 @@ def usage_of(states: list[ChoiceState], plan: Plan) -> dict:
             "prompt_tokens_details": {"cached_tokens": cached}}
 
 
-def perf_metrics(usage: dict, t0: float, states: list[ChoiceState]) -> dict[str, float | int]:
+def perf_metrics(usage: dict, t0: float, states: list[ChoiceState], plan: Plan) -> dict[str, float | int]:
     firsts = [s.first_token_time for s in states if s.first_token_time is not None]
     now = time.monotonic()
-    return {
+    out: dict[str, float | int] = {
         "prompt-tokens": usage["prompt_tokens"],
         "cached-prompt-tokens": usage["prompt_tokens_details"]["cached_tokens"],
         "server-time-to-first-token": round((min(firsts) if firsts else now) - t0, 6),
         "server-processing-time": round(now - t0, 6),
     }
+    spec = plan.requests[0].params.speculation if plan.requests else None
+    drafted = sum(s.num_draft_tokens for s in states)
+    if spec is not None or drafted:
+        accepted = sum(s.num_accepted_draft_tokens for s in states)
+        if spec is not None:
+            out["speculation-prompt-tokens"] = len(spec)
+            out["speculation-prompt-matched-tokens"] = accepted
+        out["speculation-generated-tokens"] = drafted
+        out["speculation-acceptance"] = round(accepted / drafted, 4) if drafted else 0.0
+    return out
 
 
 def choice_json(body: CompletionRequest, served: ServedModel, plan: Plan, st: ChoiceState) -> dict:
@@ -139,7 +149,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     watch.cancel()
     collect.result()
     usage = usage_of(states, plan)
-    metrics = perf_metrics(usage, t0, states)
+    metrics = perf_metrics(usage, t0, states, plan)
     resp = dict(head, choices=[choice_json(body, served, plan, s) for s in states], usage=usage)
     if body.perf_metrics_in_response:
         resp["perf_metrics"] = metrics
@@ -202,7 +212,7 @@ async def stream_completion(client: EngineClient, body: CompletionRequest, serve
                     usage = usage_of(states, plan)
                     chunk["usage"] = usage
                     if body.perf_metrics_in_response:
-                        chunk["perf_metrics"] = perf_metrics(usage, t0, states)
+                        chunk["perf_metrics"] = perf_metrics(usage, t0, states, plan)
             if choice["text"] or out.finished or choice.get("token_ids") or choice["logprobs"]:
                 yield sse(chunk)
     except Exception as e:  # a failure after the stream began: one error event, then close

@@ -114,6 +114,27 @@ def grammar_of(req: CompletionRequest, grammars: GrammarCompiler | None) -> str 
     return grammars.compile(*spec)
 
 
+def speculation_of(req: CompletionRequest, tok: Tokenizer) -> tuple[int, ...] | None:
+    """`speculation` (text or token ids) or `prediction` (PredictedOutput or text) as token ids."""
+    spec = req.speculation
+    if spec is None and req.prediction is not None:
+        pred = req.prediction
+        if isinstance(pred, str):
+            spec = pred
+        elif isinstance(pred.content, str):
+            spec = pred.content
+        else:  # content parts: the text ones, in order
+            spec = "".join(str(part.get("text", "")) for part in pred.content if isinstance(part, dict))
+    if spec is None or spec == "" or spec == []:
+        return None
+    if isinstance(spec, str):
+        return tuple(tok.encode(spec, add_special_tokens=False))
+    bad = [t for t in spec if t >= tok.vocab_size]
+    if bad:
+        raise InvalidRequest(f"speculation token id {bad[0]} is outside the vocabulary", param="speculation")
+    return tuple(spec)
+
+
 def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str,
                        grammars: GrammarCompiler | None = None) -> Plan:
     prompts = tokenize_prompts(req, tok)
@@ -126,6 +147,7 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
     nlp = logprobs_count(req)
     echo = bool(req.echo) or bool(req.echo_last)
     grammar = grammar_of(req, grammars)
+    speculation = speculation_of(req, tok)
     bias = tuple(sorted((int(k), float(v)) for k, v in (req.logit_bias or {}).items()))
     for t, _ in bias:
         if not 0 <= t < tok.vocab_size:
@@ -155,6 +177,7 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
                 logprobs=nlp,
                 prompt_logprobs=nlp if (echo and nlp is not None) else None,
                 grammar=grammar,
+                speculation=speculation,
             )
             reqs.append(EngineRequest(f"{request_id}-{c}", tuple(prompt.token_ids), params,
                                       cache_salt=req.prompt_cache_isolation_key, arrival_time=now))
@@ -178,6 +201,8 @@ class ChoiceState:
     num_cached_tokens: int = 0
     num_output_tokens: int = 0
     first_token_time: float | None = None
+    num_draft_tokens: int = 0
+    num_accepted_draft_tokens: int = 0
 
     def add(self, out: RequestOutput) -> None:
         self.text += out.new_text
@@ -192,6 +217,8 @@ class ChoiceState:
         self.num_cached_tokens = out.num_cached_tokens
         self.num_output_tokens = out.num_output_tokens
         self.first_token_time = out.first_token_time
+        self.num_draft_tokens = out.num_draft_tokens
+        self.num_accepted_draft_tokens = out.num_accepted_draft_tokens
 
 
 def echo_prefix(req: CompletionRequest, prompt: Prompt, tok: Tokenizer) -> tuple[str, list[int]]:

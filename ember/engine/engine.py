@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ember.config import CacheConfig, SchedulerConfig
+from ember.config import CacheConfig, SchedulerConfig, SpeculativeConfig
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.grammar import GrammarCompiler, apply_masks
 from ember.engine.kv_cache import BlockPool
@@ -16,6 +16,7 @@ from ember.engine.runner import ModelRunner, RunResult
 from ember.engine.sampler import Sampler, prompt_logprobs
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
+from ember.engine.speculative import can_speculate, propose, verify
 from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.model.llama import Llama
 from ember.tokenizer import Tokenizer
@@ -34,8 +35,10 @@ class EngineStats:
 
 class Engine:
     def __init__(self, model: Llama, tokenizer: Tokenizer, cache: CacheConfig, sched: SchedulerConfig,
-                 device: torch.device, max_model_len: int | None = None) -> None:
+                 device: torch.device, max_model_len: int | None = None,
+                 spec: SpeculativeConfig | None = None) -> None:
         self.tokenizer = tokenizer
+        self.spec = spec or SpeculativeConfig()
         self.device = device
         self.max_model_len = max_model_len or model.args.max_seq_len
         per_block = ModelRunner.bytes_per_block(model.args, cache.block_size)
@@ -75,6 +78,10 @@ class Engine:
                        generator=gen)
         if req.params.grammar is not None:
             seq.matcher = self.grammars.matcher(req.params.grammar)
+        if req.params.speculation:
+            seq.spec_source = list(req.params.speculation)
+        seq.speculate = (bool(req.params.speculation) or self.spec.ngram_lookup) and can_speculate(
+            req.params, seq.matcher is not None)
         self.seqs[req.request_id] = seq
         seq.arrival_time = req.arrival_time or time.monotonic()
         self.scheduler.add(seq)
@@ -99,9 +106,46 @@ class Engine:
             return []
         result = self.runner.run(batch)
         self._record_prompt_logprobs(batch, result)
-        for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
-            self.scheduler.on_computed(seq, n)
-        return self._sample_and_emit(batch, result)
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
+            if i not in result.verify_logits:  # a verified draft's KV counts only as far as it is accepted
+                self.scheduler.on_computed(seq, n)
+        outputs = self._sample_and_emit(batch, result)
+        outputs += self._verify_and_emit(batch, result)
+        for seq in batch.seqs:
+            # Only a sequence about to decode drafts; one still prefilling its prompt does not.
+            if (seq.speculate and seq.status is SequenceStatus.RUNNING
+                    and seq.num_computed_tokens == seq.num_tokens - 1):
+                self._draft(seq)
+        return outputs
+
+    def _draft(self, seq: Sequence) -> None:
+        # Accepted tokens plus the model's own must fit in max_tokens and the context window.
+        room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
+        k = min(self.spec.num_draft_tokens, room)
+        if seq.spec_source is not None:
+            seq.draft = propose(seq.output_token_ids, seq.spec_source, k)
+        else:
+            seq.draft = propose(seq.token_ids, seq.token_ids, k)
+
+    def _verify_and_emit(self, batch: ScheduledBatch, result: RunResult) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        now = time.monotonic()
+        for i, logits in result.verify_logits.items():
+            seq = batch.seqs[i]
+            draft, seq.draft = seq.draft, []
+            if seq.is_finished:
+                continue
+            p = seq.params
+            rows = logits.float()
+            bias = self.sampler.processed(rows, p)
+            scores = bias if p.greedy else torch.softmax(bias, dim=-1)
+            tokens, accepted = verify(scores, draft, p.greedy, seq.generator)
+            seq.num_draft_tokens += len(draft)
+            seq.num_accepted_draft_tokens += accepted
+            self.scheduler.on_computed(seq, 1 + accepted)
+            recs = self.sampler.records(rows[: len(tokens)], tokens, p, bias[: len(tokens)])
+            outputs.append(self._emit(seq, tokens, recs, now))
+        return outputs
 
     def _record_prompt_logprobs(self, batch: ScheduledBatch, result: RunResult) -> None:
         for i, (start, logits) in result.prompt_logits.items():
@@ -140,17 +184,26 @@ class Engine:
                 outputs.append(self._finish(seq, FinishReason.LENGTH, (), (), now))
                 continue
             assert sampled is not None
-            tok = sampled.token_ids[pos[k]]
-            rec = sampled.logprobs[pos[k]]
             if sampled.mirostat_mu is not None:
                 seq.mirostat_mu = sampled.mirostat_mu[pos[k]]
+            rec = sampled.logprobs[pos[k]]
+            outputs.append(self._emit(seq, [sampled.token_ids[pos[k]]], [rec] if rec is not None else [], now))
+        return outputs
+
+    def _emit(self, seq: Sequence, tokens: list[int], recs: list[TokenLogprob], now: float) -> RequestOutput:
+        """Append tokens one by one (stop strings, EOS, grammar, max_tokens checked after each), then
+        report what was kept as one output."""
+        kept: list[int] = []
+        offsets: list[int] = []
+        reason: FinishReason | None = None
+        for tok in tokens:
             seq.token_ids.append(tok)
+            kept.append(tok)
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            reason = None
             # A grammar decides where the text ends, so ignore_eos does not apply to a constrained sequence.
             is_eos = tok in self.stop_ids and (not seq.params.ignore_eos or seq.matcher is not None)
-            offset = len(seq.detok.text)
+            offsets.append(len(seq.detok.text))
             if not is_eos and self.detok.append(seq.detok, tok):
                 reason = FinishReason.STOP
             if is_eos:
@@ -161,14 +214,14 @@ class Engine:
                 if seq.matcher.is_stopped() or seq.matcher.is_error():
                     reason = reason or FinishReason.STOP
             if reason is None and (seq.num_output_tokens >= seq.params.max_tokens
-                                     or seq.num_tokens >= self.max_model_len):
+                                   or seq.num_tokens >= self.max_model_len):
                 reason = FinishReason.LENGTH
-            recs = (rec,) if rec is not None else ()
             if reason is not None:
-                outputs.append(self._finish(seq, reason, (tok,), recs, now, (offset,)))
-            else:
-                outputs.append(self._output(seq, (tok,), recs, None, (offset,)))
-        return outputs
+                break
+        kept_recs = tuple(recs[: len(kept)])
+        if reason is not None:
+            return self._finish(seq, reason, tuple(kept), kept_recs, now, tuple(offsets))
+        return self._output(seq, tuple(kept), kept_recs, None, tuple(offsets))
 
     def _output(self, seq: Sequence, toks: tuple[int, ...], recs: tuple[TokenLogprob, ...],
                 reason: FinishReason | None, offsets: tuple[int, ...] = ()) -> RequestOutput:
@@ -182,7 +235,8 @@ class Engine:
             new_logprobs=recs, new_text_offsets=offsets, prompt_logprobs=plp,
             num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=seq.num_prefix_hit_tokens,
             num_output_tokens=seq.num_output_tokens, first_token_time=seq.first_token_time,
-            arrival_time=seq.arrival_time)
+            arrival_time=seq.arrival_time, num_draft_tokens=seq.num_draft_tokens,
+            num_accepted_draft_tokens=seq.num_accepted_draft_tokens)
 
     def _finish(self, seq: Sequence, reason: FinishReason, toks: tuple[int, ...],
                 recs: tuple[TokenLogprob, ...], now: float, offsets: tuple[int, ...] = ()) -> RequestOutput:

@@ -42,6 +42,8 @@ class SamplingParams:
     """Top alternatives per generated token; None = no logprobs; 0 = only the chosen token's."""
     prompt_logprobs: int | None = None
     """Like logprobs, for prompt tokens (echo); None = not computed."""
+    speculation: tuple[int, ...] | None = None
+    """Predicted output tokens to draft from (speculative decoding); never changes the output."""
     grammar: str | None = None
     """A validated llguidance grammar the output must follow (see engine/grammar.py); None = free text."""
 
@@ -90,6 +92,9 @@ class RequestOutput:
     first_token_time: float | None = None
     """Engine-clock (time.monotonic) time the first output token was produced."""
     arrival_time: float = 0.0
+    num_draft_tokens: int = 0
+    """Draft tokens proposed for this request so far (speculative decoding)."""
+    num_accepted_draft_tokens: int = 0
 
     @property
     def finished(self) -> bool:

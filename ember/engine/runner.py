@@ -19,6 +19,8 @@ class RunResult:
     """Positions in the scheduled batch of the sequences that sample."""
     prompt_logits: dict[int, tuple[int, torch.Tensor]]
     """Batch position -> (first position covered, logits for every row of its chunk) for echo logprobs."""
+    verify_logits: dict[int, torch.Tensor]
+    """Batch position -> logits [len(draft) + 1, vocab] of a sequence verifying a draft."""
 
 
 class ModelRunner:
@@ -31,6 +33,8 @@ class ModelRunner:
         assert a.head_dim is not None
         width = a.n_kv_heads * a.head_dim
         slots = num_blocks * block_size
+        self.row_start: list[int] = []
+        """First row of each scheduled sequence in the last built batch."""
         self.kv_caches = [
             (torch.zeros(slots, width, dtype=dtype, device=device),
              torch.zeros(slots, width, dtype=dtype, device=device))
@@ -48,27 +52,49 @@ class ModelRunner:
         table = torch.tensor(block_ids, dtype=torch.long)
         return table[pos // bs] * bs + pos % bs
 
+    @staticmethod
+    def _is_verify(seq, n: int) -> bool:
+        return bool(seq.draft) and n == 1 + len(seq.draft) and seq.num_computed_tokens == seq.num_tokens - 1
+
     def build(self, batch: ScheduledBatch) -> ForwardBatch:
+        """Rows: every single-token decode and every draft position first (the batched decode path), then
+        prefill chunks. A draft of k tokens becomes k+1 decode rows over the same block table, with
+        contexts one longer each: each position is attended exactly as plain decoding would attend it,
+        so a verified draft reproduces plain decoding bit for bit."""
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_parts: list[torch.Tensor] = []
         decode_ctx: list[list[int]] = []
         decode_lens: list[int] = []
         prefills: list[PrefillSlice] = []
+        exact: list[tuple[int, int]] = []
+        self.row_start = [0] * len(batch.seqs)
+        pairs = list(enumerate(zip(batch.seqs, batch.num_tokens, strict=True)))
+        decode_like = [(i, s, n) for i, (s, n) in pairs if n == 1 or self._is_verify(s, n)]
+        others = [(i, s, n) for i, (s, n) in pairs if not (n == 1 or self._is_verify(s, n))]
         row = 0
-        for seq, n in zip(batch.seqs, batch.num_tokens, strict=True):
+        for i, seq, n in decode_like:
             start = seq.num_computed_tokens
             end = start + n
-            ids.extend(seq.token_ids[start:end])
+            self.row_start[i] = row
+            ids.extend(seq.input_token_ids[start:end])
             positions.append(torch.arange(start, end))
-            if n == 1:
+            slot_parts.append(self._slots(seq.block_ids, start, end))
+            for j in range(n):
+                if n > 1:
+                    exact.append((len(decode_ctx), start + j + 1))
                 decode_ctx.append(seq.block_ids)
-                decode_lens.append(end)
-                slot_parts.append(self._slots(seq.block_ids, start, end))
-            else:
-                ctx = self._slots(seq.block_ids, 0, end)
-                slot_parts.append(ctx[start:])
-                prefills.append(PrefillSlice(start=row, q_len=n, context_slots=ctx.to(self.device)))
+                decode_lens.append(start + j + 1)
+            row += n
+        for i, seq, n in others:
+            start = seq.num_computed_tokens
+            end = start + n
+            self.row_start[i] = row
+            ids.extend(seq.input_token_ids[start:end])
+            positions.append(torch.arange(start, end))
+            ctx = self._slots(seq.block_ids, 0, end)
+            slot_parts.append(ctx[start:])
+            prefills.append(PrefillSlice(start=row, q_len=n, context_slots=ctx.to(self.device)))
             row += n
         fb = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
@@ -76,6 +102,7 @@ class ModelRunner:
             slot_mapping=torch.cat(slot_parts).to(self.device),
             num_decodes=len(decode_ctx),
             prefills=prefills,
+            exact_decode_rows=exact,
         )
         if decode_ctx:
             bs = self.block_size
@@ -100,14 +127,17 @@ class ModelRunner:
         sample_rows: list[int] = []
         sample_index: list[int] = []
         prompt_logits: dict[int, tuple[int, torch.Tensor]] = {}
-        row = 0
+        verify_logits: dict[int, torch.Tensor] = {}
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
+            row = self.row_start[i]
             start = seq.num_computed_tokens
-            if start + n == seq.num_tokens:
+            k = len(seq.draft)
+            if k and start + n == seq.num_tokens + k:
+                verify_logits[i] = self.model.logits(hidden[row + n - 1 - k : row + n])
+            elif start + n == seq.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_index.append(i)
             if seq.wants_prompt_logprobs and start < seq.num_prompt_tokens:
                 prompt_logits[i] = (start, self.model.logits(hidden[row : row + n]))
-            row += n
         logits = self.model.logits(hidden[sample_rows]) if sample_rows else hidden.new_empty(0, 0)
-        return RunResult(logits, sample_index, prompt_logits)
+        return RunResult(logits, sample_index, prompt_logits, verify_logits)

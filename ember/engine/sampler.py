@@ -234,6 +234,31 @@ class Sampler:
                             list(mirostat_mu) if mirostat_mu is not None else None)
 
 
+    def processed(self, logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+        """Rows of one request's logits as plain decoding would draw from them: logit_bias, then (when
+        sampling) temperature and the filters. For verifying a draft, where no history-dependent
+        processor is active (see speculative.can_speculate)."""
+        R = logits.shape[0]
+        out = _apply_penalties(logits.float().clone(), [p] * R, [[]] * R, [0] * R)
+        if p.greedy:
+            return out
+        return _filter(out / p.temperature, [p] * R)
+
+    def records(self, logits: torch.Tensor, tokens: Seq[int], p: SamplingParams,
+                processed: torch.Tensor) -> list[TokenLogprob]:
+        """Logprob records for tokens chosen at consecutive rows (speculative decoding)."""
+        if p.logprobs is None or not tokens:
+            return []
+        R = len(tokens)
+        chosen = torch.tensor(list(tokens), device=logits.device)
+        lp = torch.log_softmax(logits[:R].float(), dim=-1)
+        if p.greedy:
+            slp = torch.zeros(R, device=logits.device)
+        else:
+            slp = torch.log_softmax(processed[:R], dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1)
+        return [r for r in _top_records(lp, chosen, range(R), [p.logprobs] * R, slp) if r is not None]
+
+
 def prompt_logprobs(logits: torch.Tensor, targets: Seq[int], n: int) -> list[TokenLogprob]:
     """Logprob of each next prompt token under the model, with the top n alternatives."""
     lp = torch.log_softmax(logits.float(), dim=-1)

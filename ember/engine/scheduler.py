@@ -52,6 +52,7 @@ class Scheduler:
         return -(-num_tokens // self.pool.block_size)
 
     def _preempt(self, seq: Sequence) -> None:
+        seq.draft = []
         self.pool.free_blocks(seq.block_ids)
         seq.block_ids = []
         seq.num_computed_tokens = 0
@@ -79,6 +80,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.draft and 1 + len(seq.draft) > budget:
+                del seq.draft[max(0, budget - 1):]  # a draft is verified whole or not at all
             n = min(seq.num_uncomputed, budget)
             while not self._grow(seq, n):
                 victim = self.running.pop()

@@ -38,6 +38,13 @@ class Sequence:
     first_token_time: float | None = None
     num_preemptions: int = 0
     arrival_time: float = 0.0
+    draft: list[int] = field(default_factory=list)
+    """Tokens guessed to follow token_ids, verified in the next step (never part of token_ids)."""
+    spec_source: list[int] | None = None
+    """Where drafts come from: the predicted output, or None to look up the sequence's own tokens."""
+    speculate: bool = False
+    num_draft_tokens: int = 0
+    num_accepted_draft_tokens: int = 0
     matcher: Any = None
     """The llguidance matcher of a constrained sequence (advanced by every token it emits)."""
     mirostat_mu: float | None = None
@@ -75,7 +82,12 @@ class Sequence:
 
     @property
     def num_uncomputed(self) -> int:
-        return self.num_tokens - self.num_computed_tokens
+        return self.num_tokens + len(self.draft) - self.num_computed_tokens
+
+    @property
+    def input_token_ids(self) -> list[int]:
+        """What the model reads: the sequence, then the draft under verification."""
+        return self.token_ids + self.draft if self.draft else self.token_ids
 
     @property
     def is_finished(self) -> bool:

@@ -48,6 +48,9 @@ class ForwardBatch:
     decode_mask: torch.Tensor | None = None
     """[num_decodes, 1, 1, max_ctx] additive mask: 0 inside the context, -inf in the padding."""
     prefills: list[PrefillSlice] = field(default_factory=list)
+    exact_decode_rows: list[tuple[int, int]] = field(default_factory=list)
+    """(decode row, context length) of rows that must not see padding: a padded row's softmax and
+    value sums run in another order, and draft verification must reproduce plain decoding exactly."""
 
 
 def decode_head_rows(decode_slots: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
@@ -85,6 +88,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         scores += batch.decode_mask
         probs = torch.softmax(scores, dim=-1)
         o = torch.matmul(probs, v)  # (B, KV, G, D)
+        for r, length in batch.exact_decode_rows:
+            if length < L:
+                sc = torch.matmul(qd[r : r + 1], k[r : r + 1, :, :length].transpose(-1, -2))
+                o[r] = torch.matmul(torch.softmax(sc, dim=-1), v[r : r + 1, :, :length])[0]
         out[:nd] = o.reshape(B, H, D)
     for p in batch.prefills:
         ctx = p.context_slots.shape[0]

@@ -1,0 +1,83 @@
+"""Speculative decoding without a draft model: drafts come from text the request already has.
+
+A draft is a guess of the next k tokens, taken by n-gram lookup in a source: the request's predicted
+output (`speculation` / `prediction`), or, with the server's prompt-lookup flag, its own prompt and
+output. The engine verifies a draft in one forward pass over [last token, d1..dk] and keeps the longest
+prefix the model agrees with plus one token of its own (`verify`), so the output distribution is the
+one plain decoding has: identical text when greedy, the standard accept/reject rule when sampling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+
+import torch
+
+from ember.engine.request import SamplingParams
+
+
+def propose(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> list[int]:
+    """Up to k tokens that followed the latest match of history's last n tokens in source (n from
+    max_ngram down to 1); with no history yet, source's first k tokens."""
+    if k <= 0 or not source:
+        return []
+    if not history:
+        return list(source[:k])
+    for n in range(min(max_ngram, len(history)), 0, -1):
+        tail = list(history[-n:])
+        # The latest occurrence wins: an edited prediction realigns on the most recent context.
+        for start in range(len(source) - n, -1, -1):
+            if start + n < len(source) and list(source[start : start + n]) == tail:
+                return list(source[start + n : start + n + k])
+    return []
+
+
+def can_speculate(params: SamplingParams, constrained: bool) -> bool:
+    """Drafts are verified against the same distribution plain decoding would use; processors that
+    depend on the tokens before each position (penalties, Mirostat, a grammar) would need one pass per
+    position, so such requests decode one token at a time."""
+    return not (constrained or params.frequency_penalty or params.presence_penalty
+                or params.repetition_penalty != 1.0 or params.mirostat_target is not None)
+
+
+def verify(probs_or_logits: torch.Tensor, draft: Seq[int], greedy: bool,
+           generator: torch.Generator | None) -> tuple[list[int], int]:
+    """Rows 0..k of target scores for [after last token, after d1, ..., after dk] -> (tokens, accepted).
+
+    Greedy: `probs_or_logits` are processed logits; accept while the argmax equals the draft, then the
+    argmax. Sampling: they are the processed probabilities; accept draft token d with probability p(d),
+    else sample from p with d removed (the residual of a point-mass draft), which leaves the output
+    distributed exactly as p.
+    """
+    k = len(draft)
+    if greedy:
+        best = probs_or_logits.argmax(dim=-1).tolist()
+        out: list[int] = []
+        for j in range(k):
+            if best[j] != draft[j]:
+                return out + [best[j]], j
+            out.append(draft[j])
+        return out + [best[k]], k
+    p = probs_or_logits
+    dev = p.device
+    u = torch.rand(k + 1, generator=generator, device=dev) if generator is not None else torch.rand(k + 1)
+    draft_p = p[torch.arange(k, device=dev), torch.tensor(list(draft), device=dev)].tolist() if k else []
+    out = []
+    for j in range(k):
+        if float(u[j]) < draft_p[j]:
+            out.append(draft[j])
+            continue
+        residual = p[j].clone()
+        residual[draft[j]] = 0.0
+        return out + [_sample(residual, generator)], j
+    return out + [_sample(p[k], generator)], k
+
+
+def _sample(p: torch.Tensor, generator: torch.Generator | None) -> int:
+    total = float(p.sum())
+    if total <= 0.0:
+        return int(p.argmax())
+    cdf = p.cumsum(dim=0)
+    u = torch.rand(1, generator=generator, device=p.device) if generator is not None else torch.rand(1)
+    idx = int(torch.searchsorted(cdf, u * cdf[-1:], right=True))
+    return min(idx, p.shape[0] - 1)

@@ -1,0 +1,104 @@
+"""Speculative decoding: drafts never change greedy output, sampling keeps its distribution, KV is clean."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import torch
+
+from ember.config import SpeculativeConfig
+from ember.engine.request import EngineRequest, SamplingParams
+from ember.engine.speculative import propose, verify
+from ember.model.loader import LoadedModel
+from tests.engine.helpers import greedy, make_engine, run_all
+
+
+def test_propose_follows_the_latest_match() -> None:
+    src = [1, 2, 3, 4, 5, 2, 3, 9, 9]
+    assert propose([], src, 3) == [1, 2, 3]
+    assert propose([7, 2, 3], src, 2) == [9, 9]  # the latest "2 3" is followed by 9 9
+    assert propose([4], src, 2) == [5, 2]
+    assert propose([8], src, 2) == []
+    assert propose([9, 9], src, 4) == [9]  # "9 9" only ends src; the shorter "9" at index 7 is followed by 9
+    assert propose([1], src, 0) == []
+
+
+def test_verify_greedy() -> None:
+    logits = torch.full((4, 10), -5.0)
+    for row, best in enumerate([3, 4, 6, 1]):
+        logits[row, best] = 5.0
+    assert verify(logits, [3, 4, 5], True, None) == ([3, 4, 6], 2)
+    assert verify(logits, [3, 4, 6], True, None) == ([3, 4, 6, 1], 3)
+    assert verify(logits, [0, 4, 6], True, None) == ([3], 0)
+
+
+def test_verify_sampling_keeps_the_distribution() -> None:
+    """Accept d with p(d), else draw from p without d: the first token is distributed as p exactly."""
+    p = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]])
+    g = torch.Generator().manual_seed(0)
+    n = 20000
+    counts = Counter(verify(p, [2], False, g)[0][0] for _ in range(n))
+    for t in range(4):
+        assert abs(counts[t] / n - p[0, t].item()) < 0.015, counts
+
+
+def _engine(lm: LoadedModel, ngram: bool = False):
+    e = make_engine(lm)
+    e.spec = SpeculativeConfig(ngram_lookup=ngram, num_draft_tokens=6)
+    return e
+
+
+def test_greedy_output_is_identical_with_any_prediction(tiny: LoadedModel) -> None:
+    prompt = list(range(100, 140))
+    plain = run_all(make_engine(tiny), [EngineRequest("p", tuple(prompt), greedy(40))])["p"]
+    right = list(plain.token_ids)
+    mostly = list(right)
+    for i in range(3, len(mostly), 10):  # 90% of the prediction matches
+        mostly[i] = (mostly[i] + 7) % tiny.tokenizer.vocab_size
+    wrong = [5, 6, 7, 8] * 10
+    for name, spec in (("right", right), ("mostly", mostly), ("wrong", wrong)):
+        e = _engine(tiny)
+        r = run_all(e, [EngineRequest(name, tuple(prompt), greedy(40, speculation=tuple(spec)))])[name]
+        assert r.token_ids == plain.token_ids, name
+        assert e.pool.num_free == e.pool.num_blocks  # rejected drafts leave no blocks behind
+        last = r.outputs[-1]
+        if name == "right":
+            assert last.num_accepted_draft_tokens >= 30 and len(r.outputs) <= 12  # many tokens per step
+        assert last.num_accepted_draft_tokens <= last.num_draft_tokens
+
+
+def test_speculating_and_plain_sequences_share_a_batch(tiny: LoadedModel) -> None:
+    prompts = [list(range(200 + i, 230 + i)) for i in range(4)]
+    alone = [run_all(make_engine(tiny), [EngineRequest("a", tuple(p), greedy(24))])["a"].token_ids
+             for p in prompts]
+    e = _engine(tiny, ngram=True)
+    reqs = [EngineRequest(f"r{i}", tuple(p), greedy(24, speculation=tuple(alone[i]) if i % 2 else None))
+            for i, p in enumerate(prompts)]
+    res = run_all(e, reqs)
+    assert [res[f"r{i}"].token_ids for i in range(4)] == alone
+    assert e.pool.num_free == e.pool.num_blocks
+
+
+def test_seeded_sampling_with_prediction_is_reproducible(tiny: LoadedModel) -> None:
+    prompt = tuple(range(300, 330))
+    params = SamplingParams(max_tokens=30, temperature=0.9, seed=11, ignore_eos=True)
+    plain = run_all(make_engine(tiny), [EngineRequest("p", prompt, params)])["p"].token_ids
+    spec = dataclasses.replace(params, speculation=tuple(plain))
+    a = run_all(_engine(tiny), [EngineRequest("a", prompt, spec)])["a"]
+    b = run_all(_engine(tiny), [EngineRequest("b", prompt, spec)])["b"]
+    assert a.token_ids == b.token_ids and len(a.token_ids) == 30
+    assert a.outputs[-1].num_draft_tokens > 0
+
+
+def test_stop_string_inside_accepted_draft(tiny: LoadedModel) -> None:
+    prompt = tuple(range(400, 430))
+    plain = run_all(make_engine(tiny), [EngineRequest("p", prompt, greedy(30))])["p"]
+    stop = plain.text[len(plain.text) // 2 : len(plain.text) // 2 + 3]
+    if not stop.strip():
+        return
+    want = run_all(make_engine(tiny), [EngineRequest("s", prompt, greedy(30, stop=(stop,)))])["s"]
+    e = _engine(tiny)
+    got = run_all(e, [EngineRequest("g", prompt, greedy(30, stop=(stop,), speculation=tuple(plain.token_ids)))])["g"]
+    assert got.text == want.text and got.finish_reason == want.finish_reason == "stop"
+    assert e.pool.num_free == e.pool.num_blocks
