@@ -34,8 +34,9 @@ class ModelConfig:
 class SpeculativeConfig:
     ngram_lookup: bool = False
     """Draft from the request's own prompt and output (prompt lookup) when it brings no prediction."""
-    num_draft_tokens: int = 8
-    """Most tokens verified per step for one sequence."""
+    num_draft_tokens: int = 4
+    """Most tokens verified per step for one sequence. On CPU the int4 kernel's cost grows with rows
+    (9 rows cost 4.6x one), so short drafts pay best there: 4 gave 9.9 ms per token against 11.9 for 8."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_draft_tokens <= 64:
