@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ember.engine.scheduler import ScheduledBatch
+from ember.engine.sequence import Sequence
 from ember.model.attention import ForwardBatch, PrefillSlice, decode_head_rows
 from ember.model.llama import Llama
 
@@ -53,7 +54,7 @@ class ModelRunner:
         return table[pos // bs] * bs + pos % bs
 
     @staticmethod
-    def _is_verify(seq, n: int) -> bool:
+    def _is_verify(seq: Sequence, n: int) -> bool:
         return bool(seq.draft) and n == 1 + len(seq.draft) and seq.num_computed_tokens == seq.num_tokens - 1
 
     def build(self, batch: ScheduledBatch) -> ForwardBatch:
@@ -70,31 +71,27 @@ class ModelRunner:
         exact: list[tuple[int, int]] = []
         self.row_start = [0] * len(batch.seqs)
         pairs = list(enumerate(zip(batch.seqs, batch.num_tokens, strict=True)))
-        decode_like = [(i, s, n) for i, (s, n) in pairs if n == 1 or self._is_verify(s, n)]
-        others = [(i, s, n) for i, (s, n) in pairs if not (n == 1 or self._is_verify(s, n))]
+        decode_like = [n == 1 or self._is_verify(s, n) for _, (s, n) in pairs]
+        order = [p for p, d in zip(pairs, decode_like, strict=True) if d]
+        order += [p for p, d in zip(pairs, decode_like, strict=True) if not d]
         row = 0
-        for i, seq, n in decode_like:
+        for i, (seq, n) in order:
             start = seq.num_computed_tokens
             end = start + n
             self.row_start[i] = row
             ids.extend(seq.input_token_ids[start:end])
             positions.append(torch.arange(start, end))
-            slot_parts.append(self._slots(seq.block_ids, start, end))
-            for j in range(n):
-                if n > 1:
-                    exact.append((len(decode_ctx), start + j + 1))
-                decode_ctx.append(seq.block_ids)
-                decode_lens.append(start + j + 1)
-            row += n
-        for i, seq, n in others:
-            start = seq.num_computed_tokens
-            end = start + n
-            self.row_start[i] = row
-            ids.extend(seq.input_token_ids[start:end])
-            positions.append(torch.arange(start, end))
-            ctx = self._slots(seq.block_ids, 0, end)
-            slot_parts.append(ctx[start:])
-            prefills.append(PrefillSlice(start=row, q_len=n, context_slots=ctx.to(self.device)))
+            if decode_like[i]:
+                slot_parts.append(self._slots(seq.block_ids, start, end))
+                for j in range(n):
+                    if n > 1:  # a draft position: attended unpadded, as plain decoding would
+                        exact.append((len(decode_ctx), start + j + 1))
+                    decode_ctx.append(seq.block_ids)
+                    decode_lens.append(start + j + 1)
+            else:
+                ctx = self._slots(seq.block_ids, 0, end)
+                slot_parts.append(ctx[start:])
+                prefills.append(PrefillSlice(start=row, q_len=n, context_slots=ctx.to(self.device)))
             row += n
         fb = ForwardBatch(
             input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
