@@ -21,6 +21,9 @@ from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.model.llama import Llama
 from ember.tokenizer import Tokenizer
 
+NGRAM_WINDOW = 1024
+"""Tokens of its own text a sequence searches for prompt-lookup drafts."""
+
 
 @dataclass
 class EngineStats:
@@ -124,8 +127,8 @@ class Engine:
         k = min(self.spec.num_draft_tokens, room)
         if seq.spec_source is not None:
             seq.draft = propose(seq.output_token_ids, seq.spec_source, k)
-        else:
-            seq.draft = propose(seq.token_ids, seq.token_ids, k)
+        else:  # prompt lookup over a recent window: the search is Python, once per step per sequence
+            seq.draft = propose(seq.token_ids, seq.token_ids[-NGRAM_WINDOW:], k)
 
     def _verify_and_emit(self, batch: ScheduledBatch, result: RunResult) -> list[RequestOutput]:
         outputs: list[RequestOutput] = []
