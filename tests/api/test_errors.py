@@ -78,7 +78,8 @@ def test_accepted_variants(smol_server) -> None:
                   {"service_tier": "priority"}, {"service_tier": "flex"}, {"metadata": {"a": "b"}},
                   {"user": "u1", "prompt_cache_key": "k"}, {"max_completion_tokens": 1},
                   {"stop": "x"}, {"stop": None}, {"temperature": 0}, {"prompt": [1, 2, 3]},
-                  {"prompt": [[1, 2], [3]]}, {"prompt": ["a", "b"]}):
+                  {"prompt": [[1, 2], [3]]}, {"prompt": ["a", "b"]},
+                  {"seed": 2**64 - 1, "temperature": 1.0}, {"seed": -(2**63), "temperature": 1.0}):
         body = OK | patch
         if "max_completion_tokens" in patch:
             del body["max_tokens"]

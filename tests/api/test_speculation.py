@@ -71,3 +71,13 @@ def test_prompt_lookup_drafts_from_the_prompt(ngram_server, smol_server) -> None
     assert r["choices"][0]["text"] == complete(smol_server, **body)["choices"][0]["text"]
     m = r["perf_metrics"]
     assert m["speculation-generated-tokens"] > 0 and "speculation-prompt-tokens" not in m
+
+
+def test_logprobs_are_the_same_with_a_prediction(smol_server) -> None:
+    body = dict(prompt=PROMPT, max_tokens=24, temperature=0, logprobs=2)
+    plain = complete(smol_server, **body)["choices"][0]
+    spec = complete(smol_server, prediction=plain["text"], **body)["choices"][0]
+    assert spec["text"] == plain["text"]
+    a, b = plain["logprobs"], spec["logprobs"]
+    assert a["tokens"] == b["tokens"] and a["text_offset"] == b["text_offset"]
+    assert max(abs(x - y) for x, y in zip(a["token_logprobs"], b["token_logprobs"], strict=True)) < 1e-4
