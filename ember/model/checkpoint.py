@@ -6,6 +6,7 @@ naming scheme, not one per format.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ GGUF_MAGIC = b"GGUF"
 @dataclass
 class Checkpoint:
     args: ModelArgs
-    tensors: dict[str, torch.Tensor]
+    tensors: Mapping[str, torch.Tensor]
+    """May be lazy (GGUF: dequantized at each access); read each name once."""
     tokenizer: Tokenizer
     source: str
     """Where the weights came from (a path), for messages and logs."""
@@ -41,7 +43,7 @@ def expected_tensor_names(args: ModelArgs) -> list[str]:
     return names
 
 
-def check_complete(args: ModelArgs, tensors: dict[str, torch.Tensor], source: str | Path) -> None:
+def check_complete(args: ModelArgs, tensors: Mapping[str, torch.Tensor], source: str | Path) -> None:
     """A missing weight found now reads better than a KeyError deep in the loader."""
     missing = [n for n in expected_tensor_names(args) if n not in tensors]
     if missing:

@@ -9,7 +9,7 @@ llama.cpp's converter reorders the rows of q and k for its interleaved-pair RoPE
 from __future__ import annotations
 
 import re
-import sys
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,6 @@ from typing import Any
 import gguf
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ember.errors import ModelLoadError
 from ember.model.args import ModelArgs
@@ -59,27 +58,23 @@ def read_gguf(path: str | Path) -> Checkpoint:
     # Before the slow part, so an unsupported vocabulary fails at once.
     tokenizer = Tokenizer.from_gguf_fields({k: v for k, v in meta.items() if k.startswith("tokenizer.")})
 
-    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, tuple[Any, tuple[int, ...], int | None]] = {}
     source_bits: dict[str, int] = {}
     rope_freqs: torch.Tensor | None = None
-    bar = tqdm(reader.tensors, desc=f"loading {path.name}", unit="tensor", file=sys.stderr,
-               disable=not sys.stderr.isatty(), leave=False)
-    for t in bar:
-        weight = _dequantize(t, shapes[t.name])
+    for t in reader.tensors:
         if t.name == _ROPE_FREQS:
-            rope_freqs = weight
+            rope_freqs = _dequantize(t, shapes[t.name])
             continue
         name = hf_name(t.name)
         if name is None:
             raise ModelLoadError(f"unexpected tensor {t.name!r} in {path}: not a plain Llama checkpoint")
-        if name.endswith("q_proj.weight"):
-            weight = unpermute_rope_rows(weight, args.n_heads)
-        elif name.endswith("k_proj.weight"):
-            weight = unpermute_rope_rows(weight, args.n_kv_heads)
-        tensors[name] = weight
+        heads = args.n_heads if name.endswith("q_proj.weight") else (
+            args.n_kv_heads if name.endswith("k_proj.weight") else None)
+        entries[name] = (t, shapes[t.name], heads)
         bits = quant_bits(t.tensor_type)
         if bits is not None:
             source_bits[name] = bits
+    tensors = LazyTensors(entries)
     if rope_freqs is not None:
         args = replace(args, rope_scaling=llama3_scaling_from_freqs(args, rope_freqs, path))
     check_complete(args, tensors, path)
@@ -90,6 +85,26 @@ def quant_bits(qtype: gguf.GGMLQuantizationType) -> int | None:
     """Nominal bits per weight of a GGML block type (Q4_1 -> 4, Q6_K -> 6); None for float types."""
     m = re.match(r"I?Q(\d)", qtype.name)
     return int(m.group(1)) if m else None
+
+
+class LazyTensors(Mapping[str, torch.Tensor]):
+    """Hugging Face name -> float32 tensor, dequantized from the memory-mapped file at each access and
+    kept by no one here: the loader quantizes one module at a time, so the whole fp32 model never sits in
+    memory at once (peak RSS while loading SmolLM2: 1.5 GB before, see loader.build_model)."""
+
+    def __init__(self, entries: dict[str, tuple[Any, tuple[int, ...], int | None]]) -> None:
+        self._entries = entries
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        t, shape, rope_heads = self._entries[name]
+        w = _dequantize(t, shape)
+        return unpermute_rope_rows(w, rope_heads) if rope_heads is not None else w
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def hf_name(gguf_name: str) -> str | None:

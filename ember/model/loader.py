@@ -7,9 +7,14 @@ from our module layout (fused qkv and gate_up, tied embeddings) are a mapping ap
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
+from torch import nn
+from tqdm import tqdm
 
 from ember.config import ModelConfig
 from ember.model.args import ModelArgs
@@ -29,28 +34,32 @@ class LoadedModel:
     device: torch.device
 
 
-def to_module_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    """Hugging Face Llama tensor names -> this package's module names (fused projections)."""
+def iter_module_state(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
+    """Hugging Face Llama tensor names -> this package's module names (fused projections), one tensor
+    at a time, so a lazy checkpoint is never whole in memory."""
     t, args = ckpt.tensors, ckpt.args
-    out: dict[str, torch.Tensor] = {
-        "embed_tokens.weight": t["model.embed_tokens.weight"],
-        "norm.weight": t["model.norm.weight"],
-        "lm_head.weight": t["model.embed_tokens.weight"] if args.tie_embeddings else t["lm_head.weight"],
-    }
+    embed = t["model.embed_tokens.weight"]
+    yield "embed_tokens.weight", embed
+    yield "norm.weight", t["model.norm.weight"]
+    yield "lm_head.weight", embed if args.tie_embeddings else t["lm_head.weight"]
+    del embed
     for i in range(args.n_layers):
         p = f"model.layers.{i}."
-        out[f"layers.{i}.input_layernorm.weight"] = t[p + "input_layernorm.weight"]
-        out[f"layers.{i}.post_attention_layernorm.weight"] = t[p + "post_attention_layernorm.weight"]
+        yield f"layers.{i}.input_layernorm.weight", t[p + "input_layernorm.weight"]
+        yield f"layers.{i}.post_attention_layernorm.weight", t[p + "post_attention_layernorm.weight"]
         # The attention scale is folded into q's rows (exact for head_dim 64: a power of two), so the
         # decode path spends no op on it.
         q = t[p + "self_attn.q_proj.weight"] * (1.0 / math.sqrt(args.head_dim or 1))
-        out[f"layers.{i}.self_attn.qkv_proj.weight"] = torch.cat(
+        yield f"layers.{i}.self_attn.qkv_proj.weight", torch.cat(
             [q, t[p + "self_attn.k_proj.weight"], t[p + "self_attn.v_proj.weight"]], dim=0)
-        out[f"layers.{i}.self_attn.o_proj.weight"] = t[p + "self_attn.o_proj.weight"]
-        out[f"layers.{i}.mlp.gate_up_proj.weight"] = torch.cat(
+        yield f"layers.{i}.self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
+        yield f"layers.{i}.mlp.gate_up_proj.weight", torch.cat(
             [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
-        out[f"layers.{i}.mlp.down_proj.weight"] = t[p + "mlp.down_proj.weight"]
-    return out
+        yield f"layers.{i}.mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
+
+
+def to_module_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
+    return dict(iter_module_state(ckpt))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,13 +74,21 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
         args = replace(args, max_seq_len=cfg.max_model_len)
     with torch.device("meta"):
         model = Llama(args)
-    state = {k: v.to(device=device, dtype=torch.float32).contiguous() for k, v in to_module_state(ckpt).items()}
-    model.load_state_dict(state, strict=False, assign=True)
+    plan = quantization_plan(ckpt, cfg.quantization, device) if cfg is not None else {}
+    # One weight at a time, quantized as soon as it is in place: the fp32 model is never whole in memory.
+    total = 3 + 7 * args.n_layers
+    bar = tqdm(iter_module_state(ckpt), total=total, desc=f"loading {Path(ckpt.source).name}", unit="tensor",
+               file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
+    for name, tensor in bar:
+        path, _, pname = name.rpartition(".")
+        module = model.get_submodule(path)
+        weight = tensor.to(device=device, dtype=torch.float32).contiguous()
+        setattr(module, pname, nn.Parameter(weight, requires_grad=False))
+        if plan.get(path, "none") != "none":
+            quantize_model(model, {path: plan[path]})
     # Non-persistent buffers are not in the state dict; rebuild them on the real device.
     model.inv_freq = rope_inv_freq(args).to(device)
     model.eval().requires_grad_(False)
-    if cfg is not None:
-        quantize_model(model, quantization_plan(ckpt, cfg.quantization, device))
     return model
 
 
