@@ -16,7 +16,7 @@ from ember.engine.runner import ModelRunner, RunResult
 from ember.engine.sampler import Sampler, prompt_logprobs
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
-from ember.engine.speculative import can_speculate, propose, verify
+from ember.engine.speculative import can_speculate, propose, propose_at, verify
 from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.model.llama import Llama
 from ember.tokenizer import Tokenizer
@@ -126,7 +126,14 @@ class Engine:
         room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
         k = min(self.spec.num_draft_tokens, room)
         if seq.spec_source is not None:
-            seq.draft = propose(seq.output_token_ids, seq.spec_source, k)
+            draft, at = propose_at(seq.output_token_ids, seq.spec_source, k)
+            if at is not None:
+                seq.spec_pos = at
+            elif k > 0:
+                # No n-gram match right after the model replaced a predicted token: assume a same-length
+                # edit and read on from where the prediction should be (the verifier corrects any guess).
+                draft = seq.spec_source[seq.spec_pos : seq.spec_pos + k]
+            seq.draft = list(draft)
         else:  # prompt lookup over a recent window: the search is Python, once per step per sequence
             seq.draft = propose(seq.token_ids, seq.token_ids[-NGRAM_WINDOW:], k)
 
@@ -221,6 +228,7 @@ class Engine:
                 reason = FinishReason.LENGTH
             if reason is not None:
                 break
+        seq.spec_pos += len(kept)
         kept_recs = tuple(recs[: len(kept)])
         if reason is not None:
             return self._finish(seq, reason, tuple(kept), kept_recs, now, tuple(offsets))

@@ -42,6 +42,8 @@ class Sequence:
     """Tokens guessed to follow token_ids, verified in the next step (never part of token_ids)."""
     spec_source: list[int] | None = None
     """Where drafts come from: the predicted output, or None to look up the sequence's own tokens."""
+    spec_pos: int = 0
+    """Index in spec_source expected to match the next output token (advances with every token)."""
     speculate: bool = False
     num_draft_tokens: int = 0
     num_accepted_draft_tokens: int = 0

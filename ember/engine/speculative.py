@@ -19,17 +19,22 @@ from ember.engine.request import SamplingParams
 def propose(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> list[int]:
     """Up to k tokens that followed the latest match of history's last n tokens in source (n from
     max_ngram down to 1); with no history yet, source's first k tokens."""
+    return propose_at(history, source, k, max_ngram)[0]
+
+
+def propose_at(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> tuple[list[int], int | None]:
+    """`propose`, with the index in source where the draft starts (None when nothing matched)."""
     if k <= 0 or not source:
-        return []
+        return [], None
     if not history:
-        return list(source[:k])
+        return list(source[:k]), 0
     for n in range(min(max_ngram, len(history)), 0, -1):
         tail = list(history[-n:])
         # The latest occurrence wins: an edited prediction realigns on the most recent context.
         for start in range(len(source) - n, -1, -1):
             if start + n < len(source) and list(source[start : start + n]) == tail:
-                return list(source[start + n : start + n + k])
-    return []
+                return list(source[start + n : start + n + k]), start + n
+    return [], None
 
 
 def can_speculate(params: SamplingParams, constrained: bool) -> bool:
