@@ -153,10 +153,6 @@ class CompletionRequest(WireModel):
         items = [self.stop] if isinstance(self.stop, str) else self.stop
         return [s for s in items if s]
 
-    @property
-    def wants_logprobs(self) -> bool:
-        return self.logprobs is not None and self.logprobs is not False
-
 
 def _field_names(*models: type[BaseModel]) -> frozenset[str]:
     return frozenset(a.alias or n for m in models for n, a in m.model_fields.items())

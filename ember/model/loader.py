@@ -58,10 +58,6 @@ def iter_module_state(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
         yield f"layers.{i}.mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
 
 
-def to_module_state(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    return dict(iter_module_state(ckpt))
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -134,7 +134,3 @@ def quantize_model(model: nn.Module, kinds: dict[str, str]) -> nn.Module:
         if isinstance(child, nn.Linear) and child.bias is None:
             setattr(parent, name, quantize_linear(child, kind))
     return model
-
-
-def linear_paths(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
