@@ -39,6 +39,8 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
         client = await tt.run(build_client, config, lm, registry)
+        # llguidance's vocabulary view takes ~0.2 s to build: at start-up, not inside a first request.
+        await tt.run(lambda: client.engine.grammars.ll_tokenizer)
         client.start(tt)
         served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len,
                              client.engine.grammars)
