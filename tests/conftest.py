@@ -7,11 +7,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Self
 
-import httpx
 import pytest
 import torch
 import uvicorn
+from fastapi import FastAPI
 
 from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig
 from ember.model.args import ModelArgs
@@ -86,43 +87,45 @@ def tiny(smol_checkpoint: Checkpoint, smol_ref: ModelRef) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tok, args=args, ref=smol_ref, device=torch.device("cpu"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class UvicornThread:
+    """uvicorn serving `app` on 127.0.0.1 from a background thread, on a socket bound here (no free-port
+    race); entering waits until start-up (the app's lifespan included) has finished."""
 
-
-class LiveServer:
-    """A real uvicorn server on 127.0.0.1 in a background thread."""
-
-    def __init__(self, config: Config, loaded: LoadedModel) -> None:
-        from ember.app import create_app
-
-        self.port = free_port()
-        self.app = create_app(config, loaded)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+    def __init__(self, app: FastAPI, *, lifespan: str = "on", start_timeout: float = 60.0) -> None:
+        self.app = app
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.start_timeout = start_timeout
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> Self:
         self.thread.start()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("server did not start")
+        deadline = time.monotonic() + self.start_timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.sock.close()
+
+
+class LiveServer(UvicornThread):
+    """ember's real app, serving an already loaded model."""
+
+    def __init__(self, config: Config, loaded: LoadedModel) -> None:
+        from ember.app import create_app
+
+        super().__init__(create_app(config, loaded))
 
     @property
     def engine(self):

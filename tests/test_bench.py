@@ -5,17 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ember.bench import BenchConfig, bench_main, make_prompts, percentile, run_bench
+from tests.conftest import UvicornThread
 
 TOKEN_DELAY_S = 0.002
 
@@ -57,33 +55,11 @@ def fake_app(fail_every: int = 0, usage: bool = True, cached: int = 0) -> FastAP
     return app
 
 
-class FakeServer:
-    """uvicorn in a thread on a socket we bound ourselves, so there is no free-port race."""
+class FakeServer(UvicornThread):
+    """A scripted OpenAI-compatible app (no model) for the load generator to hit."""
 
     def __init__(self, app: FastAPI) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> FakeServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("fake server did not start")
-            time.sleep(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
+        super().__init__(app, lifespan="off", start_timeout=10)
 
 
 @pytest.fixture

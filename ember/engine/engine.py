@@ -146,14 +146,13 @@ class Engine:
             if seq.is_finished:
                 continue
             p = seq.params
-            rows = logits.float()
-            bias = self.sampler.processed(rows, p)
-            scores = bias if p.greedy else torch.softmax(bias, dim=-1)
+            processed = self.sampler.processed(logits, p)
+            scores = processed if p.greedy else torch.softmax(processed, dim=-1)
             tokens, accepted = verify(scores, draft, p.greedy, seq.generator)
             seq.num_draft_tokens += len(draft)
             seq.num_accepted_draft_tokens += accepted
             self.scheduler.on_computed(seq, 1 + accepted)
-            recs = self.sampler.records(rows[: len(tokens)], tokens, p, bias[: len(tokens)])
+            recs = self.sampler.records(logits, tokens, p, processed)
             outputs.append(self._emit(seq, tokens, recs, now))
         return outputs
 

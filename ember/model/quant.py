@@ -3,9 +3,10 @@
 Decode on CPU is bound by reading weights: fp32 SmolLM2 reads 540 MB per token, int8 135 MB, int4 70 MB.
 torch's packed kernels are fast only with bf16 activations on this class of CPU (a 3072x576 projection
 at batch 1: fp32 matmul 0.15 ms, `_weight_int4pack_mm_for_cpu` 0.05 ms with bf16 input but 1.5 ms with
-fp32 input), so activations are cast to bf16 around them. Measured per shape (bench notes in
-bench/RESULTS.md), int4 with 32-wide groups is the fastest kernel at every batch size up to 64 rows and
-within 10% of fp32 at 512-row prefill chunks; torch's per-channel int8 kernel is 2x slower at 32 rows.
+fp32 input), so activations are cast to bf16 around them. Measured per shape on 2 cores, int4 with
+32-wide groups is the fastest kernel at every batch size up to 64 rows and within 10% of fp32 at
+512-row prefill chunks (32 rows, 3072x576: int4 0.68 ms, per-channel int8 0.79 ms, fp32 0.92 ms; the
+49152x576 head: 11, 25 and 28 ms).
 
 `auto` keeps each weight at the precision of its file: a GGUF Q4_1 tensor (w = d*q + m over 32-wide
 groups) becomes int4 with the same groups, which reproduces its values up to bf16 rounding of d and m;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 from collections import defaultdict
 
@@ -107,15 +108,13 @@ def test_filters_that_reduce_to_greedy(smol_server) -> None:
 @pytest.mark.parametrize("kw", [{"top_k": 40}, {"top_p": 0.9}, {"min_p": 0.05}, {"typical_p": 0.8},
                                 {"mirostat_target": 3.0, "mirostat_lr": 0.2}, {"temperature": 0.7}])
 def test_sampling_is_seeded_and_batch_invariant(smol_server, kw: dict) -> None:
-    body = dict(prompt=STORY, max_tokens=16, seed=99, temperature=kw.pop("temperature", 1.0), **kw)
+    body = {"prompt": STORY, "max_tokens": 16, "seed": 99, "temperature": 1.0} | kw
     alone = post(smol_server, **body)["choices"][0]["text"]
     # The same request again, now sharing the batch with other work.
     with httpx.Client(timeout=120) as c:
         others = [c.build_request("POST", smol_server.url + "/v1/completions",
                                   json={"model": MODEL_ID, "prompt": f"Noise {i}", "max_tokens": 16})
                   for i in range(3)]
-        import concurrent.futures as cf
-
         with cf.ThreadPoolExecutor(4) as ex:
             futs = [ex.submit(c.send, r) for r in others]
             again = post(smol_server, **body)["choices"][0]["text"]

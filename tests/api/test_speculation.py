@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import httpx
 import pytest
@@ -51,8 +52,6 @@ def test_prediction_with_sampling_and_stream(smol_server) -> None:
                             "temperature": 0, "prediction": TEXT}) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
-                import json
-
                 chunks.append(json.loads(line[6:]))
     text = "".join(c["choices"][0]["text"] for c in chunks)
     assert text == complete(smol_server, prompt=PROMPT, max_tokens=30, temperature=0)["choices"][0]["text"]
