@@ -34,33 +34,8 @@ def reject_unsupported(body: CompletionRequest) -> None:
 
 async def run_choices(client: EngineClient, plan: Plan) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Outputs of every choice, interleaved as they come; leaving early aborts whatever still runs."""
-    q: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
-
-    async def pump(c: int) -> None:
-        try:
-            async for out in client.generate(plan.requests[c]):
-                q.put_nowait((c, out))
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises
-            q.put_nowait((c, e))
-            if isinstance(e, asyncio.CancelledError):
-                raise
-        q.put_nowait((c, None))
-
-    tasks = [asyncio.create_task(pump(c)) for c in range(len(plan.requests))]
-    live = len(tasks)
-    try:
-        while live:
-            c, item = await q.get()
-            if item is None:
-                live -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield c, item
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async for c, out in client.generate_all(plan.requests):
+        yield c, out
 
 
 def usage_of(states: list[ChoiceState], plan: Plan) -> dict:

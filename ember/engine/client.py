@@ -2,7 +2,11 @@
 
 The engine steps on its own thread so the HTTP event loop never waits on the model. Requests and aborts
 cross into that thread through a queue; outputs cross back through `loop.call_soon_threadsafe` into one
-asyncio.Queue per request.
+asyncio.Queue per submission.
+
+The n choices of one HTTP request enter the engine in one message, hence in one step: a seeded request
+then repeats exactly, because its rows always share a batch of the same shape (submitted one by one, a
+step could start between them, and a mixed prefill+decode batch rounds the logits' last bits differently).
 
     event loop                         engine thread
     submit() --(inbox: add)-->         drain inbox -> Engine.add / abort
@@ -53,9 +57,9 @@ class TorchThread:
 
 @dataclass
 class _Add:
-    req: EngineRequest
+    reqs: list[EngineRequest]
     loop: asyncio.AbstractEventLoop
-    out: asyncio.Queue[RequestOutput | BaseException]
+    out: asyncio.Queue[tuple[int, RequestOutput | BaseException]]
 
 
 @dataclass
@@ -67,7 +71,7 @@ class EngineClient:
     def __init__(self, engine: Engine, on_step: Callable[[Engine, float, list[RequestOutput]], None] | None = None):
         self.engine = engine
         self._inbox: queue.Queue[_Add | _Abort | None] = queue.Queue()
-        self._streams: dict[str, _Add] = {}
+        self._streams: dict[str, tuple[_Add, int]] = {}
         self._thread: threading.Thread | None = None
         self._future: Future[None] | None = None
         self._stopping = False
@@ -107,35 +111,57 @@ class EngineClient:
     # -- the async face --------------------------------------------------------------------------
     async def generate(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its outputs; leaving early (or being cancelled) aborts it."""
+        async for _, out in self.generate_all([req]):
+            yield out
+
+    async def generate_all(self, reqs: list[EngineRequest]) -> AsyncIterator[tuple[int, RequestOutput]]:
+        """Submit requests together (same engine step) and yield (index, output) as they come.
+
+        Leaving early, being cancelled or any request failing aborts whatever still runs.
+        """
         if self._stopping or not self.alive:
             raise Overloaded("the engine is not running")
-        out: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-        self._inbox.put(_Add(req, asyncio.get_running_loop(), out))
-        finished = False
+        out: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
+        self._inbox.put(_Add(list(reqs), asyncio.get_running_loop(), out))
+        running = set(range(len(reqs)))
         try:
-            while True:
-                item = await out.get()
+            while running:
+                i, item = await out.get()
                 if isinstance(item, BaseException):
                     raise item
                 if item.finished:
-                    finished = True
-                yield item
-                if finished:
-                    return
+                    running.discard(i)
+                yield i, item
         finally:
-            if not finished:
-                self.abort(req.request_id)
+            for i in running:
+                self.abort(reqs[i].request_id)
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
 
     # -- the engine thread -----------------------------------------------------------------------
-    def _deliver(self, add: _Add, item: RequestOutput | BaseException) -> None:
+    def _deliver(self, add: _Add, i: int, item: RequestOutput | BaseException) -> None:
         try:
-            add.loop.call_soon_threadsafe(add.out.put_nowait, item)
+            add.loop.call_soon_threadsafe(add.out.put_nowait, (i, item))
         except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.engine.abort(add.req.request_id)
-            self._streams.pop(add.req.request_id, None)
+            for req in add.reqs:
+                self.engine.abort(req.request_id)
+                self._streams.pop(req.request_id, None)
+
+    def _admit(self, add: _Add) -> None:
+        """Add a submission's requests all or none: a refused one fails the whole submission."""
+        added: list[str] = []
+        for i, req in enumerate(add.reqs):
+            try:
+                self.engine.add(req)
+            except EmberError as e:
+                for rid in added:
+                    self.engine.abort(rid)
+                    self._streams.pop(rid, None)
+                self._deliver(add, i, e)
+                return
+            added.append(req.request_id)
+            self._streams[req.request_id] = (add, i)
 
     def _drain(self, block: bool) -> bool:
         try:
@@ -146,11 +172,7 @@ class EngineClient:
             if msg is None:
                 return False
             if isinstance(msg, _Add):
-                try:
-                    self.engine.add(msg.req)
-                    self._streams[msg.req.request_id] = msg
-                except EmberError as e:
-                    self._deliver(msg, e)
+                self._admit(msg)
             else:
                 self.engine.abort(msg.request_id)
                 self._streams.pop(msg.request_id, None)
@@ -174,21 +196,21 @@ class EngineClient:
                 self._fail_all(e)
                 continue
             for o in outputs:
-                add = self._streams.get(o.request_id)
-                if add is None:
+                entry = self._streams.get(o.request_id)
+                if entry is None:
                     continue
                 if o.finished:
                     del self._streams[o.request_id]
-                self._deliver(add, o)
+                self._deliver(entry[0], entry[1], o)
             self._stats = self.engine.stats()
             if self._on_step is not None:
                 self._on_step(self.engine, time.monotonic() - t0, outputs)
         self._fail_all(Overloaded("the server is shutting down"))
 
     def _fail_all(self, err: BaseException) -> None:
-        for rid, add in list(self._streams.items()):
+        for rid, (add, i) in list(self._streams.items()):
             self.engine.abort(rid)
-            self._deliver(add, err)
+            self._deliver(add, i, err)
         self._streams.clear()
 
 
