@@ -41,7 +41,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=512, help="per-step token budget")
     p.add_argument("--speculative-ngram", action="store_true",
                    help="prompt-lookup speculative decoding for requests without a prediction")
-    p.add_argument("--num-draft-tokens", type=int, default=4, help="most draft tokens verified per step")
+    p.add_argument("--num-draft-tokens", type=int, default=SpeculativeConfig.num_draft_tokens, help="most draft tokens verified per step")
 
 
 def _config(a: argparse.Namespace) -> Config:

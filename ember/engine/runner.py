@@ -8,7 +8,13 @@ import torch
 
 from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence
-from ember.model.attention import ForwardBatch, PrefillSlice, decode_head_rows
+from ember.model.attention import (
+    DECODE_PAD,
+    ForwardBatch,
+    PrefillSlice,
+    decode_head_rows,
+    decode_padding_is_invariant,
+)
 from ember.model.llama import Llama
 
 
@@ -34,6 +40,11 @@ class ModelRunner:
         assert a.head_dim is not None
         width = a.n_kv_heads * a.head_dim
         slots = num_blocks * block_size
+        self.decode_pad = max(DECODE_PAD, block_size)  # both powers of two: a multiple of each
+        self.padding_invariant = decode_padding_is_invariant(a.n_heads, a.n_kv_heads, a.head_dim,
+                                                             self.decode_pad, device, dtype)
+        """Whether a decode row's attention is the same in any batch; if not, draft rows are re-attended
+        over their own length so that verification reproduces plain decoding."""
         self.row_start: list[int] = []
         """First row of each scheduled sequence in the last built batch."""
         self.kv_caches = [
@@ -53,6 +64,9 @@ class ModelRunner:
         table = torch.tensor(block_ids, dtype=torch.long)
         return table[pos // bs] * bs + pos % bs
 
+    def _padded(self, n: int) -> int:
+        return -(-n // self.decode_pad) * self.decode_pad
+
     @staticmethod
     def _is_verify(seq: Sequence, n: int) -> bool:
         return bool(seq.draft) and n == 1 + len(seq.draft) and seq.num_computed_tokens == seq.num_tokens - 1
@@ -60,8 +74,10 @@ class ModelRunner:
     def build(self, batch: ScheduledBatch) -> ForwardBatch:
         """Rows: every single-token decode and every draft position first (the batched decode path), then
         prefill chunks. A draft of k tokens becomes k+1 decode rows over the same block table, with
-        contexts one longer each: each position is attended exactly as plain decoding would attend it,
-        so a verified draft reproduces plain decoding bit for bit."""
+        contexts one longer each. Decode contexts are padded to a multiple of `decode_pad`, which makes a
+        row's attention independent of the rest of its batch (checked at start-up): each draft position
+        is attended exactly as plain decoding attends it, so a verified draft reproduces plain decoding
+        bit for bit, and a seeded request samples the same tokens whatever shares its batch."""
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_parts: list[torch.Tensor] = []
@@ -84,8 +100,8 @@ class ModelRunner:
             if decode_like[i]:
                 slot_parts.append(self._slots(seq.block_ids, start, end))
                 for j in range(n):
-                    if n > 1:  # a draft position: attended unpadded, as plain decoding would
-                        exact.append((len(decode_ctx), start + j + 1))
+                    if n > 1 and not self.padding_invariant:  # a draft position, re-attended alone
+                        exact.append((len(decode_ctx), self._padded(start + j + 1)))
                     decode_ctx.append(seq.block_ids)
                     decode_lens.append(start + j + 1)
             else:
@@ -103,8 +119,8 @@ class ModelRunner:
         )
         if decode_ctx:
             bs = self.block_size
-            max_len = max(decode_lens)
-            nb = -(-max_len // bs)
+            max_len = self._padded(max(decode_lens))
+            nb = max_len // bs
             table = torch.zeros(len(decode_ctx), nb, dtype=torch.long)
             for i, blocks in enumerate(decode_ctx):
                 table[i, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)

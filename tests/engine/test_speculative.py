@@ -103,3 +103,28 @@ def test_stop_string_inside_accepted_draft(tiny: LoadedModel) -> None:
     got = run_all(e, [EngineRequest("g", prompt, greedy(30, stop=(stop,), speculation=tuple(plain.token_ids)))])["g"]
     assert got.text == want.text and got.finish_reason == want.finish_reason == "stop"
     assert e.pool.num_free == e.pool.num_blocks
+
+
+def test_draft_grows_after_a_fully_accepted_one(tiny: LoadedModel) -> None:
+    """k drafts (one int4 row block) while the prediction is unproven, 2k+1 (two blocks) after a draft
+    was accepted whole, back to k after a miss."""
+    prompt = tuple(range(100, 140))
+    n = 60
+    plain = run_all(make_engine(tiny), [EngineRequest("p", prompt, greedy(n))])["p"]
+    k = SpeculativeConfig().num_draft_tokens
+    wrong = list(plain.token_ids)
+    for i in range(20, n, 15):
+        wrong[i] = (wrong[i] + 1) % tiny.tokenizer.vocab_size
+    for name, pred in (("right", plain.token_ids), ("wrong", wrong)):
+        r = run_all(make_engine(tiny), [EngineRequest(name, prompt, greedy(n, speculation=tuple(pred)))])[name]
+        assert r.token_ids == plain.token_ids
+        drafted = [b.num_draft_tokens - a.num_draft_tokens for a, b in zip(r.outputs, r.outputs[1:], strict=False)]
+        kept = [len(o.new_token_ids) for o in r.outputs[1:]]
+        produced = 1
+        for i in range(1, len(drafted)):
+            produced += kept[i - 1]
+            if n - produced <= 2 * k + 2:
+                break  # near max_tokens the room, not the rule, sets the length
+            whole = drafted[i - 1] > 0 and kept[i - 1] == drafted[i - 1] + 1
+            assert drafted[i] == (2 * k + 1 if whole else k), (name, i, drafted, kept)
+        assert 2 * k + 1 in drafted

@@ -1,0 +1,42 @@
+"""On the default (quantized) CPU path a decoding row's logits do not depend on what shares its batch."""
+
+from __future__ import annotations
+
+import torch
+
+from ember.engine.request import SamplingParams
+from ember.model.attention import DECODE_PAD, decode_padding_is_invariant
+from ember.model.loader import LoadedModel
+from tests.engine.helpers import make_engine, req, run_all
+
+
+def test_decode_logits_are_batch_invariant(smol_served: LoadedModel) -> None:
+    tok = smol_served.tokenizer
+    shorts = [tok.encode(t) for t in ("Once upon a time", "The capital of France is", "def fibonacci(n):",
+                                      "List three colours:")]
+    long = tok.encode("The history of the printing press is long and full of surprises. " * 25)
+    other = tok.encode("Write a short poem about the sea.")
+    greedy = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True, logprobs=3)
+    seeded = SamplingParams(max_tokens=64, temperature=1.0, seed=7, ignore_eos=True, logprobs=3)
+    mine = [req(f"g{i}", p, greedy) for i, p in enumerate(shorts)] + [req("s", shorts[0], seeded)]
+    engine = make_engine(smol_served, max_num_batched_tokens=512)
+    alone = {r.request_id: run_all(engine, [r])[r.request_id] for r in mine}
+    assert engine.runner.padding_invariant  # else draft rows fall back to a second, unpadded pass
+    # The same requests decoding next to a 400-token context (padding every row to its length),
+    # while another request's prompt is prefilled in the same steps.
+    crowd = run_all(make_engine(smol_served, max_num_batched_tokens=512),
+                    [*mine, req("long", long, SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)),
+                     req("late", other * 12, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))])
+    for rid in alone:
+        assert crowd[rid].token_ids == alone[rid].token_ids
+        got = [(r.token_id, r.logprob, r.top) for o in crowd[rid].outputs for r in o.new_logprobs]
+        want = [(r.token_id, r.logprob, r.top) for o in alone[rid].outputs for r in o.new_logprobs]
+        assert got == want  # bit-identical floats, not merely close
+
+
+def test_padding_probe_tells_padded_from_unpadded_decode() -> None:
+    """Contexts padded to whole 16-wide vectors attend the same alone or batched; unpadded ones do not
+    on these kernels, which is why the runner pads every decode context to DECODE_PAD."""
+    cpu = torch.device("cpu")
+    assert decode_padding_is_invariant(9, 3, 64, DECODE_PAD, cpu)
+    assert not decode_padding_is_invariant(9, 3, 64, 1, cpu)
