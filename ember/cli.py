@@ -37,6 +37,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-mb", type=int, default=1024, help="memory budget of the KV cache")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    p.add_argument("--no-native-kernels", action="store_true",
+                   help="attend decodes with torch ops instead of the compiled kernel")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=512, help="per-step token budget")
     p.add_argument("--speculative-ngram", action="store_true",
@@ -49,7 +51,8 @@ def _config(a: argparse.Namespace) -> Config:
         model=ModelConfig(model=a.model, device=a.device, quantization=a.quantization,
                           max_model_len=a.max_model_len),
         cache=CacheConfig(block_size=a.block_size, kv_cache_mb=a.kv_cache_mb,
-                          enable_prefix_caching=not a.no_prefix_caching),
+                          enable_prefix_caching=not a.no_prefix_caching,
+                          native_attention=not a.no_native_kernels),
         scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens),
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
                             api_keys=tuple(getattr(a, "api_key", None) or ())),

@@ -52,6 +52,8 @@ class CacheConfig:
     kv_cache_mb: int = 1024
     """Memory budget for K and V of all layers; the block count is derived from it."""
     enable_prefix_caching: bool = True
+    native_attention: bool = True
+    """Attend decodes with the native kernel (ember/kernels) where it builds; else gathered torch ops."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

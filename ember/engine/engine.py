@@ -48,7 +48,7 @@ class Engine:
         num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
         self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(sched, self.pool)
-        self.runner = ModelRunner(model, num_blocks, cache.block_size, device)
+        self.runner = ModelRunner(model, num_blocks, cache.block_size, device, native=cache.native_attention)
         self.sampler = Sampler()
         self.grammars = GrammarCompiler(tokenizer)
         self.detok = Detokenizer(tokenizer)

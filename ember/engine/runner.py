@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ember import kernels
 from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence
 from ember.model.attention import (
@@ -32,7 +33,7 @@ class RunResult:
 
 class ModelRunner:
     def __init__(self, model: Llama, num_blocks: int, block_size: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, native: bool = True) -> None:
         self.model = model
         self.block_size = block_size
         self.device = device
@@ -40,9 +41,11 @@ class ModelRunner:
         assert a.head_dim is not None
         width = a.n_kv_heads * a.head_dim
         slots = num_blocks * block_size
+        self.native = native and device.type == "cpu" and dtype == torch.float32 and kernels.load() is not None
+        """Decode attention by the native kernel: each row alone over its own length, so always exact."""
         self.decode_pad = max(DECODE_PAD, block_size)  # both powers of two: a multiple of each
-        self.padding_invariant = decode_padding_is_invariant(a.n_heads, a.n_kv_heads, a.head_dim,
-                                                             self.decode_pad, device, dtype)
+        self.padding_invariant = self.native or decode_padding_is_invariant(
+            a.n_heads, a.n_kv_heads, a.head_dim, self.decode_pad, device, dtype)
         """Whether a decode row's attention is the same in any batch; if not, draft rows are re-attended
         over their own length so that verification reproduces plain decoding."""
         self.row_start: list[int] = []
@@ -117,7 +120,15 @@ class ModelRunner:
             prefills=prefills,
             exact_decode_rows=exact,
         )
-        if decode_ctx:
+        if decode_ctx and self.native:
+            nb = -(-max(decode_lens) // self.block_size)
+            table = torch.zeros(len(decode_ctx), nb, dtype=torch.long)
+            for i, blocks in enumerate(decode_ctx):
+                table[i, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
+            fb.decode_tables = table
+            fb.decode_lens = torch.tensor(decode_lens, dtype=torch.long)
+            fb.block_size = self.block_size
+        elif decode_ctx:
             bs = self.block_size
             max_len = self._padded(max(decode_lens))
             nb = max_len // bs

@@ -9,8 +9,9 @@ Tokens of all sequences in a step are flattened into one axis of T rows:
     rows:  [ d0 d1 d2 ... d(B-1) | p0 p0 p0 p0 | p1 p1 ... ]
              decodes (1 query each)  prefill chunks (q_len each)
 
-Decodes are attended together as one padded batch; each prefill chunk is attended on its own with a
-causal mask offset by the tokens already in its context.
+Decodes are attended by the native kernel straight from the block tables where it could be built
+(ember/kernels), else together as one padded batch of gathered K/V; each prefill chunk is attended on its
+own with a causal mask offset by the tokens already in its context.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from ember import kernels
 
 DECODE_PAD = 16
 """Decode contexts are padded to a multiple of this many positions (whole AVX-512 vectors)."""
@@ -52,6 +55,12 @@ class ForwardBatch:
     decode_mask: torch.Tensor | None = None
     """[num_decodes, 1, 1, max_ctx] additive mask: 0 inside the context, -inf in the padding."""
     prefills: list[PrefillSlice] = field(default_factory=list)
+    decode_tables: torch.Tensor | None = None
+    """[num_decodes, max_blocks] int64 block tables, set (with decode_lens) instead of decode_slots when
+    the native kernel attends decodes straight from the cache."""
+    decode_lens: torch.Tensor | None = None
+    """[num_decodes] int64 context length of each decode row."""
+    block_size: int = 16
     exact_decode_rows: list[tuple[int, int]] = field(default_factory=list)
     """(decode row, padded context length) of draft rows to re-attend over their own padded length,
     on platforms where padding changes a row's sums (see `decode_padding_is_invariant`): draft
@@ -121,7 +130,12 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     group = H // n_kv_heads
     out = torch.empty_like(q)
     nd = batch.num_decodes
-    if nd:
+    if nd and batch.decode_tables is not None:
+        native = kernels.load()
+        assert native is not None and batch.decode_lens is not None
+        out[:nd] = native.paged_decode_attention(q[:nd], k_cache, v_cache, batch.decode_tables, batch.decode_lens,
+                                                 batch.block_size, n_kv_heads)
+    elif nd:
         assert batch.decode_slots is not None and batch.decode_mask is not None
         B, L = batch.decode_slots.shape
         rows = batch.decode_head_rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ember.engine.request import SamplingParams
@@ -10,7 +11,8 @@ from ember.model.loader import LoadedModel
 from tests.engine.helpers import make_engine, req, run_all
 
 
-def test_decode_logits_are_batch_invariant(smol_served: LoadedModel) -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["native-kernel", "torch-ops"])
+def test_decode_logits_are_batch_invariant(smol_served: LoadedModel, native: bool) -> None:
     tok = smol_served.tokenizer
     shorts = [tok.encode(t) for t in ("Once upon a time", "The capital of France is", "def fibonacci(n):",
                                       "List three colours:")]
@@ -19,12 +21,13 @@ def test_decode_logits_are_batch_invariant(smol_served: LoadedModel) -> None:
     greedy = SamplingParams(max_tokens=64, temperature=0.0, ignore_eos=True, logprobs=3)
     seeded = SamplingParams(max_tokens=64, temperature=1.0, seed=7, ignore_eos=True, logprobs=3)
     mine = [req(f"g{i}", p, greedy) for i, p in enumerate(shorts)] + [req("s", shorts[0], seeded)]
-    engine = make_engine(smol_served, max_num_batched_tokens=512)
+    engine = make_engine(smol_served, max_num_batched_tokens=512, native=native)
+    assert engine.runner.native == native
     alone = {r.request_id: run_all(engine, [r])[r.request_id] for r in mine}
     assert engine.runner.padding_invariant  # else draft rows fall back to a second, unpadded pass
     # The same requests decoding next to a 400-token context (padding every row to its length),
     # while another request's prompt is prefilled in the same steps.
-    crowd = run_all(make_engine(smol_served, max_num_batched_tokens=512),
+    crowd = run_all(make_engine(smol_served, max_num_batched_tokens=512, native=native),
                     [*mine, req("long", long, SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)),
                      req("late", other * 12, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))])
     for rid in alone:
@@ -40,3 +43,19 @@ def test_padding_probe_tells_padded_from_unpadded_decode() -> None:
     cpu = torch.device("cpu")
     assert decode_padding_is_invariant(9, 3, 64, DECODE_PAD, cpu)
     assert not decode_padding_is_invariant(9, 3, 64, 1, cpu)
+
+
+def test_native_kernel_and_torch_ops_agree(smol: LoadedModel) -> None:
+    """The two decode-attention paths sum in different orders, so logprobs agree closely, not bitwise
+    (on the fp32 model: on the quantized one, bf16 rounding downstream magnifies last-bit differences)."""
+    tok = smol.tokenizer
+    params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=1)
+    reqs = [req(f"p{i}", tok.encode(t), params) for i, t in enumerate(["The capital of France is",
+                                                                          "Once upon a time"])]
+    by = {native: run_all(make_engine(smol, native=native), reqs) for native in (True, False)}
+    for r in reqs:
+        a, b = by[True][r.request_id], by[False][r.request_id]
+        assert a.token_ids == b.token_ids
+        la = [x.logprob for o in a.outputs for x in o.new_logprobs]
+        lb = [x.logprob for o in b.outputs for x in o.new_logprobs]
+        assert max(abs(x - y) for x, y in zip(la, lb, strict=True)) < 1e-3

@@ -1,0 +1,49 @@
+"""Native CPU kernels, compiled on first use with the machine's C++ compiler (torch's cpp_extension).
+
+They are optional: when no compiler is found or the build fails, `load()` returns None once, says why in
+the log, and the engine keeps its pure-torch path. Builds are cached per torch version and source hash
+under ~/.cache/torch_extensions, so only the first start on a machine pays the ~1 minute compile.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+
+log = logging.getLogger("ember.kernels")
+SOURCE = Path(__file__).with_name("paged_decode_attention.cpp")
+DISABLE_ENV = "EMBER_NO_NATIVE_KERNELS"
+# -fopenmp compiles at::parallel_for's pragmas but links no OpenMP runtime of its own: the GOMP symbols
+# resolve to the libgomp torch already loaded, so the kernel shares torch's thread team (a second
+# runtime's team would compete with it for the two cores). -ffast-math lets exp and the dot products
+# vectorize; the order of every sum is still fixed by the code, whatever shares the batch.
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+
+
+@functools.cache
+def load() -> ModuleType | None:
+    """The compiled module (`paged_decode_attention`), or None where it cannot be built."""
+    if os.environ.get(DISABLE_ENV):
+        return None
+    scripts = sysconfig.get_path("scripts")
+    if shutil.which("ninja") is None and scripts and Path(scripts, "ninja").exists():
+        # torch builds with ninja found on PATH; the `ninja` wheel puts it next to this interpreter.
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    try:
+        from torch.utils.cpp_extension import load as build
+
+        log.info("loading native kernels (the first start on a machine compiles them, about 30 s)")
+        text = SOURCE.read_text()
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        return build(name=f"ember_kernels_{digest}", sources=[str(SOURCE)],
+                     extra_cflags=CFLAGS, verbose=False)
+    except Exception as e:  # noqa: BLE001 - any build failure means: use the torch path
+        log.warning("native kernels unavailable (%s); decode attention runs on torch ops",
+                    str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
+        return None
