@@ -1,8 +1,8 @@
 """Native CPU kernels, compiled on first use with the machine's C++ compiler (torch's cpp_extension).
 
 They are optional: when no compiler is found or the build fails, `load()` returns None once, says why in
-the log, and the engine keeps its pure-torch path. Builds are cached per torch version and source hash
-under ~/.cache/torch_extensions, so only the first start on a machine pays the ~1 minute compile.
+the log, and the engine keeps its pure-torch path. Builds are kept per environment and source hash under
+<venv>/ember-kernels; `make install` builds them, so a server start only loads them.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import shutil
+import sys
 import sysconfig
 from pathlib import Path
 from types import ModuleType
@@ -41,8 +42,12 @@ def load() -> ModuleType | None:
         log.info("loading native kernels (the first start on a machine compiles them, about 30 s)")
         text = SOURCE.read_text()
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-        return build(name=f"ember_kernels_{digest}", sources=[str(SOURCE)],
-                     extra_cflags=CFLAGS, verbose=False)
+        # One build per environment (torch keys builds by its include paths, so two venvs sharing the
+        # default ~/.cache directory would keep rebuilding each other's).
+        where = Path(sys.prefix, "ember-kernels", digest)
+        where.mkdir(parents=True, exist_ok=True)
+        return build(name=f"ember_kernels_{digest}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+                     build_directory=str(where), verbose=False)
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch path
         log.warning("native kernels unavailable (%s); decode attention runs on torch ops",
                     str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
