@@ -9,18 +9,19 @@ llama.cpp's converter reorders the rows of q and k for its interleaved-pair RoPE
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gguf
-import numpy as np
 import torch
 
 from ember.errors import ModelLoadError
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, check_complete
+from ember.model.gguf_file import GGUFFile, TensorInfo, dequantize, read_gguf_file
 from ember.model.llama import rope_inv_freq
 from ember.tokenizer import Tokenizer
 
@@ -49,16 +50,16 @@ _ROPE_FREQS = "rope_freqs.weight"
 def read_gguf(path: str | Path) -> Checkpoint:
     path = Path(path)
     reader = _open(path)
-    meta = {name: field.contents() for name, field in reader.fields.items()}
+    meta = reader.fields
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {path} (supported: llama)")
-    shapes = {t.name: tuple(int(d) for d in reversed(t.shape)) for t in reader.tensors}
+    shapes = {t.name: tuple(reversed(t.shape)) for t in reader.tensors}
     args = _model_args(meta, arch, shapes, path)
     # Before the slow part, so an unsupported vocabulary fails at once.
     tokenizer = Tokenizer.from_gguf_fields({k: v for k, v in meta.items() if k.startswith("tokenizer.")})
 
-    entries: dict[str, tuple[Any, tuple[int, ...], int | None]] = {}
+    entries: dict[str, tuple[TensorInfo, tuple[int, ...], int | None]] = {}
     source_bits: dict[str, int] = {}
     rope_freqs: torch.Tensor | None = None
     for t in reader.tensors:
@@ -92,7 +93,7 @@ class LazyTensors(Mapping[str, torch.Tensor]):
     kept by no one here: the loader quantizes one module at a time, so the whole fp32 model never sits in
     memory at once (peak RSS while loading SmolLM2: 1.5 GB before, see loader.build_model)."""
 
-    def __init__(self, entries: dict[str, tuple[Any, tuple[int, ...], int | None]]) -> None:
+    def __init__(self, entries: dict[str, tuple[TensorInfo, tuple[int, ...], int | None]]) -> None:
         self._entries = entries
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -124,21 +125,17 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape).contiguous()
 
 
-def _open(path: Path) -> gguf.GGUFReader:
+def _open(path: Path) -> GGUFFile:
     if not path.is_file():
         raise ModelLoadError(f"GGUF file not found: {path}")
     try:
-        return gguf.GGUFReader(path, "r")
-    except (OSError, ValueError, KeyError, IndexError) as e:  # the reader signals a bad file in all these ways
+        return read_gguf_file(path)
+    except (OSError, ValueError, KeyError, IndexError, struct.error, UnicodeDecodeError) as e:
         raise ModelLoadError(f"cannot read GGUF file {path}: {' '.join(str(e).split())}") from e
 
 
-def _dequantize(t: Any, shape: tuple[int, ...]) -> torch.Tensor:
-    data = gguf.quants.dequantize(t.data, t.tensor_type)
-    arr = np.asarray(data, dtype=np.float32).reshape(shape)
-    if not arr.flags.writeable:  # unquantized tensors come back as views of the read-only file map
-        arr = arr.copy()
-    return torch.from_numpy(arr)
+def _dequantize(t: TensorInfo, shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.from_numpy(dequantize(t).reshape(shape))
 
 
 def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]], path: Path) -> ModelArgs:
