@@ -23,7 +23,7 @@ log = logging.getLogger("ember")
 
 def build_client(config: Config, loaded: LoadedModel, registry: CollectorRegistry) -> EngineClient:
     engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
-                    config.model.max_model_len, config.speculative)
+                    config.model.max_model_len, config.speculative, native_kernels=config.model.native_kernels)
     metrics = EngineMetrics(registry)
     return EngineClient(engine, on_step=metrics.on_step)
 

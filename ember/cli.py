@@ -38,7 +38,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
     p.add_argument("--no-native-kernels", action="store_true",
-                   help="attend decodes with torch ops instead of the compiled kernel")
+                   help="run attention and the per-layer steps on torch ops instead of the compiled kernels")
     p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=512, help="per-step token budget")
     p.add_argument("--speculative-ngram", action="store_true",
@@ -49,10 +49,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
 def _config(a: argparse.Namespace) -> Config:
     return Config(
         model=ModelConfig(model=a.model, device=a.device, quantization=a.quantization,
-                          max_model_len=a.max_model_len),
+                          max_model_len=a.max_model_len, native_kernels=not a.no_native_kernels),
         cache=CacheConfig(block_size=a.block_size, kv_cache_mb=a.kv_cache_mb,
-                          enable_prefix_caching=not a.no_prefix_caching,
-                          native_attention=not a.no_native_kernels),
+                          enable_prefix_caching=not a.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens),
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
                             api_keys=tuple(getattr(a, "api_key", None) or ())),
@@ -87,7 +86,7 @@ def complete(a: argparse.Namespace) -> int:
     config = _config(a)
     loaded = load_model(config.model)
     engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
-                    config.model.max_model_len)
+                    config.model.max_model_len, native_kernels=config.model.native_kernels)
     client = EngineClient(engine)
     client.start()
     params = SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed)

@@ -20,6 +20,9 @@ class ModelConfig:
     tensor -> int4, Q8/Q6 -> int8, floats stay fp32; CPU only), "int4", "int8" or "none" (fp32)."""
     max_model_len: int | None = None
     """Context window served; None = the checkpoint's own."""
+    native_kernels: bool = True
+    """Run decode attention and the fused per-layer steps with ember's C++ kernels (ember/kernels) where
+    they build; torch ops otherwise."""
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
@@ -52,8 +55,6 @@ class CacheConfig:
     kv_cache_mb: int = 1024
     """Memory budget for K and V of all layers; the block count is derived from it."""
     enable_prefix_caching: bool = True
-    native_attention: bool = True
-    """Attend decodes with the native kernel (ember/kernels) where it builds; else gathered torch ops."""
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):

@@ -39,7 +39,7 @@ class EngineStats:
 class Engine:
     def __init__(self, model: Llama, tokenizer: Tokenizer, cache: CacheConfig, sched: SchedulerConfig,
                  device: torch.device, max_model_len: int | None = None,
-                 spec: SpeculativeConfig | None = None) -> None:
+                 spec: SpeculativeConfig | None = None, native_kernels: bool = True) -> None:
         self.tokenizer = tokenizer
         self.spec = spec or SpeculativeConfig()
         self.device = device
@@ -48,7 +48,7 @@ class Engine:
         num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
         self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(sched, self.pool)
-        self.runner = ModelRunner(model, num_blocks, cache.block_size, device, native=cache.native_attention)
+        self.runner = ModelRunner(model, num_blocks, cache.block_size, device, native=native_kernels)
         self.sampler = Sampler()
         self.grammars = GrammarCompiler(tokenizer)
         self.detok = Detokenizer(tokenizer)

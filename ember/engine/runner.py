@@ -119,6 +119,7 @@ class ModelRunner:
             num_decodes=len(decode_ctx),
             prefills=prefills,
             exact_decode_rows=exact,
+            native=self.native,
         )
         if decode_ctx and self.native:
             nb = -(-max(decode_lens) // self.block_size)

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import ModuleType
 
 log = logging.getLogger("ember.kernels")
-SOURCE = Path(__file__).with_name("paged_decode_attention.cpp")
+SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
 DISABLE_ENV = "EMBER_NO_NATIVE_KERNELS"
 # -fopenmp compiles at::parallel_for's pragmas but links no OpenMP runtime of its own: the GOMP symbols
 # resolve to the libgomp torch already loaded, so the kernel shares torch's thread team (a second
@@ -29,7 +29,8 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 
 @functools.cache
 def load() -> ModuleType | None:
-    """The compiled module (`paged_decode_attention`), or None where it cannot be built."""
+    """The compiled module (paged_decode_attention, add_rms_norm, rope_write_kv, silu_mul), or None where
+    it cannot be built."""
     if os.environ.get(DISABLE_ENV):
         return None
     scripts = sysconfig.get_path("scripts")
@@ -40,13 +41,13 @@ def load() -> ModuleType | None:
         from torch.utils.cpp_extension import load as build
 
         log.info("loading native kernels (the first start on a machine compiles them, about 30 s)")
-        text = SOURCE.read_text()
+        text = "".join(p.read_text() for p in SOURCES) + " ".join(CFLAGS)
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         # One build per environment (torch keys builds by its include paths, so two venvs sharing the
         # default ~/.cache directory would keep rebuilding each other's).
         where = Path(sys.prefix, "ember-kernels", digest)
         where.mkdir(parents=True, exist_ok=True)
-        return build(name=f"ember_kernels_{digest}", sources=[str(SOURCE)], extra_cflags=CFLAGS,
+        return build(name=f"ember_kernels_{digest}", sources=[str(p) for p in SOURCES], extra_cflags=CFLAGS,
                      build_directory=str(where), verbose=False)
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch path
         log.warning("native kernels unavailable (%s); decode attention runs on torch ops",

@@ -61,6 +61,8 @@ class ForwardBatch:
     decode_lens: torch.Tensor | None = None
     """[num_decodes] int64 context length of each decode row."""
     block_size: int = 16
+    native: bool = False
+    """Run the fused native kernels (ember/kernels) for the layer's small steps and decode attention."""
     exact_decode_rows: list[tuple[int, int]] = field(default_factory=list)
     """(decode row, padded context length) of draft rows to re-attend over their own padded length,
     on platforms where padding changes a row's sums (see `decode_padding_is_invariant`): draft

@@ -24,9 +24,9 @@ class Result:
 def make_engine(lm: LoadedModel, kv_cache_mb: int = 64, block_size: int = 16, max_num_seqs: int = 32,
                 max_num_batched_tokens: int = 256, prefix: bool = True, native: bool = True) -> Engine:
     return Engine(lm.model, lm.tokenizer, CacheConfig(block_size=block_size, kv_cache_mb=kv_cache_mb,
-                                                      enable_prefix_caching=prefix, native_attention=native),
+                                                      enable_prefix_caching=prefix),
                   SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
-                  torch.device("cpu"))
+                  torch.device("cpu"), native_kernels=native)
 
 
 def run_all(engine: Engine, reqs: list[EngineRequest], max_steps: int = 10_000) -> dict[str, Result]:

@@ -46,8 +46,9 @@ def test_padding_probe_tells_padded_from_unpadded_decode() -> None:
 
 
 def test_native_kernel_and_torch_ops_agree(smol: LoadedModel) -> None:
-    """The two decode-attention paths sum in different orders, so logprobs agree closely, not bitwise
-    (on the fp32 model: on the quantized one, bf16 rounding downstream magnifies last-bit differences)."""
+    """The native kernels (attention, add+norm, RoPE+KV write, SiLU*up) and the torch ops sum in different
+    orders, so logprobs agree closely, not bitwise (on the fp32 model: on the quantized one, bf16 rounding
+    magnifies last-bit differences)."""
     tok = smol.tokenizer
     params = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True, logprobs=1)
     reqs = [req(f"p{i}", tok.encode(t), params) for i, t in enumerate(["The capital of France is",

@@ -1,4 +1,4 @@
-"""The native decode-attention kernel against the torch path it replaces, on random caches."""
+"""The native kernels against the torch ops they replace, on random data."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ember import kernels
-from ember.model.attention import decode_attention
+from ember.model.attention import decode_attention, write_kv
+from ember.model.llama import apply_rope
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +63,43 @@ def test_kernel_rejects_a_context_past_its_table(native) -> None:
     with pytest.raises(RuntimeError, match="outside the cache"):
         native.paged_decode_attention(torch.zeros(1, 1, 64), kc, kc, torch.full((1, 1), 9, dtype=torch.long),
                                       torch.tensor([3]), 16, 1)
+
+
+def test_add_rms_norm_adds_in_place_and_normalizes(native) -> None:
+    g = torch.Generator().manual_seed(1)
+    h, delta, w = (torch.randn(5, 576, generator=g), torch.randn(5, 576, generator=g),
+                   torch.randn(576, generator=g))
+    want_h = h + delta
+    want = F.rms_norm(want_h, (576,), w, 1e-5)
+    got = native.add_rms_norm(h, delta, w, 1e-5)
+    torch.testing.assert_close(h, want_h, rtol=0, atol=0)  # the residual stream, updated in place
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(native.add_rms_norm(h.clone(), None, w, 1e-5), F.rms_norm(h, (576,), w, 1e-5),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        native.add_rms_norm(h.t(), None, w, 1e-5)
+
+
+def test_rope_write_kv_matches_rope_then_cache_write(native) -> None:
+    g = torch.Generator().manual_seed(2)
+    T, H, KV, D = 7, 9, 3, 64
+    qkv = torch.randn(T, (H + 2 * KV) * D, generator=g)
+    angles = torch.rand(T, D // 2, generator=g) * 6
+    cos, sin = angles.cos(), angles.sin()
+    slots = torch.randperm(40, generator=g)[:T]
+    kc, vc = torch.zeros(40, KV * D), torch.zeros(40, KV * D)
+    q = native.rope_write_kv(qkv, cos, sin, kc, vc, slots, H, KV, D)
+    qk = apply_rope(qkv[:, : (H + KV) * D].view(T, H + KV, D), cos.unsqueeze(1), sin.unsqueeze(1))
+    kc_ref, vc_ref = torch.zeros(40, KV * D), torch.zeros(40, KV * D)
+    write_kv(kc_ref, vc_ref, qk[:, H:], qkv[:, (H + KV) * D :].view(T, KV, D), slots)
+    torch.testing.assert_close(q, qk[:, :H], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kc, kc_ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(vc, vc_ref)
+    with pytest.raises(RuntimeError, match="slot outside"):
+        native.rope_write_kv(qkv, cos, sin, kc, vc, slots + 100, H, KV, D)
+
+
+def test_silu_mul(native) -> None:
+    gu = torch.randn(4, 2 * 1536, generator=torch.Generator().manual_seed(3)) * 4
+    want = F.silu(gu[:, :1536]) * gu[:, 1536:]
+    torch.testing.assert_close(native.silu_mul(gu), want, rtol=1e-5, atol=1e-5)
