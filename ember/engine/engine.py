@@ -16,7 +16,7 @@ from ember.engine.runner import ModelRunner, RunResult
 from ember.engine.sampler import Sampler, prompt_logprobs
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
-from ember.engine.speculative import can_speculate, propose, propose_at, verify
+from ember.engine.speculative import PredictionIndex, can_speculate, propose, verify
 from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.model.llama import Llama
 from ember.tokenizer import Tokenizer
@@ -82,7 +82,7 @@ class Engine:
         if req.params.grammar is not None:
             seq.matcher = self.grammars.matcher(req.params.grammar)
         if req.params.speculation:
-            seq.spec_source = list(req.params.speculation)
+            seq.spec_source = PredictionIndex(req.params.speculation)
         seq.speculate = (bool(req.params.speculation) or self.spec.ngram_lookup) and can_speculate(
             req.params, seq.matcher is not None)
         self.seqs[req.request_id] = seq
@@ -129,13 +129,13 @@ class Engine:
         k = self.spec.num_draft_tokens
         k = min(2 * k + 1 if seq.draft_streak else k, room)
         if seq.spec_source is not None:
-            draft, at = propose_at(seq.output_token_ids, seq.spec_source, k)
+            draft, at = seq.spec_source.propose(seq.output_token_ids, k, near=seq.spec_pos)
             if at is not None:
                 seq.spec_pos = at
             elif k > 0:
                 # No n-gram match right after the model replaced a predicted token: assume a same-length
                 # edit and read on from where the prediction should be (the verifier corrects any guess).
-                draft = seq.spec_source[seq.spec_pos : seq.spec_pos + k]
+                draft = seq.spec_source.source[seq.spec_pos : seq.spec_pos + k]
             seq.draft = list(draft)
         else:  # prompt lookup over a recent window: the search is Python, once per step per sequence
             seq.draft = propose(seq.token_ids, seq.token_ids[-NGRAM_WINDOW:], k)

@@ -10,6 +10,7 @@ import torch
 
 from ember.engine.detokenizer import DetokenizerState
 from ember.engine.request import EngineRequest, FinishReason, SamplingParams, TokenLogprob
+from ember.engine.speculative import PredictionIndex
 
 
 class SequenceStatus(enum.Enum):
@@ -40,12 +41,12 @@ class Sequence:
     arrival_time: float = 0.0
     draft: list[int] = field(default_factory=list)
     """Tokens guessed to follow token_ids, verified in the next step (never part of token_ids)."""
-    spec_source: list[int] | None = None
+    spec_source: PredictionIndex | None = None
     """Where drafts come from: the predicted output, or None to look up the sequence's own tokens."""
     spec_pos: int = 0
+    """Index in spec_source expected to match the next output token (advances with every token)."""
     draft_streak: bool = False
     """The last draft was accepted whole: the next one may be longer."""
-    """Index in spec_source expected to match the next output token (advances with every token)."""
     speculate: bool = False
     num_draft_tokens: int = 0
     num_accepted_draft_tokens: int = 0

@@ -9,6 +9,7 @@ one plain decoding has: identical text when greedy, the standard accept/reject r
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence as Seq
 
 import torch
@@ -18,23 +19,58 @@ from ember.engine.request import SamplingParams
 
 def propose(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> list[int]:
     """Up to k tokens that followed the latest match of history's last n tokens in source (n from
-    max_ngram down to 1); with no history yet, source's first k tokens."""
-    return propose_at(history, source, k, max_ngram)[0]
-
-
-def propose_at(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> tuple[list[int], int | None]:
-    """`propose`, with the index in source where the draft starts (None when nothing matched)."""
+    max_ngram down to 1); with no history yet, source's first k tokens. For prompt lookup, where the
+    source grows with the output and the latest context is the best guide."""
     if k <= 0 or not source:
-        return [], None
+        return []
     if not history:
-        return list(source[:k]), 0
+        return list(source[:k])
     for n in range(min(max_ngram, len(history)), 0, -1):
         tail = list(history[-n:])
-        # The latest occurrence wins: an edited prediction realigns on the most recent context.
         for start in range(len(source) - n, -1, -1):
             if start + n < len(source) and list(source[start : start + n]) == tail:
-                return list(source[start + n : start + n + k]), start + n
-    return [], None
+                return list(source[start + n : start + n + k])
+    return []
+
+
+NEAR_SINGLE_TOKEN = 8
+"""A one-token match counts only this close to where the prediction was expected to continue: a lone
+common token ("the", ",") far away is no evidence of where the text is."""
+
+
+class PredictionIndex:
+    """Every 1..max_ngram-gram of a fixed prediction, by where it ends, for drafting near a position.
+
+    A prediction is consumed roughly in order, so of several places where the output's last tokens occur
+    the one nearest the expected position is the likeliest; the latest one, which prompt lookup uses, can
+    sit a paragraph away (a repeated "The" sent the first draft of a copied passage to its last sentence).
+    """
+
+    def __init__(self, source: Seq[int], max_ngram: int = 3) -> None:
+        self.source = list(source)
+        self.max_ngram = max_ngram
+        self._ends: dict[tuple[int, ...], list[int]] = {}
+        for n in range(1, max_ngram + 1):
+            for start in range(len(self.source) - n):  # something must follow a match to be drafted
+                self._ends.setdefault(tuple(self.source[start : start + n]), []).append(start + n)
+
+    def propose(self, history: Seq[int], k: int, near: int) -> tuple[list[int], int | None]:
+        """Up to k tokens after the longest (n <= max_ngram) match of history's tail nearest to `near`, and
+        where they start; ([], None) when nothing matches."""
+        if k <= 0 or not self.source:
+            return [], None
+        if not history:
+            return self.source[:k], 0
+        for n in range(min(self.max_ngram, len(history)), 0, -1):
+            ends = self._ends.get(tuple(history[-n:]))
+            if not ends:
+                continue
+            i = bisect_left(ends, near)
+            end = min(ends[max(0, i - 1) : i + 1], key=lambda e: (abs(e - near), -e))
+            if n == 1 and abs(end - near) > NEAR_SINGLE_TOKEN:
+                return [], None
+            return self.source[end : end + k], end
+        return [], None
 
 
 def can_speculate(params: SamplingParams, constrained: bool) -> bool:

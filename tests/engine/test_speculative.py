@@ -9,7 +9,7 @@ import torch
 
 from ember.config import SpeculativeConfig
 from ember.engine.request import EngineRequest, SamplingParams
-from ember.engine.speculative import propose, verify
+from ember.engine.speculative import NEAR_SINGLE_TOKEN, PredictionIndex, propose, verify
 from ember.model.loader import LoadedModel
 from tests.engine.helpers import greedy, make_engine, run_all
 
@@ -22,6 +22,22 @@ def test_propose_follows_the_latest_match() -> None:
     assert propose([8], src, 2) == []
     assert propose([9, 9], src, 4) == [9]  # "9 9" only ends src; the shorter "9" at index 7 is followed by 9
     assert propose([1], src, 0) == []
+
+
+def test_prediction_drafts_from_the_match_nearest_the_expected_place() -> None:
+    the, a, b, c, d = 1, 2, 3, 4, 5
+    src = [the, a, b, c, d, 6, 7, 8, the, c, a, 9]
+    idx = PredictionIndex(src)
+    assert idx.propose([], 3, near=0) == ([the, a, b], 0)
+    # "the" occurs at 0 and 8: at the start of the output the first one is meant, not the latest.
+    assert idx.propose([the], 3, near=1) == ([a, b, c], 1)
+    assert idx.propose([the], 2, near=9) == ([c, a], 9)
+    # A longer match wins over a nearer shorter one, wherever it is.
+    assert idx.propose([c, a], 1, near=2) == ([9], 11)
+    # A lone token far from the expected place is no evidence: no draft (the engine reads on instead).
+    assert idx.propose([7], 2, near=7 + NEAR_SINGLE_TOKEN + 1) == ([], None)
+    assert idx.propose([42], 2, near=3) == ([], None)
+    assert idx.propose([a], 0, near=2) == ([], None)
 
 
 def test_verify_greedy() -> None:
