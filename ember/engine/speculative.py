@@ -33,9 +33,10 @@ def propose(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> 
     return []
 
 
-NEAR_SINGLE_TOKEN = 8
-"""A one-token match counts only this close to where the prediction was expected to continue: a lone
-common token ("the", ",") far away is no evidence of where the text is."""
+NEAR_WINDOW = {1: 8, 2: 16}
+"""How far from where the prediction was expected to continue a 1- or 2-token match may be and still
+count: a common token or pair ("the", "for the") a sentence away is no evidence of where the text is
+(after "for the" replaced "for silver", the earlier "budget for the coming year" drew drafts back)."""
 
 
 class PredictionIndex:
@@ -55,8 +56,8 @@ class PredictionIndex:
                 self._ends.setdefault(tuple(self.source[start : start + n]), []).append(start + n)
 
     def propose(self, history: Seq[int], k: int, near: int) -> tuple[list[int], int | None]:
-        """Up to k tokens after the longest (n <= max_ngram) match of history's tail nearest to `near`, and
-        where they start; ([], None) when nothing matches."""
+        """Up to k tokens after the longest (n <= max_ngram) match of history's tail nearest to `near`
+        (short matches only within NEAR_WINDOW of it), and where they start; ([], None) for no match."""
         if k <= 0 or not self.source:
             return [], None
         if not history:
@@ -67,8 +68,8 @@ class PredictionIndex:
                 continue
             i = bisect_left(ends, near)
             end = min(ends[max(0, i - 1) : i + 1], key=lambda e: (abs(e - near), -e))
-            if n == 1 and abs(end - near) > NEAR_SINGLE_TOKEN:
-                return [], None
+            if abs(end - near) > NEAR_WINDOW.get(n, len(self.source)):
+                continue  # too far to trust; a shorter match near the expected place may still do
             return self.source[end : end + k], end
         return [], None
 

@@ -9,7 +9,7 @@ import torch
 
 from ember.config import SpeculativeConfig
 from ember.engine.request import EngineRequest, SamplingParams
-from ember.engine.speculative import NEAR_SINGLE_TOKEN, PredictionIndex, propose, verify
+from ember.engine.speculative import NEAR_WINDOW, PredictionIndex, propose, verify
 from ember.model.loader import LoadedModel
 from tests.engine.helpers import greedy, make_engine, run_all
 
@@ -35,7 +35,14 @@ def test_prediction_drafts_from_the_match_nearest_the_expected_place() -> None:
     # A longer match wins over a nearer shorter one, wherever it is.
     assert idx.propose([c, a], 1, near=2) == ([9], 11)
     # A lone token far from the expected place is no evidence: no draft (the engine reads on instead).
-    assert idx.propose([7], 2, near=7 + NEAR_SINGLE_TOKEN + 1) == ([], None)
+    assert idx.propose([7], 2, near=7 + NEAR_WINDOW[1] + 1) == ([], None)
+    far = 2 * NEAR_WINDOW[2] + 10
+    long_src = [the, a, b] + [50 + i for i in range(far)] + [c, the, a, d, 60]
+    idx = PredictionIndex(long_src)
+    # "the a" occurs at the start and near the end; expected near the end: the nearer one.
+    assert idx.propose([the, a], 1, near=len(long_src) - 2) == ([d], len(long_src) - 2)
+    # Expected far from both: a 2-token match out of the window is skipped, and so is "a" alone.
+    assert idx.propose([the, a], 1, near=3 + far // 2) == ([], None)
     assert idx.propose([42], 2, near=3) == ([], None)
     assert idx.propose([a], 0, near=2) == ([], None)
 
