@@ -21,10 +21,9 @@ from ember.model.loader import LoadedModel, load_model
 log = logging.getLogger("ember")
 
 
-def build_client(config: Config, loaded: LoadedModel, registry: CollectorRegistry) -> EngineClient:
+def build_client(config: Config, loaded: LoadedModel, metrics: EngineMetrics) -> EngineClient:
     engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
                     config.model.max_model_len, config.speculative, native_kernels=config.model.native_kernels)
-    metrics = EngineMetrics(registry)
     return EngineClient(engine, on_step=metrics.on_step)
 
 
@@ -38,7 +37,8 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
-        client = await tt.run(build_client, config, lm, registry)
+        metrics = EngineMetrics(registry)
+        client = await tt.run(build_client, config, lm, metrics)
         # llguidance's vocabulary view takes ~0.2 s to build: at start-up, not inside a first request.
         await tt.run(lambda: client.engine.grammars.ll_tokenizer)
         client.start(tt)
@@ -46,6 +46,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
                              client.engine.grammars)
         app.state.ember = AppState(client=client, model=served, api_keys=config.server.api_keys)
         app.state.registry = registry
+        app.state.metrics = metrics
         log.info("serving %s (%d KV blocks of %d tokens)", served.model_id, client.engine.pool.num_blocks,
                  client.engine.pool.block_size)
         try:

@@ -103,8 +103,13 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     t0 = time.monotonic()
     served = resolve_served(state, body.model)
     reject_unsupported(body)
-    rid = request.headers.get("x-request-id") or f"cmpl-{uuid.uuid4().hex}"
-    plan = to_engine_requests(body, served.tokenizer, served.max_model_len, rid, served.grammars)
+    engine_id = f"cmpl-{uuid.uuid4().hex}"
+    # A client's x-request-id names the response, never the engine's requests: two clients sending the
+    # same one must not reach (and abort) each other's sequences.
+    rid = request.headers.get("x-request-id") or engine_id
+    # Tokenizing a long prompt and compiling a new schema are CPU work: off the event loop.
+    plan = await asyncio.to_thread(to_engine_requests, body, served.tokenizer, served.max_model_len, engine_id,
+                                   served.grammars)
     created = int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": served.model_id}
     if body.stream:

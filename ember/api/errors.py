@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.api.protocol import WIRE_FIELD_NAMES
 from ember.errors import (
@@ -146,7 +147,38 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {}) | _headers(request)
         return JSONResponse(error_body(msg, typ), status_code=exc.status_code, headers=headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(error_payload(exc), status_code=500, headers=_headers(request))
+    app.add_middleware(CatchUnexpected)
+
+
+class CatchUnexpected:
+    """Answers an unexpected exception with a 500 in the OpenAI shape and keeps the connection.
+
+    A handler registered for `Exception` runs in Starlette's outermost middleware, which sends its response
+    and then re-raises, and uvicorn closes the keep-alive connection on that: the client's next request
+    on it failed as well. Caught here, inside that middleware, the error ends with this one response.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            request = Request(scope)
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            if started:  # a body is already on its way: nothing well-formed can follow
+                raise
+            response = JSONResponse(error_payload(exc), status_code=500, headers=_headers(request))
+            await response(scope, receive, send)

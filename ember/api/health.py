@@ -22,5 +22,6 @@ async def health(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, state: StateDep) -> Response:
+    request.app.state.metrics.observe_stats(state.client.stats())
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

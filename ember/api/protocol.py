@@ -10,6 +10,7 @@ the first asks for new-style logprobs, the second for legacy ones.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
@@ -17,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Valida
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
 MAX_STOP = 4
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+_TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,12}")
+"""str.isdigit() also takes "²" and "١٢", which int() refuses or reads as another id; bounded so int() never
+sees a 5000-digit key."""
 
 
 class WireModel(BaseModel):
@@ -126,8 +130,8 @@ class CompletionRequest(WireModel):
     @classmethod
     def _bias_keys_are_token_ids(cls, v: dict[str, float] | None) -> dict[str, float] | None:
         for k in v or {}:
-            if not k.lstrip("-").isdigit():
-                raise ValueError(f"logit_bias keys must be token ids, got {k!r}")
+            if not _TOKEN_ID_KEY.fullmatch(k):
+                raise ValueError(f"logit_bias keys must be token ids (ASCII digits), got {k[:40]!r}")
         return v
 
     @field_validator("reasoning_effort")

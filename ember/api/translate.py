@@ -135,8 +135,34 @@ def speculation_of(req: CompletionRequest, tok: Tokenizer) -> tuple[int, ...] | 
     return tuple(spec)
 
 
+def _has_lone_surrogate(v: object) -> bool:
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(v, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(x) for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return any(_has_lone_surrogate(x) for x in v)
+    if hasattr(v, "__dict__"):
+        return any(_has_lone_surrogate(x) for x in vars(v).values())
+    return False
+
+
+def reject_invalid_text(req: CompletionRequest) -> None:
+    """JSON may escape half of a UTF-16 surrogate pair ("\\ud800"), which is no text: the tokenizer, the
+    prefix-cache keys and the detokenizer cannot take it, so it is refused here, naming the field."""
+    for name, value in req:
+        if _has_lone_surrogate(value):
+            raise InvalidRequest(f"{name} contains a lone UTF-16 surrogate (an unpaired \\uD800-\\uDFFF escape); "
+                                 "text must be valid Unicode", param=name, code="invalid_unicode")
+
+
 def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str,
                        grammars: GrammarCompiler | None = None) -> Plan:
+    reject_invalid_text(req)
     prompts = tokenize_prompts(req, tok)
     n = req.n
     if len(prompts) * n > MAX_CHOICES:

@@ -13,7 +13,7 @@ from ember.engine.grammar import GrammarCompiler, apply_masks
 from ember.engine.kv_cache import BlockPool
 from ember.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
 from ember.engine.runner import ModelRunner, RunResult
-from ember.engine.sampler import Sampler, prompt_logprobs
+from ember.engine.sampler import Sampler, prompt_logprobs, seeded_generator
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
 from ember.engine.speculative import PredictionIndex, can_speculate, propose, verify
@@ -75,8 +75,7 @@ class Engine:
             raise InvalidRequest(f"duplicate request id {req.request_id}")
         gen = None
         if req.params.seed is not None and not req.params.greedy:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(req.params.seed)
+            gen = seeded_generator(req.params.seed, self.device)
         seq = Sequence(request=req, detok=self.detok.new_state(req.prompt_token_ids, req.params.stop),
                        generator=gen)
         if req.params.grammar is not None:

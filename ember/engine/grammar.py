@@ -94,9 +94,25 @@ def apply_masks(logits: torch.Tensor, matchers: list[llguidance.LLMatcher | None
     rows = [i for i, m in enumerate(matchers) if m is not None]
     if not rows:
         return
-    bitmask = llg_torch.allocate_token_bitmask(len(rows), logits.shape[1])
+    bitmask = torch.full((len(rows), (logits.shape[1] + 31) // 32), -1, dtype=torch.int32)
     for j, i in enumerate(rows):
         llg_torch.fill_next_token_bitmask(matchers[i], bitmask, j)  # type: ignore[arg-type]
+    allowed = unpack_bitmask(bitmask.to(logits.device), logits.shape[1])
     sub = logits[rows]
-    llg_torch.apply_token_bitmask_inplace(sub, bitmask)
+    sub.masked_fill_(~allowed, float("-inf"))
     logits[rows] = sub
+
+
+def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[R, W] int32 words, bit b of word w = token 32w + b allowed -> [R, vocab_size] bool.
+
+    llguidance's own apply step is a torch.compile'd function: its first call compiled for 2-10 s on the
+    engine thread, stalling every stream in the batch; these three ops cost ~0.1 ms per row.
+    """
+    bits = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    # An arithmetic shift copies the sign bit leftwards, which `& 1` discards: bit 31 reads right too.
+    unpacked = (bitmask.unsqueeze(-1) >> bits) & 1
+    out = unpacked.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
+    if out.shape[1] < vocab_size:  # a vocabulary wider than the mask: the extra tokens are not allowed
+        out = torch.nn.functional.pad(out, (0, vocab_size - out.shape[1]), value=False)
+    return out

@@ -30,7 +30,7 @@ class Block:
 
 def block_key(parent: bytes | None, token_ids: Sequence[int], salt: str | None) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    h.update(parent if parent is not None else (b"root:" + (salt or "").encode()))
+    h.update(parent if parent is not None else (b"root:" + (salt or "").encode("utf-8", "surrogatepass")))
     h.update(b"|".join(str(t).encode() for t in token_ids))
     return h.digest()
 

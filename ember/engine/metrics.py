@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from ember.engine.engine import Engine
+from ember.engine.engine import Engine, EngineStats
 from ember.engine.request import RequestOutput
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -26,14 +26,17 @@ class EngineMetrics:
         self.itl = Histogram("ember_inter_token_latency_seconds", "Engine step time per decoded token",
                              buckets=_LATENCY_BUCKETS, registry=registry)
 
-    def on_step(self, engine: Engine, step_time: float, outputs: list[RequestOutput]) -> None:
-        s = engine.stats()
+    def observe_stats(self, s: EngineStats) -> None:
+        """Set the gauges from a snapshot; called at every scrape, so an idle engine (after aborts, at
+        start-up) reads as it is rather than as it was at its last step."""
         self.running.set(s.num_running)
         self.waiting.set(s.num_waiting)
         self.kv_used.set(s.kv_blocks_used)
         self.kv_free.set(s.kv_blocks_free)
         self.prefix_hit_rate.set(s.prefix_hits / s.prefix_queries if s.prefix_queries else 0.0)
         self.preemptions.set(s.num_preemptions)
+
+    def on_step(self, engine: Engine, step_time: float, outputs: list[RequestOutput]) -> None:
         for o in outputs:
             n = len(o.new_token_ids)
             if not n:

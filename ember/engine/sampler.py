@@ -13,6 +13,7 @@ so the result is exact either way.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -169,6 +170,18 @@ def _top_records(logprobs: torch.Tensor, chosen: torch.Tensor, rows: Seq[int], n
         top = tuple(zip(ti[r][:n], tv[r][:n], strict=True)) if n and ti is not None and tv is not None else ()
         out[r] = TokenLogprob(ch[r], chosen_lp[r], top, s_lp[r] if s_lp is not None else None)
     return out
+
+
+def seeded_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A request's own generator. The CPU generator (mt19937) keeps only a seed's low 32 bits, so seeds 1
+    and 1 + 2**32 drew the same text; wider (and negative) seeds are hashed down to 32 bits first. Seeds
+    that already fit are used as they are."""
+    if not 0 <= seed < 2**32:
+        digest = hashlib.blake2b(seed.to_bytes(16, "little", signed=True), digest_size=4).digest()
+        seed = int.from_bytes(digest, "little")
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
 
 
 def _draw(probs: torch.Tensor, generators: Seq[torch.Generator | None]) -> torch.Tensor:
