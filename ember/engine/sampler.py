@@ -93,7 +93,7 @@ def _filter(logits: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
         if any(x < 1.0 for x in top_p):
             probs = torch.exp(vals - torch.logsumexp(logits, dim=-1, keepdim=True))
             before = probs.cumsum(dim=-1) - probs  # mass strictly above each candidate
-            p = torch.tensor(top_p, device=dev, dtype=probs.dtype).unsqueeze(1)
+            p = _top_p_bounds(top_p, dev, probs.dtype)
             covered = (before[:, -1] + probs[:, -1]).tolist()
             if any(top_p[i] < 1.0 and top_k[i] == 0 and covered[i] < top_p[i] and K < V for i in range(B)):
                 return _filter_min_p(_filter_sorted(logits, params), params)
@@ -106,6 +106,12 @@ def _filter(logits: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
         mask.scatter_(1, logits.argmax(dim=-1, keepdim=True), True)
         logits = logits.masked_fill(~mask, float("-inf"))
     return _filter_min_p(logits, params)
+
+
+def _top_p_bounds(top_p: Seq[float], dev: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[B, 1] mass bounds; top_p 1.0 is no bound at all (a cumulative sum can round past 1.0 before the
+    tail, which dropped the last tokens of an unrestricted row batched with a restricted one)."""
+    return torch.tensor([x if x < 1.0 else float("inf") for x in top_p], device=dev, dtype=dtype).unsqueeze(1)
 
 
 def _filter_min_p(logits: torch.Tensor, params: Seq[SamplingParams]) -> torch.Tensor:
@@ -131,7 +137,7 @@ def _filter_sorted(logits: torch.Tensor, params: Seq[SamplingParams]) -> torch.T
         keep &= torch.arange(V, device=dev).unsqueeze(0) < k
     probs = torch.softmax(srt, dim=-1)
     if any(x < 1.0 for x in top_p):
-        p = torch.tensor(top_p, device=dev, dtype=probs.dtype).unsqueeze(1)
+        p = _top_p_bounds(top_p, dev, probs.dtype)
         before = probs.cumsum(dim=-1) - probs  # mass strictly above each token
         keep &= before < p
     if any(x < 1.0 for x in typ):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ember.engine.request import SamplingParams
@@ -93,6 +93,7 @@ def test_logprobs_records() -> None:
 @settings(max_examples=60, deadline=None)
 @given(st.integers(0, 2**31), st.lists(st.tuples(st.integers(0, 100), st.floats(0.0, 1.0), st.floats(0.1, 8.0)),
                                        min_size=1, max_size=4))
+@example(0, [(0, 0.0, 1.0), (0, 1.0, 3.0)])  # an unrestricted row beside a restricted one
 def test_candidate_filter_equals_full_sort(seed, cfgs) -> None:
     """On a real-sized vocabulary the topk shortcut (and its fallback for wide nuclei) is exact."""
     g = torch.Generator().manual_seed(seed)
