@@ -84,7 +84,7 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_parts: list[torch.Tensor] = []
-        decode_ctx: list[list[int]] = []
+        decode_ctx: list[tuple[list[int], int]] = []  # (block table, rows) of each sequence attended row by row
         decode_lens: list[int] = []
         prefills: list[PrefillSlice] = []
         exact: list[tuple[int, int]] = []
@@ -100,13 +100,12 @@ class ModelRunner:
             self.row_start[i] = row
             ids.extend(seq.input_token_ids[start:end])
             positions.append(torch.arange(start, end))
-            if decode_like[i]:
+            if decode_like[i] or self.native:  # the kernel attends prefill rows one by one as well
                 slot_parts.append(self._slots(seq.block_ids, start, end))
-                for j in range(n):
-                    if n > 1 and not self.padding_invariant:  # a draft position, re-attended alone
-                        exact.append((len(decode_ctx), self._padded(start + j + 1)))
-                    decode_ctx.append(seq.block_ids)
-                    decode_lens.append(start + j + 1)
+                if n > 1 and not self.padding_invariant:  # draft positions, re-attended alone
+                    exact.extend((len(decode_lens) + j, self._padded(start + j + 1)) for j in range(n))
+                decode_ctx.append((seq.block_ids, n))
+                decode_lens.extend(range(start + 1, end + 1))
             else:
                 ctx = self._slots(seq.block_ids, 0, end)
                 slot_parts.append(ctx[start:])
@@ -116,7 +115,7 @@ class ModelRunner:
             input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
             positions=torch.cat(positions).to(self.device),
             slot_mapping=torch.cat(slot_parts).to(self.device),
-            num_decodes=len(decode_ctx),
+            num_decodes=len(decode_lens),
             prefills=prefills,
             exact_decode_rows=exact,
             native=self.native,
@@ -124,25 +123,29 @@ class ModelRunner:
         if decode_ctx and self.native:
             nb = -(-max(decode_lens) // self.block_size)
             table = torch.zeros(len(decode_ctx), nb, dtype=torch.long)
-            for i, blocks in enumerate(decode_ctx):
+            for i, (blocks, _) in enumerate(decode_ctx):
                 table[i, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
-            fb.decode_tables = table
+            counts = torch.tensor([n for _, n in decode_ctx])
+            fb.decode_tables = table if len(decode_lens) == len(decode_ctx) else table.repeat_interleave(counts, 0)
             fb.decode_lens = torch.tensor(decode_lens, dtype=torch.long)
             fb.block_size = self.block_size
         elif decode_ctx:
             bs = self.block_size
             max_len = self._padded(max(decode_lens))
             nb = max_len // bs
-            table = torch.zeros(len(decode_ctx), nb, dtype=torch.long)
-            for i, blocks in enumerate(decode_ctx):
-                table[i, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
-            slots = (table.unsqueeze(2) * bs + torch.arange(bs)).view(len(decode_ctx), -1)[:, :max_len]
+            rows = len(decode_lens)
+            table = torch.zeros(rows, nb, dtype=torch.long)
+            r = 0
+            for blocks, n in decode_ctx:
+                table[r : r + n, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
+                r += n
+            slots = (table.unsqueeze(2) * bs + torch.arange(bs)).view(rows, -1)[:, :max_len]
             lens = torch.tensor(decode_lens).unsqueeze(1)
-            mask = torch.zeros(len(decode_ctx), max_len)
+            mask = torch.zeros(rows, max_len)
             mask.masked_fill_(torch.arange(max_len).unsqueeze(0) >= lens, float("-inf"))
             fb.decode_slots = slots.to(self.device)
             fb.decode_head_rows = decode_head_rows(fb.decode_slots, self.model.args.n_kv_heads)
-            fb.decode_mask = mask.view(len(decode_ctx), 1, 1, max_len).to(self.device)
+            fb.decode_mask = mask.view(rows, 1, 1, max_len).to(self.device)
         return fb
 
     @torch.inference_mode()

@@ -9,9 +9,11 @@ Tokens of all sequences in a step are flattened into one axis of T rows:
     rows:  [ d0 d1 d2 ... d(B-1) | p0 p0 p0 p0 | p1 p1 ... ]
              decodes (1 query each)  prefill chunks (q_len each)
 
-Decodes are attended by the native kernel straight from the block tables where it could be built
-(ember/kernels), else together as one padded batch of gathered K/V; each prefill chunk is attended on its
-own with a causal mask offset by the tokens already in its context.
+Where the native kernel could be built (ember/kernels), it attends every row alone straight from the
+block tables, prefill rows included (then there are no prefill slices: every row is a "decode" row over
+its own context length), so a row's numbers never depend on its batch, its chunking or the prefix cache.
+Otherwise decodes are attended together as one padded batch of gathered K/V, and each prefill chunk on
+its own with a causal mask offset by the tokens already in its context.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class ForwardBatch:
     slot_mapping: torch.Tensor
     """[T] where each token's K/V is written."""
     num_decodes: int = 0
-    """Rows 0..num_decodes-1 are single-token decodes."""
+    """Rows 0..num_decodes-1 are attended one by one: single-token decodes, draft positions and, with the
+    native kernel, prefill rows too."""
     decode_slots: torch.Tensor | None = None
     """[num_decodes, max_ctx] context slots of each decode, padded with slot 0; max_ctx is a multiple of
     DECODE_PAD so a row's sums do not depend on the longest context in its batch."""
