@@ -48,6 +48,13 @@ class GrammarCompiler:
         err = llguidance.LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
         if err:
             raise InvalidRequest(f"invalid {kind}: {err}", param="response_format")
+        # A grammar can be well-formed and still match nothing ("x ::= x"): its first mask stops the
+        # matcher. Asked once per grammar here, it is a 400 instead of an empty 200.
+        probe = self.matcher(grammar)
+        llg_torch.fill_next_token_bitmask(probe, torch.zeros((1, (self._tokenizer.vocab_size + 31) // 32),
+                                                             dtype=torch.int32), 0)
+        if probe.is_error():
+            raise InvalidRequest(f"the {kind} matches no text at all", param="response_format")
         return grammar
 
     def matcher(self, grammar: str) -> llguidance.LLMatcher:

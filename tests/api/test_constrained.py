@@ -94,6 +94,7 @@ def test_length_cut_is_reported(smol_server) -> None:
     ({"type": "json_schema"}, "schema"),
     ({"type": "grammar", "grammar": "root ::= missing_rule"}, "missing_rule"),
     ({"type": "grammar"}, "grammar"),
+    ({"type": "grammar", "grammar": "root ::= x\nx ::= x"}, "matches no text"),
 ])
 def test_invalid_grammar_is_400_naming_the_problem(smol_server, rf: dict, needle: str) -> None:
     r = complete(smol_server, prompt="x", max_tokens=5, response_format=rf)
