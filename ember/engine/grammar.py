@@ -14,7 +14,8 @@ import threading
 from typing import Any
 
 import llguidance
-import llguidance.torch as llg_torch
+import llguidance.numpy as llg_np
+import numpy as np
 import torch
 
 from ember.errors import InvalidRequest
@@ -51,8 +52,7 @@ class GrammarCompiler:
         # A grammar can be well-formed and still match nothing ("x ::= x"): its first mask stops the
         # matcher. Asked once per grammar here, it is a 400 instead of an empty 200.
         probe = self.matcher(grammar)
-        llg_torch.fill_next_token_bitmask(probe, torch.zeros((1, (self._tokenizer.vocab_size + 31) // 32),
-                                                             dtype=torch.int32), 0)
+        llg_np.fill_next_token_bitmask(probe, np.zeros((1, (self._tokenizer.vocab_size + 31) // 32), np.int32))
         if probe.is_error():
             raise InvalidRequest(f"the {kind} matches no text at all", param="response_format")
         return grammar
@@ -101,10 +101,11 @@ def apply_masks(logits: torch.Tensor, matchers: list[llguidance.LLMatcher | None
     rows = [i for i, m in enumerate(matchers) if m is not None]
     if not rows:
         return
-    bitmask = torch.full((len(rows), (logits.shape[1] + 31) // 32), -1, dtype=torch.int32)
+    # llguidance.numpy, not llguidance.torch: importing the latter pulls in torch.compile (1.9 s of start-up)
+    bitmask = np.full((len(rows), (logits.shape[1] + 31) // 32), -1, dtype=np.int32)
     for j, i in enumerate(rows):
-        llg_torch.fill_next_token_bitmask(matchers[i], bitmask, j)  # type: ignore[arg-type]
-    allowed = unpack_bitmask(bitmask.to(logits.device), logits.shape[1])
+        llg_np.fill_next_token_bitmask(matchers[i], bitmask, j)  # type: ignore[arg-type]
+    allowed = unpack_bitmask(torch.from_numpy(bitmask).to(logits.device), logits.shape[1])
     sub = logits[rows]
     sub.masked_fill_(~allowed, float("-inf"))
     logits[rows] = sub
