@@ -78,12 +78,16 @@ def param_of(loc: tuple | list) -> str | None:
 
 
 def _jsonable(v: object) -> object:
-    if v is None or isinstance(v, (bool, int, str)):
+    if isinstance(v, str):
+        # A lone surrogate ("\\ud800" in the request) cannot be encoded as UTF-8: echoed into `detail`
+        # or the message as it came, it turned the 422 into a 500. Written out as its escape instead.
+        return v.encode("utf-8", "backslashreplace").decode("utf-8")
+    if v is None or isinstance(v, (bool, int)):
         return v
     if isinstance(v, float):
         return v if math.isfinite(v) else str(v)
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {_jsonable(str(k)): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_jsonable(x) for x in v]
     return str(v)
@@ -111,7 +115,7 @@ def validation_body(errors: list[dict]) -> dict:
     others = len({_param_for(e) for e in errors} - {param})
     if others:
         msg += f" (and {others} more field{'s' if others > 1 else ''} invalid)"
-    return {"detail": detail, **error_body(msg, "invalid_request_error", param, None)}
+    return _jsonable({"detail": detail, **error_body(msg, "invalid_request_error", param, None)})  # type: ignore[return-value]
 
 
 def _headers(request: Request, exc: BaseException | None = None) -> dict[str, str]:

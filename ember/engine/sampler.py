@@ -158,6 +158,10 @@ def _filter_sorted(logits: torch.Tensor, params: Seq[SamplingParams]) -> torch.T
     return logits.masked_fill(~mask, float("-inf"))
 
 
+NO_LOGPROB = -9999.0
+"""Reported in place of -inf (a token a grammar or a -inf bias forbids), as OpenAI's API does."""
+
+
 def _top_records(logprobs: torch.Tensor, chosen: torch.Tensor, rows: Seq[int], ns: Seq[int],
                  sampling_lp: torch.Tensor | None = None) -> list[TokenLogprob | None]:
     out: list[TokenLogprob | None] = [None] * len(ns)
@@ -174,7 +178,11 @@ def _top_records(logprobs: torch.Tensor, chosen: torch.Tensor, rows: Seq[int], n
     for r in want:
         n = ns[r]
         top = tuple(zip(ti[r][:n], tv[r][:n], strict=True)) if n and ti is not None and tv is not None else ()
-        out[r] = TokenLogprob(ch[r], chosen_lp[r], top, s_lp[r] if s_lp is not None else None)
+        # A grammar can leave fewer allowed tokens than alternatives asked for: the rest are -inf, which
+        # JSON cannot carry, and are no alternatives at all.
+        top = tuple((t, v) for t, v in top if v > NO_LOGPROB)
+        out[r] = TokenLogprob(ch[r], max(chosen_lp[r], NO_LOGPROB), top,
+                              max(s_lp[r], NO_LOGPROB) if s_lp is not None else None)
     return out
 
 

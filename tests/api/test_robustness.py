@@ -152,3 +152,38 @@ def test_an_unexpected_error_is_a_500_that_keeps_the_connection() -> None:
         assert c.get("/fine").json() == {"ok": True}
         assert c.get("/boom").status_code == 500
         assert c.get("/fine").status_code == 200
+
+
+@pytest.mark.parametrize("patch", [{"service_tier": "\ud800"}, {"stop": ["a", "b", "c", "d", "\ud800"]},
+                                   {"\ud800": 1}, {"logit_bias": {"\ud800": 1}}])
+def test_a_lone_surrogate_in_a_schema_violation_is_still_a_422(smol_server, patch: dict) -> None:
+    """The 422 body echoes the offending input, which once could not be encoded: a 500 instead."""
+    r = post_raw(smol_server, {"model": MODEL_ID, "prompt": "hi", "max_tokens": 2} | patch)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def _strict_json(text: str) -> object:
+    def refuse(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_logprobs_under_a_grammar_have_no_infinities(smol_server) -> None:
+    """A grammar allowing fewer tokens than the alternatives asked for left -inf in top_logprobs: a 500
+    (JSON has no infinity), and `-Infinity` in streams."""
+    body = {"model": MODEL_ID, "prompt": "hi", "max_tokens": 1, "logprobs": 3,
+            "response_format": {"type": "grammar", "grammar": 'root ::= "a"'}}
+    r = post_raw(smol_server, body)
+    assert r.status_code == 200, r.text
+    lp = _strict_json(r.text)["choices"][0]["logprobs"]  # type: ignore[index]
+    assert lp["tokens"] == ["a"] and 1 <= len(lp["top_logprobs"][0]) <= 3
+    with httpx.stream("POST", smol_server.url + "/v1/completions", json=body | {"stream": True}, timeout=60) as s:
+        lines = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    for line in lines[:-1]:
+        _strict_json(line)
+    r = post_raw(smol_server, body | {"logprobs": True, "top_logprobs": 5})
+    assert r.status_code == 200, r.text
+    _strict_json(r.text)
