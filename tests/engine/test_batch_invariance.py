@@ -92,3 +92,24 @@ def test_prefill_is_invariant_to_chunking_and_the_prefix_cache(smol_served: Load
     assert warm.cached_tokens >= 160
     assert [x.logprob for o in warm.outputs for x in o.new_logprobs] == \
         [x.logprob for o in cold.outputs for x in o.new_logprobs]
+
+
+def test_a_preempted_sequence_resumes_bit_for_bit(smol_served: LoadedModel) -> None:
+    """Preemption drops a sequence's KV and recomputes it (generated tokens included) as a prefill; with
+    the kernel a prefill row does a decode row's arithmetic, so the continuation is unchanged to the bit."""
+    tok = smol_served.tokenizer
+    texts = ["Once upon a time in a small village", "The capital of France is",
+             "Write a list of fruits:", "In 1969 the first people landed on"]
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, logprobs=1)
+    reqs = [req(f"p{i}", tok.encode(t), params) for i, t in enumerate(texts)]
+    alone = {r.request_id: run_all(make_engine(smol_served), [r])[r.request_id] for r in reqs}
+    engine = make_engine(smol_served)
+    assert engine.runner.native
+    engine.pool.__init__(12, 16, True)  # 192 token slots for four sequences of ~50 tokens each
+    got = run_all(engine, reqs)
+    assert engine.scheduler.num_preemptions > 0
+    for rid, want in alone.items():
+        assert got[rid].token_ids == want.token_ids
+        assert [x.logprob for o in got[rid].outputs for x in o.new_logprobs] == \
+            [x.logprob for o in want.outputs for x in o.new_logprobs]
+    assert engine.pool.num_free == 12
