@@ -77,6 +77,9 @@ class EngineClient:
         self._stopping = False
         self._on_step = on_step
         self._stats = engine.stats()
+        self._fresh: list[str] = []
+        """Requests admitted since the last step that completed: the suspects when a step fails."""
+        self._failed_once = False
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, torch_thread: TorchThread | None = None) -> None:
@@ -162,6 +165,7 @@ class EngineClient:
                 return
             added.append(req.request_id)
             self._streams[req.request_id] = (add, i)
+        self._fresh.extend(added)
 
     def _drain(self, block: bool) -> bool:
         try:
@@ -193,8 +197,10 @@ class EngineClient:
                 outputs = self.engine.step()
             except Exception as e:  # a failed step must not hang every waiting client
                 log.exception("engine step failed")
-                self._fail_all(e)
+                self._fail_after_error(e)
                 continue
+            self._fresh.clear()
+            self._failed_once = False
             for o in outputs:
                 entry = self._streams.get(o.request_id)
                 if entry is None:
@@ -206,6 +212,21 @@ class EngineClient:
             if self._on_step is not None:
                 self._on_step(self.engine, time.monotonic() - t0, outputs)
         self._fail_all(Overloaded("the server is shutting down"))
+
+    def _fail_after_error(self, err: BaseException) -> None:
+        """A step that worked before the newest arrivals and fails after them most likely fails because
+        of one of them: fail those alone and let the rest step on. Should the next step fail as well,
+        the fault lies elsewhere, and everything fails."""
+        suspects = [rid for rid in self._fresh if rid in self._streams]
+        self._fresh.clear()
+        if suspects and not self._failed_once:
+            self._failed_once = True
+            for rid in suspects:
+                add, i = self._streams.pop(rid)
+                self.engine.abort(rid)
+                self._deliver(add, i, err)
+            return
+        self._fail_all(err)
 
     def _fail_all(self, err: BaseException) -> None:
         for rid, (add, i) in list(self._streams.items()):

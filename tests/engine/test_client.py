@@ -51,3 +51,49 @@ def test_group_enters_one_step_and_refusal_fails_all(tiny) -> None:
     finally:
         client.stop()
     assert engine.pool.num_free == engine.pool.num_blocks
+
+
+def test_a_step_failing_after_an_arrival_fails_only_that_arrival(tiny) -> None:
+    """A step that breaks right after a request arrived fails that request alone; the others step on.
+    If the next step breaks too, the fault is not the newcomer's, and everything fails."""
+    engine = make_engine(tiny, max_num_batched_tokens=512)
+    match = engine.scheduler._match_prefix
+
+    def poisoned(seq) -> None:
+        if seq.request.cache_salt in ("boom", "always"):
+            raise RuntimeError("simulated bug")
+        match(seq)
+
+    engine.scheduler._match_prefix = poisoned  # type: ignore[method-assign]
+    client = EngineClient(engine)
+    client.start()
+
+    async def collect(r) -> list[RequestOutput]:
+        return [o async for o in client.generate(r)]
+
+    async def main() -> None:
+        busy = asyncio.create_task(collect(req("busy", [1, 2, 3], greedy(120))))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RuntimeError, match="simulated"):
+            await collect(req("bad", [4] * 40, greedy(5), salt="boom"))
+        outs = await busy
+        assert outs[-1].finish_reason is not None and str(outs[-1].finish_reason) == "length"
+        assert sum(len(o.new_token_ids) for o in outs) == 120
+        # A fault that outlives the newcomer's removal (here: the model itself) fails everything.
+        running = asyncio.create_task(collect(req("running", [6] * 8, greedy(400))))
+        await asyncio.sleep(0.05)
+
+        def broken(_batch):
+            raise RuntimeError("broken")
+
+        engine.runner.run = broken  # type: ignore[method-assign]
+        newcomer = asyncio.create_task(collect(req("new", [5] * 20, greedy(5))))
+        results = await asyncio.gather(running, newcomer, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results), results
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.stop()
+    assert not engine.seqs
+    assert engine.pool.num_free == engine.pool.num_blocks
