@@ -88,7 +88,9 @@ class ModelRunner:
         contexts one longer each. Decode contexts are padded to a multiple of `decode_pad`, which makes a
         row's attention independent of the rest of its batch (checked at start-up): each draft position
         is attended exactly as plain decoding attends it, so a verified draft reproduces plain decoding
-        bit for bit, and a seeded request samples the same tokens whatever shares its batch."""
+        bit for bit, and a seeded request samples the same tokens whatever shares its batch. With the
+        native kernel a prefill chunk's rows are such rows too (each over its own context length), so
+        chunking and prefix-cache hits do not change a prompt's numbers either."""
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_parts: list[torch.Tensor] = []
