@@ -112,7 +112,8 @@ def apply_masks(logits: torch.Tensor, matchers: list[llguidance.LLMatcher | None
 
 
 def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[R, W] int32 words, bit b of word w = token 32w + b allowed -> [R, vocab_size] bool.
+    """[R, W] int32 words, bit b of word w = token 32w + b allowed -> [R, vocab_size] bool; W * 32 >=
+    vocab_size (apply_masks sizes the mask from the logits).
 
     llguidance's own apply step is a torch.compile'd function: its first call compiled for 2-10 s on the
     engine thread, stalling every stream in the batch; these three ops cost ~0.1 ms per row.
@@ -120,7 +121,4 @@ def unpack_bitmask(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     bits = torch.arange(32, dtype=torch.int32, device=bitmask.device)
     # An arithmetic shift copies the sign bit leftwards, which `& 1` discards: bit 31 reads right too.
     unpacked = (bitmask.unsqueeze(-1) >> bits) & 1
-    out = unpacked.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()
-    if out.shape[1] < vocab_size:  # a vocabulary wider than the mask: the extra tokens are not allowed
-        out = torch.nn.functional.pad(out, (0, vocab_size - out.shape[1]), value=False)
-    return out
+    return unpacked.reshape(bitmask.shape[0], -1)[:, :vocab_size].bool()

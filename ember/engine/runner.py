@@ -130,25 +130,17 @@ class ModelRunner:
             exact_decode_rows=exact,
             native=self.native,
         )
-        if decode_ctx and self.native:
-            nb = -(-max(decode_lens) // self.block_size)
-            table = torch.zeros(len(decode_ctx), nb, dtype=torch.long)
-            for i, (blocks, _) in enumerate(decode_ctx):
-                table[i, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
-            counts = torch.tensor([n for _, n in decode_ctx])
-            fb.decode_tables = table if len(decode_lens) == len(decode_ctx) else table.repeat_interleave(counts, 0)
+        if not decode_ctx:
+            return fb
+        # Native rows need their contexts' blocks; torch rows need them up to the padded length.
+        max_len = max(decode_lens) if self.native else self._padded(max(decode_lens))
+        table = self._row_tables(decode_ctx, -(-max_len // self.block_size))
+        if self.native:
+            fb.decode_tables = table
             fb.decode_lens = torch.tensor(decode_lens, dtype=torch.long)
             fb.block_size = self.block_size
-        elif decode_ctx:
-            bs = self.block_size
-            max_len = self._padded(max(decode_lens))
-            nb = max_len // bs
-            rows = len(decode_lens)
-            table = torch.zeros(rows, nb, dtype=torch.long)
-            r = 0
-            for blocks, n in decode_ctx:
-                table[r : r + n, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
-                r += n
+        else:
+            bs, rows = self.block_size, len(decode_lens)
             slots = (table.unsqueeze(2) * bs + torch.arange(bs)).view(rows, -1)[:, :max_len]
             lens = torch.tensor(decode_lens).unsqueeze(1)
             mask = torch.zeros(rows, max_len)
@@ -157,6 +149,15 @@ class ModelRunner:
             fb.decode_head_rows = decode_head_rows(fb.decode_slots, self.model.args.n_kv_heads)
             fb.decode_mask = mask.view(rows, 1, 1, max_len).to(self.device)
         return fb
+
+    @staticmethod
+    def _row_tables(seqs: list[tuple[list[int], int]], nb: int) -> torch.Tensor:
+        """[rows, nb] block table of every row: each (block ids, rows) sequence's table, once per row."""
+        table = torch.zeros(len(seqs), nb, dtype=torch.long)
+        for i, (blocks, _) in enumerate(seqs):
+            table[i, : len(blocks[:nb])] = torch.tensor(blocks[:nb], dtype=torch.long)
+        counts = [n for _, n in seqs]
+        return table if max(counts) == 1 else table.repeat_interleave(torch.tensor(counts), dim=0)
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> RunResult:
