@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,11 +13,15 @@ from prometheus_client import CollectorRegistry
 from ember.api import completions, health, models
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
+from ember.api.platform import Platform
+from ember.api.response_headers import StateHeaders
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
 from ember.engine.metrics import EngineMetrics
+from ember.gateway import accounts, quotas, usage
 from ember.model.loader import LoadedModel, load_model
+from ember.store.db import open_store
 
 log = logging.getLogger("ember")
 
@@ -34,6 +39,9 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await asyncio.to_thread(open_store, config.store)
+        platform = Platform(store, config.platform, config.server.api_keys)
+        platform.start()
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
@@ -44,7 +52,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         client.start(tt)
         served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len,
                              client.engine.grammars)
-        app.state.ember = AppState(client=client, model=served, api_keys=config.server.api_keys)
+        app.state.ember = AppState(client=client, model=served, platform=platform)
         app.state.registry = registry
         app.state.metrics = metrics
         log.info("serving %s (%d KV blocks of %d tokens)", served.model_id, client.engine.pool.num_blocks,
@@ -54,10 +62,14 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         finally:
             client.stop()
             tt.shutdown()
+            await asyncio.to_thread(platform.stop)
 
     app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    for router in (accounts.router, usage.router, quotas.router):
+        app.include_router(router)
+    app.add_middleware(StateHeaders)
     return app

@@ -6,12 +6,14 @@ import asyncio
 import json
 import time
 import uuid
+import weakref
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ember.api.deps import AuthDep, ServedModel, StateDep, resolve_served
+from ember.api.admission import Admission, admit
+from ember.api.deps import InferenceAuth, ServedModel, StateDep, resolve_served
 from ember.api.errors import error_payload
 from ember.api.protocol import CompletionRequest
 from ember.api.translate import ChoiceState, Plan, choice_logprobs, echo_prefix, to_engine_requests
@@ -98,8 +100,25 @@ def choice_json(body: CompletionRequest, served: ServedModel, plan: Plan, st: Ch
     return out
 
 
-@router.post("/v1/completions", dependencies=[AuthDep])
-async def create_completion(body: CompletionRequest, request: Request, state: StateDep):
+def admit_plan(request: Request, state: StateDep, principal: InferenceAuth, served: ServedModel, plan: Plan,
+               priority: bool) -> Admission:
+    """Load shedding and rate limits for a translated request; the limits' headers go on every answer."""
+    platform = state.platform
+    request.state.response_headers = platform.limiter.headers(principal.account_id, served.model_id)
+    return admit(platform, principal, served.model_id, len(plan.requests),
+                 sum(len(p.token_ids) for p in plan.prompts),
+                 sum(r.params.max_tokens for r in plan.requests), priority, state.client.stats())
+
+
+def finish_admission(adm: Admission, states: list[ChoiceState], plan: Plan, completed: bool) -> None:
+    """Refund and meter: a request counts once it completed or produced tokens (an aborted stream too)."""
+    u = usage_of(states, plan)
+    adm.finish(u["prompt_tokens"], u["prompt_tokens_details"]["cached_tokens"], u["completion_tokens"],
+               served=completed or u["completion_tokens"] > 0)
+
+
+@router.post("/v1/completions")
+async def create_completion(body: CompletionRequest, request: Request, state: StateDep, principal: InferenceAuth):
     t0 = time.monotonic()
     served = resolve_served(state, body.model)
     reject_unsupported(body)
@@ -110,24 +129,33 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     # Tokenizing a long prompt and compiling a new schema are CPU work: off the event loop.
     plan = await asyncio.to_thread(to_engine_requests, body, served.tokenizer, served.max_model_len, engine_id,
                                    served.grammars)
+    adm = admit_plan(request, state, principal, served, plan, body.service_tier == "priority")
     created = int(time.time())
     head = {"id": rid, "object": "text_completion", "created": created, "model": served.model_id}
+    states = [ChoiceState(i) for i in range(len(plan.requests))]
     if body.stream:
+        events = stream_completion(state.client, body, served, plan, head, t0, states, adm)
+        # A stream that is dropped before its first event never runs its `finally`: settle it then.
+        weakref.finalize(events, finish_admission, adm, states, plan, False)
         return StreamingResponse(
-            stream_completion(state.client, body, served, plan, head, t0),
+            events,
             media_type="text/event-stream",
             headers={"x-request-id": rid, "cache-control": "no-cache"},
         )
-    states = [ChoiceState(i) for i in range(len(plan.requests))]
-    collect = asyncio.create_task(_collect(state.client, plan, states))
-    watch = asyncio.create_task(_watch_disconnect(request))
-    done, _ = await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
-    if collect not in done:  # the client hung up: abort everything at once
-        collect.cancel()
-        await asyncio.gather(collect, return_exceptions=True)
-        return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
-    watch.cancel()
-    collect.result()
+    completed = False
+    try:
+        collect = asyncio.create_task(_collect(state.client, plan, states))
+        watch = asyncio.create_task(_watch_disconnect(request))
+        done, _ = await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
+        if collect not in done:  # the client hung up: abort everything at once
+            collect.cancel()
+            await asyncio.gather(collect, return_exceptions=True)
+            return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
+        watch.cancel()
+        collect.result()
+        completed = True
+    finally:
+        finish_admission(adm, states, plan, completed)
     usage = usage_of(states, plan)
     metrics = perf_metrics(usage, t0, states, plan)
     resp = dict(head, choices=[choice_json(body, served, plan, s) for s in states], usage=usage)
@@ -152,14 +180,13 @@ def sse(obj: dict) -> str:
 
 
 async def stream_completion(client: EngineClient, body: CompletionRequest, served: ServedModel, plan: Plan,
-                            head: dict, t0: float) -> AsyncIterator[str]:
+                            head: dict, t0: float, states: list[ChoiceState], adm: Admission) -> AsyncIterator[str]:
     """SSE: one chunk per engine output, usage on the final chunk, then [DONE].
 
     If the client disconnects, Starlette stops iterating this generator; closing it closes run_choices,
     which aborts every choice still running and frees its KV blocks.
     """
     tok = served.tokenizer
-    states = [ChoiceState(i) for i in range(len(plan.requests))]
     started = [False] * len(states)
     echo_len = [0] * len(states)  # generated text offsets count from after the echoed prompt
     remaining = len(states)
@@ -197,4 +224,6 @@ async def stream_completion(client: EngineClient, body: CompletionRequest, serve
                 yield sse(chunk)
     except Exception as e:  # a failure after the stream began: one error event, then close
         yield sse(error_payload(e))
+    finally:  # also when the client went away mid-stream (the generator is closed)
+        finish_admission(adm, states, plan, remaining == 0)
     yield "data: [DONE]\n\n"
