@@ -111,10 +111,11 @@ class RateLimiter:
         b = self._buckets.get((account_id, model, q))
         if b is None:
             b = self._buckets[(account_id, model, q)] = Bucket(per_minute, float(per_minute), now)
-        elif b.per_minute != per_minute:  # a changed quota applies from the next request
-            b.refill(now)
+        elif b.per_minute != per_minute:  # a changed quota applies from the next request,
+            b.refill(now)                 # keeping what was used in the current minute
+            used = b.per_minute - b.tokens
             b.per_minute = per_minute
-            b.tokens = min(b.tokens, float(per_minute))
+            b.tokens = max(0.0, per_minute - used)
         b.refill(now)
         return b
 
