@@ -23,6 +23,8 @@ class Platform:
     store: Store
     config: PlatformConfig
     static_keys: tuple[str, ...] = ()
+    max_running: int = 64
+    """The scheduler's max_num_seqs: how many admitted sequences run rather than wait."""
     accounts: Accounts = field(init=False)
     users: Users = field(init=False)
     keys: ApiKeys = field(init=False)
