@@ -51,6 +51,11 @@ class Platform:
         self.meter.flush()
         self.keys.touch(self.auth.take_last_used())
 
+    def tick(self) -> None:
+        """Each second, off the request path: flush, and re-read quotas other processes may have changed."""
+        self.flush()
+        self.limiter.refresh()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ember-platform-flush", daemon=True)
         self._thread.start()
@@ -58,7 +63,7 @@ class Platform:
     def _run(self) -> None:
         while not self._stop.wait(self.config.usage_flush_s):
             try:
-                self.flush()
+                self.tick()
             except Exception:  # noqa: BLE001 - kept in memory, retried next tick
                 log.exception("platform flush failed; retrying")
 
