@@ -7,9 +7,17 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install sysdeps serve test lint bench clean
 
 install: $(STAMP)
+
+# Services the tests start and stop themselves: a PostgreSQL server (Debian's package; the tests run it
+# as the unprivileged `postgres` user). Needs root or sudo once; skipped when already installed.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+sysdeps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends postgresql ; }
 
 # torch is pinned (a CPU wheel); constraints.txt keeps every later install from pulling another torch.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,7 +32,7 @@ $(STAMP): pyproject.toml constraints.txt
 serve: $(STAMP)
 	$(VENV)/bin/ember serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(PY) -m pytest -q $(PYTEST)
 
 lint: $(STAMP)

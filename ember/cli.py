@@ -8,14 +8,18 @@ import logging
 import os
 import sys
 
+from ember.cli_admin import add_admin_commands, add_store_flags, run_admin, store_config
 from ember.config import (
+    AUTH_MODES,
     QUANTIZATIONS,
     CacheConfig,
     Config,
     ModelConfig,
+    PlatformConfig,
     SchedulerConfig,
     ServerConfig,
     SpeculativeConfig,
+    StoreConfig,
 )
 from ember.errors import EmberError
 
@@ -56,7 +60,35 @@ def _config(a: argparse.Namespace) -> Config:
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
                             api_keys=tuple(getattr(a, "api_key", None) or ())),
         speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
+        store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
+        platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
+                                allow_unauthenticated=getattr(a, "allow_unauthenticated", False),
+                                max_queued_requests=getattr(a, "max_queued_requests", 1024)),
     )
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def refuse_open_exposure(config: Config) -> None:
+    """Serving open (no key needed) is only for this machine unless the operator says otherwise."""
+    host = config.server.host
+    if host in LOOPBACK or host.startswith("127.") or config.platform.allow_unauthenticated:
+        return
+    if config.server.api_keys or config.platform.auth == "keys":
+        return
+    if config.platform.auth == "auto":
+        from ember.store.accounts import Accounts
+        from ember.store.db import open_store
+
+        store = open_store(config.store)
+        try:
+            if Accounts(store).count() > 0:
+                return
+        finally:
+            store.close()
+    raise ValueError(f"refusing to serve without API keys on {host}: create an account first "
+                     "(`ember accounts create ID --email E`), pass --auth keys, or --allow-unauthenticated")
 
 
 def serve(a: argparse.Namespace) -> int:
@@ -67,6 +99,7 @@ def serve(a: argparse.Namespace) -> int:
     from ember.model.loader import load_model
 
     config = _config(a)
+    refuse_open_exposure(config)
     print(f"ember: loading {config.model.model or 'the default model'} ...", file=sys.stderr)
     torch_thread = TorchThread()  # loads here and steps later: one thread for all torch work
     loaded = torch_thread.submit(load_model, config.model).result()
@@ -117,7 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_engine_flags(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--api-key", action="append", help="require this Bearer key (repeatable)")
+    s.add_argument("--api-key", action="append",
+                   help="a static Bearer key for account 'local' (repeatable); keys from the store work too")
+    s.add_argument("--auth", default="auto", choices=list(AUTH_MODES),
+                   help="auto: keys required once an account exists; keys: always; none: never")
+    s.add_argument("--allow-unauthenticated", action="store_true",
+                   help="allow serving without keys on a non-loopback address")
+    s.add_argument("--max-queued-requests", type=int, default=PlatformConfig.max_queued_requests,
+                   help="waiting sequences past which new requests get 503 (priority tier: twice)")
+    add_store_flags(s)
     s.add_argument("--log-level", default="info")
     c = sub.add_parser("complete", help="stream one completion to the terminal")
     _add_engine_flags(c)
@@ -127,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=None)
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
+    add_admin_commands(sub)
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if a.cmd in ("accounts", "keys", "usage"):
+            return run_admin(a)
         return serve(a) if a.cmd == "serve" else complete(a)
     except EmberError as e:
         print(f"ember: error: {e.message}", file=sys.stderr)

@@ -20,6 +20,7 @@ from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.loader import LoadedModel, build_model, load_model
 from ember.model.registry import ModelRef, resolve_model
+from tests.postgres import PostgresServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -144,6 +145,16 @@ def server_config(data_dir: str | None = None, **cache: object) -> Config:
 def smol_server(smol_served: LoadedModel) -> Iterator[LiveServer]:
     with LiveServer(server_config(), smol_served) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (each test asks it for a fresh database)."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Annotated
 from datetime import UTC, timedelta
+from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query, Request

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,15 +50,16 @@ class Store:
         """The URL without its password, for messages."""
         return self.engine.url.render_as_string(hide_password=True)
 
-    def migrate(self) -> None:
+    def migrate(self, target: str = "head") -> None:
         """Bring the schema to the newest revision; a database from an older ember upgrades in place."""
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as conn:
             if self.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(cfg, target)
 
     def revision(self) -> str | None:
         with self.engine.connect() as conn:

@@ -153,6 +153,32 @@ def daily_usage(store: Store, account_id: str, start: datetime, end: datetime, t
     return [DailyUsage(day, ut, g, *c) for (day, ut, g), c in sorted(sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2]))]
 
 
+@dataclass(frozen=True)
+class UsageTotal:
+    key_id: str
+    model: str
+    usage_type: str
+    requests: int
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    completion_tokens: int
+
+
+def usage_totals(store: Store, account_id: str, start: datetime, end: datetime) -> list[UsageTotal]:
+    """Usage of one account in [start, end) (aware datetimes) per API key x model x usage type."""
+    s_utc, e_utc = (t.astimezone(ZoneInfo("UTC")).replace(tzinfo=None) for t in (start, end))
+    sums: dict[tuple[str, str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    with store.session() as s:
+        for r in s.scalars(select(UsageHour).where(UsageHour.account_id == account_id, UsageHour.hour >= s_utc,
+                                                   UsageHour.hour < e_utc)):
+            c = sums[(r.key_id, r.model, r.usage_type)]
+            c[0] += r.requests
+            c[1] += r.prompt_tokens
+            c[2] += r.cached_prompt_tokens
+            c[3] += r.completion_tokens
+    return [UsageTotal(k, m, t, *c) for (k, m, t), c in sorted(sums.items())]
+
+
 def next_day(day: datetime) -> datetime:
     """Local midnight after `day` (a DST day is 23 or 25 hours long)."""
     nxt = (day.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=day.tzinfo)
