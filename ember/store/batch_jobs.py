@@ -29,7 +29,9 @@ COMPLETED = "JOB_STATE_COMPLETED"
 FAILED = "JOB_STATE_FAILED"
 CANCELLED = "JOB_STATE_CANCELLED"
 EXPIRED = "JOB_STATE_EXPIRED"
-ACTIVE = (VALIDATING, PENDING, RUNNING, WRITING)
+CANCELLING = "JOB_STATE_CANCELLING"
+"""Deleted while active: the runner stops its rows, writes what is done, then marks it CANCELLED."""
+ACTIVE = (VALIDATING, PENDING, RUNNING, WRITING, CANCELLING)
 """States the runner owns: it picks these up at start, so a job RUNNING before a crash resumes."""
 FINISHED = (COMPLETED, FAILED, CANCELLED, EXPIRED)
 
@@ -160,7 +162,7 @@ class BatchJobs:
                     BatchResult.custom_id > last).order_by(BatchResult.custom_id).limit(1000)))
             if not page:
                 return
-            for cid, line in page:
+            for _cid, line in page:
                 yield line
             last = page[-1][0]
 
