@@ -12,8 +12,8 @@ from ember.cli_admin import add_admin_commands, add_store_flags, run_admin, stor
 from ember.cli_jobs import add_jobs_commands, run_jobs
 from ember.config import (
     AUTH_MODES,
-    BatchConfig,
     QUANTIZATIONS,
+    BatchConfig,
     CacheConfig,
     Config,
     ModelConfig,
