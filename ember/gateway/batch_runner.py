@@ -70,6 +70,8 @@ class JobRun:
     rows: Iterator[Row]
     defaults: dict
     tasks: set[asyncio.Task] = field(default_factory=set)
+    writes: set[asyncio.Future] = field(default_factory=set)
+    """Row results being committed (waited for before the output files are written)."""
     retry: deque[Row] = field(default_factory=deque)
     exhausted: bool = False
     ran: int = 0
@@ -252,14 +254,23 @@ class BatchRunner:
         except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
             log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
             ok, line, usage = False, self._error_line(row.custom_id, error_payload(e)["error"]), None
-        inserted = await asyncio.to_thread(
-            self.b.jobs.record, j.account_id, j.job_id, row.custom_id, ok, line,
-            *((usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
-               usage["completion_tokens"]) if usage else (0, 0, 0)))
+        tokens = ((usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
+                   usage["completion_tokens"]) if usage else (0, 0, 0))
+        # The commit runs to its end even if the job is cancelled meanwhile: whoever writes the output
+        # files waits for run.writes first, so the files hold every row the store holds.
+        write = asyncio.ensure_future(asyncio.to_thread(
+            self.b.jobs.record, j.account_id, j.job_id, row.custom_id, ok, line, *tokens))
+        run.writes.add(write)
+        write.add_done_callback(run.writes.discard)
+        if usage is not None:
+            write.add_done_callback(lambda w: self._meter(j, tokens, w))
+        await asyncio.shield(write)
         run.ran += 1
-        if inserted and usage is not None:
-            self.meter.record(j.account_id, j.key_id, j.model, usage["prompt_tokens"],
-                              usage["prompt_tokens_details"]["cached_tokens"], usage["completion_tokens"], BATCH)
+
+    def _meter(self, j: BatchJob, tokens: tuple[int, int, int], write: asyncio.Future) -> None:
+        """Count a row's usage once, when its result was newly stored (a rerun after a crash is not)."""
+        if not write.cancelled() and write.exception() is None and write.result():
+            self.meter.record(j.account_id, j.key_id, j.model, *tokens, usage_type=BATCH)
 
     @staticmethod
     def _error_line(custom_id: str, err: dict) -> str:
@@ -303,6 +314,7 @@ class BatchRunner:
         for t in list(run.tasks):
             t.cancel()
         await asyncio.gather(*run.tasks, return_exceptions=True)
+        await asyncio.gather(*run.writes, return_exceptions=True)
         run.file.close()
 
     async def _fail_run(self, run: JobRun, message: str) -> None:
