@@ -13,11 +13,10 @@ import pytest
 from sqlalchemy import update
 
 from ember.store.tables import BatchJob
-from tests.gateway.batch_env import (  # noqa: F401 - env is a fixture
+from tests.batch.helpers import (
     MODEL_ID,
     BatchEnv,
     download,
-    env,
     jsonl,
     lines_of,
     upload,
@@ -118,7 +117,7 @@ def test_invalid_rows_go_to_error_data_and_the_job_goes_on(env: BatchEnv) -> Non
     job = wait_job(c, "bad-rows")
     assert job.state == "JOB_STATE_COMPLETED"
     assert job.job_progress.failed_requests == 5 and job.job_progress.successfully_processed_requests == 3
-    files = download(c, "bad-rows-in".replace("-in", "") + "-output") if False else download(c, "bad-rows-output")
+    files = download(c, "bad-rows-output")  # the default output dataset: JOB_ID-output
     errors = {e["custom_id"]: e["error"] for e in lines_of(files["error-data"])}
     assert set(errors) == {"has-model", "unknown-field", "bad-range", "no-prompt", "too-long"}
     assert errors["has-model"]["param"] == "model"
@@ -226,12 +225,12 @@ def test_cancel_then_continue_runs_only_the_missing_rows(env: BatchEnv) -> None:
                             "cc-parent-output/BIJOutputSet.jsonl", "cc-parent-output/error-data"}
     ids = [r["custom_id"] for name, data in lineage.items() for r in lines_of(data)]
     assert sorted(ids) == sorted(f"q-{i}" for i in range(n))  # each row once across the chain
-    # A continued row gives what it would have given in one job (same params inherited).
+    # A continued row gives what it would have given in one job (the parent's parameters are inherited).
+    first = own[0]
+    i = int(first["custom_id"].removeprefix("q-"))
     with env.http() as h:
-        body = {**rows(n, max_tokens=48)[own and int(own[0]["custom_id"][2:]) or 0]["body"], "model": MODEL_ID,
-                "temperature": 0.0, "ignore_eos": True}
-        sync = h.post("/v1/completions", json=body).json()
-    first = next(r for r in own if r["custom_id"] == f"q-{int(own[0]['custom_id'][2:])}")
+        sync = h.post("/v1/completions", json={**rows(n, max_tokens=48)[i]["body"], "model": MODEL_ID,
+                                               "temperature": 0.0, "ignore_eos": True}).json()
     assert first["response"]["choices"][0]["text"] == sync["choices"][0]["text"]
 
 

@@ -11,7 +11,7 @@ import fireworks
 import httpx
 import pytest
 
-from tests.gateway.batch_env import BatchEnv, download, env, jsonl, upload  # noqa: F401 - env is a fixture
+from tests.batch.helpers import BatchEnv, download, jsonl, upload
 
 ROWS = [{"custom_id": f"r{i}", "body": {"prompt": f"Row number {i} says", "max_tokens": 4}} for i in range(5)]
 
@@ -67,7 +67,7 @@ def test_structurally_bad_files_are_refused_naming_the_line(env: BatchEnv, conte
         c.datasets.upload(ds, file=("in.jsonl", content, "application/jsonl"))
     msg = e.value.body["message"] if isinstance(e.value.body, dict) else str(e.value)
     assert e.value.status_code == 400
-    assert ("in.jsonl:%d:" % line in msg) if line else "no rows" in msg
+    assert (f"in.jsonl:{line}:" in msg) if line else "no rows" in msg
     d = c.datasets.get(ds)
     assert d.state == "UPLOADING"  # nothing replaced; a good upload still works afterwards
     assert os.listdir(os.path.join(env.data_dir, "datasets", "acme", ds)) == []
@@ -116,7 +116,7 @@ def test_upload_without_content_length_is_cut_at_the_limit(env: BatchEnv) -> Non
 
 
 def test_a_5mb_line_is_uploaded_and_its_row_fails_alone(env: BatchEnv) -> None:
-    from tests.gateway.batch_env import MODEL_ID, lines_of, wait_job
+    from tests.batch.helpers import MODEL_ID, lines_of, wait_job
 
     c = env.sdk()
     rows = [ROWS[0], {"custom_id": "huge", "body": {"prompt": "word " * (1024 * 1024), "max_tokens": 2}}]

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import httpx
-import pytest
 from fireworks import Fireworks
 
 from ember.config import BatchConfig, StoreConfig
@@ -58,11 +57,6 @@ def make_env(tiny: LoadedModel, **batch: object) -> Iterator[BatchEnv]:
         yield BatchEnv(s, data_dir, key)
 
 
-@pytest.fixture(scope="module")
-def env(tiny: LoadedModel) -> Iterator[BatchEnv]:
-    yield from make_env(tiny, max_upload_mb=8, max_inflight_rows=4)
-
-
 def jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
@@ -98,4 +92,4 @@ def lines_of(data: bytes) -> list[dict]:
     return [json.loads(x) for x in data.decode().splitlines() if x.strip()]
 
 
-__all__ = ["MODEL_ID", "BatchEnv", "download", "env", "jsonl", "lines_of", "make_env", "upload", "wait_job"]
+__all__ = ["MODEL_ID", "BatchEnv", "download", "jsonl", "lines_of", "make_env", "upload", "wait_job"]
