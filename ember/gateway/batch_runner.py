@@ -145,7 +145,8 @@ class BatchRunner:
         now = utcnow()
         for j in jobs:
             if j.state == st.CANCELLING:
-                await self._finish(j, st.CANCELLED, "CANCELLED", "cancelled by the user", (st.CANCELLING,))
+                await self._finish(j, st.CANCELLED, "CANCELLED", j.status_message or "cancelled",
+                                   (st.CANCELLING,))
             elif j.expire_time <= now and j.state != st.WRITING:
                 await self._finish(j, st.EXPIRED, "DEADLINE_EXCEEDED",
                                    "the job did not finish by its expireTime; rows done so far are in the "
