@@ -254,7 +254,7 @@ class BatchRunner:
             return
         except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
             log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
-            ok, line, usage = False, self._error_line(row.custom_id, error_payload(e)["error"]), None
+            ok, line, usage = False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
         tokens = ((usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
                    usage["completion_tokens"]) if usage else (0, 0, 0))
         # The commit runs to its end even if the job is cancelled meanwhile: whoever writes the output
@@ -274,20 +274,51 @@ class BatchRunner:
             self.meter.record(j.account_id, j.key_id, j.model, *tokens, usage_type=BATCH)
 
     @staticmethod
-    def _error_line(custom_id: str, err: dict) -> str:
-        return json.dumps({"custom_id": custom_id, "error": err}, ensure_ascii=False)
+    def _error_line(j: BatchJob, custom_id: str, err: dict) -> str:
+        if j.api == "openai":  # OpenAI's BatchRequestOutput: a failed request has an error, no response
+            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": None,
+                   "error": {"code": err.get("code") or err.get("type"), "message": err.get("message")}}
+        else:
+            out = {"custom_id": custom_id, "error": err}
+        return json.dumps(out, ensure_ascii=False)
+
+    @staticmethod
+    def _ok_line(j: BatchJob, custom_id: str, request_id: str, response: dict) -> str:
+        if j.api == "openai":
+            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
+                   "response": {"status_code": 200, "request_id": request_id, "body": response}, "error": None}
+        else:
+            out = {"custom_id": custom_id, "response": response}
+        return json.dumps(out, ensure_ascii=False)
+
+    def _row_body(self, j: BatchJob, row: Row) -> dict:
+        """The row's body without its model, or InvalidRequest: a Fireworks row names no model (the job
+        does); an OpenAI line is a POST to /v1/completions naming the served model."""
+        body = dict(row.body)
+        if j.api == "openai":
+            if row.url != "/v1/completions" or (row.method or "").upper() != "POST":
+                raise InvalidRequest("each line must have \"method\": \"POST\" and \"url\": \"/v1/completions\"",
+                                     param="url")
+            model = body.pop("model", None)
+            if not isinstance(model, str) or not self.served.answers_to(model):
+                raise InvalidRequest(f"model {str(model)[:100]!r} is not served here; this server has "
+                                     f"{self.served.model_id!r}", param="model", code="model_not_found")
+        elif "model" in body:
+            raise InvalidRequest("model must not be set in a batch row: the job's model is used", param="model")
+        return body
 
     async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, dict | None]:
         """(ok, output line, usage); a row that is not a valid completion request is an error line."""
-        if "model" in row.body:
-            return False, self._error_line(row.custom_id, {
-                "message": "model must not be set in a batch row: the job's model is used",
-                "type": "invalid_request_error", "param": "model", "code": None}), None
-        body = {**run.defaults, **row.body, "model": self.served.model_id, "stream": False}
+        j = run.job
+        try:
+            own = self._row_body(j, row)
+        except InvalidRequest as e:
+            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+        body = {**run.defaults, **own, "model": self.served.model_id, "stream": False}
         try:
             req = CompletionRequest.model_validate(body)
         except ValidationError as e:
-            return False, self._error_line(row.custom_id, validation_body(list(e.errors()))["error"]), None
+            return False, self._error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
         try:
             reject_unsupported(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
@@ -300,13 +331,12 @@ class BatchRunner:
         except Overloaded:
             raise
         except EmberError as e:
-            return False, self._error_line(row.custom_id, error_payload(e)["error"]), None
+            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
         usage = usage_of(states, plan)
         response = {"id": engine_id, "object": "text_completion", "created": int(time.time()),
                     "model": self.served.model_id,
                     "choices": [choice_json(req, self.served, plan, s) for s in states], "usage": usage}
-        line = json.dumps({"custom_id": row.custom_id, "response": response}, ensure_ascii=False)
-        return True, line, usage
+        return True, self._ok_line(j, row.custom_id, engine_id, response), usage
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:

@@ -23,7 +23,7 @@ from ember.gateway.uploads import stream_file_part
 from ember.gateway.wire import list_response
 from ember.store.dataset_files import safe_filename, scan_batch_file
 from ember.store.datasets import FORMATS
-from ember.store.ids import check_id, rfc3339
+from ember.store.ids import check_id, epoch, rfc3339
 from ember.store.tables import BatchJob, Dataset
 from ember.tokenizer import Tokenizer
 
@@ -111,17 +111,15 @@ def create_dataset(account_id: str, body: CreateDatasetBody, b: BatchDep, p: Gat
     return dataset_json(d)
 
 
-@router.post(_BASE + "/{dataset_id}:upload")
-async def upload_dataset(account_id: str, dataset_id: str, request: Request, state: StateDep, b: BatchDep,
-                         p: GatewayAuth) -> dict:
-    check_id(dataset_id, "datasetId")
-    await asyncio.to_thread(b.datasets.check_uploadable, account_id, dataset_id)
+async def receive_file(request: Request, b: BatchServices, tok: Tokenizer, account_id: str, dataset_id: str,
+                       fields: dict[str, str] | None = None) -> tuple[Dataset, str, int]:
+    """Stream a multipart upload into the dataset's directory, check it as a batch input file, and only
+    then rename it into place and mark the dataset READY: (dataset, file name, bytes)."""
     limit = b.config.max_upload_mb * 1024 * 1024
     f, tmp = await asyncio.to_thread(b.files.open_temp, account_id, dataset_id)
     try:
-        size, client_name = await stream_file_part(request, f, limit)
+        size, client_name = await stream_file_part(request, f, limit, fields)
         name = safe_filename(client_name)
-        tok = state.model.tokenizer
         # Checked before it replaces anything: a bad file leaves the dataset as it was (UPLOADING).
         f.flush()
         scan = await asyncio.to_thread(scan_batch_file, tmp, name, lambda body: prompt_tokens(tok, body))
@@ -132,8 +130,17 @@ async def upload_dataset(account_id: str, dataset_id: str, request: Request, sta
         raise
     d = await asyncio.to_thread(b.datasets.mark_ready, account_id, dataset_id, [name], size, scan.rows,
                                 scan.tokens)
+    return d, name, size
+
+
+@router.post(_BASE + "/{dataset_id}:upload")
+async def upload_dataset(account_id: str, dataset_id: str, request: Request, state: StateDep, b: BatchDep,
+                         p: GatewayAuth) -> dict:
+    check_id(dataset_id, "datasetId")
+    await asyncio.to_thread(b.datasets.check_uploadable, account_id, dataset_id)
+    d, name, size = await receive_file(request, b, state.model.tokenizer, account_id, dataset_id)
     return {"id": f"accounts/{account_id}/datasets/{dataset_id}", "object": "file", "bytes": size,
-            "created_at": int(d.updated.timestamp()), "filename": name, "purpose": "dataset"}
+            "created_at": epoch(d.updated), "filename": name, "purpose": "dataset"}
 
 
 def _lineage(b: BatchServices, account_id: str, d: Dataset) -> list[Dataset]:

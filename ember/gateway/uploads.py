@@ -36,9 +36,12 @@ class _FilePart:
         self._value = b""
         self._headers: dict[bytes, bytes] = {}
         self._is_file = False
+        self.fields: dict[str, str] = {}
+        """Small non-file parts (OpenAI's `purpose`), decoded; longer ones are cut at 1 KB."""
+        self._field_name: str | None = None
 
     def on_part_begin(self) -> None:
-        self._headers, self._is_file = {}, False
+        self._headers, self._is_file, self._field_name = {}, False, None
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
         self._field += data[start:end]
@@ -52,15 +55,21 @@ class _FilePart:
 
     def on_headers_finished(self) -> None:
         _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if params.get(b"name") == b"file":
+        name = params.get(b"name")
+        if name == b"file":
             if self.found:
                 raise InvalidRequest("send one `file` part", param="file")
             self.found = self._is_file = True
             raw = params.get(b"filename")
             self.filename = raw.decode("utf-8", "replace") if raw else None
+        elif name and len(self.fields) < 16:
+            self._field_name = name.decode("utf-8", "replace")[:64]
+            self.fields.setdefault(self._field_name, "")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if not self._is_file:
+            if self._field_name is not None and len(self.fields[self._field_name]) < 1024:
+                self.fields[self._field_name] += data[start:end].decode("utf-8", "replace")[:1024]
             return
         self.size += end - start
         if self.size > self.limit:
@@ -68,8 +77,10 @@ class _FilePart:
         self.out.write(data[start:end])
 
 
-async def stream_file_part(request: Request, out: BinaryIO, limit: int) -> tuple[int, str | None]:
-    """Write the request's multipart `file` part into `out`; (bytes written, the client's file name)."""
+async def stream_file_part(request: Request, out: BinaryIO, limit: int,
+                           fields: dict[str, str] | None = None) -> tuple[int, str | None]:
+    """Write the request's multipart `file` part into `out`; (bytes written, the client's file name).
+    Other small parts land in `fields` when it is given."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
@@ -95,4 +106,6 @@ async def stream_file_part(request: Request, out: BinaryIO, limit: int) -> tuple
         raise InvalidRequest(f"malformed multipart body: {str(e)[:200]}", param="file") from None
     if not part.found:
         raise InvalidRequest("the upload has no part named `file`", param="file")
+    if fields is not None:
+        fields.update(part.fields)
     return part.size, part.filename

@@ -92,6 +92,9 @@ class Row:
     line_no: int
     custom_id: str
     body: dict
+    method: str | None = None
+    """OpenAI batch lines name the method and url of each request (Fireworks lines do not)."""
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,9 @@ def read_rows(f: BinaryIO, where: str) -> Iterator[Row]:
         body = obj.get("body")
         if not isinstance(body, dict):
             raise InvalidRequest(f"{where}:{line_no}: body must be a JSON object", param="file")
-        yield Row(line_no, cid, body)
+        method, url = obj.get("method"), obj.get("url")
+        yield Row(line_no, cid, body, method if isinstance(method, str) else None,
+                  url if isinstance(url, str) else None)
 
 
 def scan_batch_file(path: Path, where: str, count_tokens: Callable[[dict], int]) -> ScanResult:

@@ -130,6 +130,10 @@ class BatchJob(Base):
     expire_time: Mapped[datetime] = mapped_column(DateTime)
     run_start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     end_time: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    api: Mapped[str] = mapped_column(String(16), default="fireworks")
+    """"fireworks" (Gateway batchInferenceJobs) or "openai" (/v1/batches): the row and output formats."""
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    """OpenAI batch metadata, kept as given."""
     __table_args__ = (ForeignKeyConstraint(["account_id"], ["accounts.account_id"], ondelete="CASCADE"),
                       Index("ix_batch_jobs_state", "state", "created"))
 

@@ -56,6 +56,8 @@ def upgrade() -> None:
         sa.Column("expire_time", sa.DateTime, nullable=False),
         sa.Column("run_start", sa.DateTime, nullable=True),
         sa.Column("end_time", sa.DateTime, nullable=True),
+        sa.Column("api", sa.String(16), nullable=False),
+        sa.Column("meta", sa.JSON, nullable=False),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.account_id"], ondelete="CASCADE"),
     )
     op.create_index("ix_batch_jobs_state", "batch_jobs", ["state", "created"])
