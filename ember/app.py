@@ -19,7 +19,9 @@ from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
 from ember.engine.metrics import EngineMetrics
-from ember.gateway import accounts, quotas, usage
+from ember.gateway import accounts, batch_jobs, datasets, openai_batch, quotas, usage
+from ember.gateway.batch_runner import BatchRunner
+from ember.gateway.services import BatchServices
 from ember.model.loader import LoadedModel, load_model
 from ember.store.db import open_store
 
@@ -53,6 +55,12 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len,
                              client.engine.grammars)
         app.state.ember = AppState(client=client, model=served, platform=platform)
+        # Datasets and batch jobs: the runner resumes every job the store holds as active.
+        app.state.batch = await asyncio.to_thread(BatchServices.build, store, config.store.resolved_data_dir(),
+                                                  config.batch)
+        runner = BatchRunner(app.state.batch, client, served, platform.meter)
+        app.state.batch_runner = runner
+        runner.start()
         app.state.registry = registry
         app.state.metrics = metrics
         log.info("serving %s (%d KV blocks of %d tokens)", served.model_id, client.engine.pool.num_blocks,
@@ -60,6 +68,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         try:
             yield
         finally:
+            await runner.stop()
             client.stop()
             tt.shutdown()
             await asyncio.to_thread(platform.stop)
@@ -69,7 +78,8 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     app.include_router(completions.router)
     app.include_router(models.router)
     app.include_router(health.router)
-    for router in (accounts.router, usage.router, quotas.router):
+    for router in (accounts.router, usage.router, quotas.router, datasets.router, batch_jobs.router,
+                   openai_batch.router):
         app.include_router(router)
     app.add_middleware(StateHeaders)
     return app

@@ -9,9 +9,11 @@ import os
 import sys
 
 from ember.cli_admin import add_admin_commands, add_store_flags, run_admin, store_config
+from ember.cli_jobs import add_jobs_commands, run_jobs
 from ember.config import (
     AUTH_MODES,
     QUANTIZATIONS,
+    BatchConfig,
     CacheConfig,
     Config,
     ModelConfig,
@@ -64,6 +66,7 @@ def _config(a: argparse.Namespace) -> Config:
         platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
                                 allow_unauthenticated=getattr(a, "allow_unauthenticated", False),
                                 max_queued_requests=getattr(a, "max_queued_requests", 1024)),
+        batch=BatchConfig(max_upload_mb=getattr(a, "max_upload_mb", BatchConfig.max_upload_mb)),
     )
 
 
@@ -159,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-queued-requests", type=int, default=PlatformConfig.max_queued_requests,
                    help="waiting sequences past which new requests get 503 (priority tier: twice)")
     add_store_flags(s)
+    s.add_argument("--max-upload-mb", type=int, default=BatchConfig.max_upload_mb,
+                   help="largest dataset file :upload accepts (413 past it)")
     s.add_argument("--log-level", default="info")
     c = sub.add_parser("complete", help="stream one completion to the terminal")
     _add_engine_flags(c)
@@ -169,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--seed", type=int, default=None)
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
     add_admin_commands(sub)
+    add_jobs_commands(sub)
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if a.cmd in ("accounts", "keys", "usage"):
             return run_admin(a)
+        if a.cmd == "jobs":
+            return run_jobs(a)
         return serve(a) if a.cmd == "serve" else complete(a)
     except EmberError as e:
         print(f"ember: error: {e.message}", file=sys.stderr)

@@ -139,6 +139,30 @@ class PlatformConfig:
 
 
 @dataclass(frozen=True)
+class BatchConfig:
+    max_upload_mb: int = 150
+    """Largest dataset file `:upload` takes (413 past it); the file streams to disk, never into memory."""
+    download_url_ttl_s: int = 600
+    """How long a signed dataset download URL stays valid."""
+    max_inflight_rows: int = 64
+    """Batch rows handed to the engine at once (all jobs together); the engine runs them at low priority."""
+    job_ttl_h: float = 24.0
+    """A job not finished this long after creation ends EXPIRED (its results so far are kept)."""
+    poll_s: float = 0.5
+    """How often the job runner looks for new, cancelled or expired jobs."""
+
+    def __post_init__(self) -> None:
+        if self.max_upload_mb < 1:
+            raise ValueError("max_upload_mb must be at least 1")
+        if self.download_url_ttl_s < 1:
+            raise ValueError("download_url_ttl_s must be at least 1")
+        if self.max_inflight_rows < 1:
+            raise ValueError("max_inflight_rows must be at least 1")
+        if self.job_ttl_h <= 0:
+            raise ValueError("job_ttl_h must be positive")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
@@ -147,3 +171,4 @@ class Config:
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)

@@ -32,3 +32,8 @@ def rfc3339(t: datetime | None) -> str | None:
     if t is None:
         return None
     return t.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")
+
+
+def epoch(t: datetime) -> int:
+    """A stored (naive UTC) time as Unix seconds."""
+    return int(t.replace(tzinfo=UTC).timestamp())
