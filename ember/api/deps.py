@@ -33,6 +33,10 @@ class AppState:
     client: EngineClient
     model: ServedModel
     api_keys: tuple[str, ...] = ()
+    stall_timeout_s: float = 30.0
+    max_request_timeout_s: float | None = None
+    draining: bool = False
+    """Set when shutdown has begun: /health answers 503 so that load balancers stop sending work."""
 
 
 def get_state(request: Request) -> AppState:

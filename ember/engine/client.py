@@ -80,6 +80,13 @@ class EngineClient:
         self._fresh: list[str] = []
         """Requests admitted since the last step that completed: the suspects when a step fails."""
         self._failed_once = False
+        self._beat = time.monotonic()
+        """When the loop last finished a step or an idle wait (the watchdog's heartbeat). The idle wait
+        is at most 0.5 s, so a loop that is alive and idle never lets this age past that."""
+        self._died: BaseException | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        """Set once the loop has ended: a submission put in the inbox after that would wait forever."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, torch_thread: TorchThread | None = None) -> None:
@@ -103,9 +110,28 @@ class EngineClient:
 
     @property
     def alive(self) -> bool:
+        if self._died is not None:
+            return False
         if self._future is not None:
             return not self._future.done()
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def died_of(self) -> BaseException | None:
+        """What ended the step loop, when something other than stop() did."""
+        return self._died
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last stepped while work is pending; 0.0 when nothing is pending.
+
+        Work is pending while any submission is unfinished or a message waits in the inbox. A loop that
+        is wedged (a kernel that never returns, a lock never released) stops beating; an idle loop beats
+        every 0.5 s, so idleness alone never reads as a stall. Safe to call from any thread: it reads a
+        float and the truth of a dict and a queue.
+        """
+        if not self._streams and self._inbox.empty():
+            return 0.0
+        return max(0.0, time.monotonic() - self._beat)
 
     def stats(self) -> EngineStats:
         """A snapshot taken by the engine thread after its last step (safe to read from any thread)."""
@@ -122,10 +148,11 @@ class EngineClient:
 
         Leaving early, being cancelled or any request failing aborts whatever still runs.
         """
-        if self._stopping or not self.alive:
-            raise Overloaded("the engine is not running")
         out: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
-        self._inbox.put(_Add(list(reqs), asyncio.get_running_loop(), out))
+        with self._lock:
+            if self._stopping or self._closed or not self.alive:
+                raise Overloaded("the engine is not running", retry_after=1.0)
+            self._inbox.put(_Add(list(reqs), asyncio.get_running_loop(), out))
         running = set(range(len(reqs)))
         try:
             while running:
@@ -152,12 +179,18 @@ class EngineClient:
                 self._streams.pop(req.request_id, None)
 
     def _admit(self, add: _Add) -> None:
-        """Add a submission's requests all or none: a refused one fails the whole submission."""
+        """Add a submission's requests all or none: a refused one fails the whole submission.
+
+        Any exception fails only this submission, never the loop: an unexpected one escaping here once
+        ended the engine thread, and every client then waited forever.
+        """
         added: list[str] = []
         for i, req in enumerate(add.reqs):
             try:
                 self.engine.add(req)
-            except EmberError as e:
+            except Exception as e:  # noqa: BLE001 - EmberError is the user's fault, anything else a bug
+                if not isinstance(e, EmberError):
+                    log.exception("admitting request %s failed", req.request_id)
                 for rid in added:
                     self.engine.abort(rid)
                     self._streams.pop(rid, None)
@@ -186,9 +219,26 @@ class EngineClient:
                 return True
 
     def _loop(self) -> None:
+        try:
+            self._run_loop()
+        except BaseException as e:
+            # Whatever ended the loop, nobody may be left waiting on it: fail them all, and say so in
+            # /health (alive turns false) so that an orchestrator restarts the process.
+            self._died = e
+            log.exception("the engine loop died")
+            self._fail_all(e)
+            self._close_inbox(e)
+            raise
+        err = Overloaded("the server is shutting down", retry_after=1.0)
+        self._fail_all(err)
+        self._close_inbox(err)
+
+    def _run_loop(self) -> None:
         while True:
+            self._beat = time.monotonic()
             if not self._drain(block=not self.engine.has_work):
                 break
+            self._beat = time.monotonic()
             if not self.engine.has_work:
                 self._stats = self.engine.stats()
                 continue
@@ -211,7 +261,6 @@ class EngineClient:
             self._stats = self.engine.stats()
             if self._on_step is not None:
                 self._on_step(self.engine, time.monotonic() - t0, outputs)
-        self._fail_all(Overloaded("the server is shutting down"))
 
     def _fail_after_error(self, err: BaseException) -> None:
         """A step that worked before the newest arrivals and fails after them most likely fails because
@@ -230,9 +279,24 @@ class EngineClient:
 
     def _fail_all(self, err: BaseException) -> None:
         for rid, (add, i) in list(self._streams.items()):
-            self.engine.abort(rid)
+            try:
+                self.engine.abort(rid)
+            except Exception:  # noqa: BLE001 - a broken engine must not keep the rest from hearing
+                log.exception("aborting %s failed", rid)
             self._deliver(add, i, err)
         self._streams.clear()
+
+    def _close_inbox(self, err: BaseException) -> None:
+        """Refuse further submissions and fail those that arrived but were never admitted."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    msg = self._inbox.get_nowait()
+                except queue.Empty:
+                    return
+                if isinstance(msg, _Add) and msg.reqs:
+                    self._deliver(msg, 0, err)
 
 
 __all__ = ["EngineClient", "FinishReason"]
