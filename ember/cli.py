@@ -54,17 +54,19 @@ def _config(a: argparse.Namespace) -> Config:
                           enable_prefix_caching=not a.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens),
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
-                            api_keys=tuple(getattr(a, "api_key", None) or ())),
+                            api_keys=tuple(getattr(a, "api_key", None) or ()),
+                            drain_timeout_s=getattr(a, "drain_timeout", ServerConfig.drain_timeout_s),
+                            stall_timeout_s=getattr(a, "health_stall_timeout", ServerConfig.stall_timeout_s),
+                            max_request_timeout_s=getattr(a, "max_request_timeout", None)),
         speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
     )
 
 
 def serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
     from ember.app import create_app
     from ember.engine.client import TorchThread
     from ember.model.loader import load_model
+    from ember.server import run_server
 
     config = _config(a)
     print(f"ember: loading {config.model.model or 'the default model'} ...", file=sys.stderr)
@@ -73,8 +75,7 @@ def serve(a: argparse.Namespace) -> int:
     print(f"ember: serving {loaded.ref.model_id} on http://{config.server.host}:{config.server.port}/v1",
           file=sys.stderr)
     app = create_app(config, loaded, torch_thread)
-    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=a.log_level)
-    return 0
+    return run_server(app, config.server, a.log_level)
 
 
 def complete(a: argparse.Namespace) -> int:
@@ -119,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", action="append", help="require this Bearer key (repeatable)")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--drain-timeout", type=float, default=ServerConfig.drain_timeout_s,
+                   help="seconds requests in flight may run on after SIGTERM/SIGINT; a second signal exits at once")
+    s.add_argument("--health-stall-timeout", type=float, default=ServerConfig.stall_timeout_s,
+                   help="/health answers 503 when the engine has not stepped for this long with work pending")
+    s.add_argument("--max-request-timeout", type=float, default=None,
+                   help="cap on a request's total time in seconds (clients may ask for less: x-request-timeout)")
     c = sub.add_parser("complete", help="stream one completion to the terminal")
     _add_engine_flags(c)
     c.add_argument("prompt")

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.api.protocol import WIRE_FIELD_NAMES
 from ember.errors import (
+    DeadlineExceeded,
     EmberError,
     InvalidRequest,
     ModelLoadError,
@@ -35,6 +36,7 @@ _KINDS: tuple[tuple[type[EmberError], int, str], ...] = (
     (InvalidRequest, 400, "invalid_request_error"),
     (Unauthorized, 401, "authentication_error"),
     (NotFound, 404, "invalid_request_error"),
+    (DeadlineExceeded, 408, "timeout_error"),
     (RateLimited, 429, "rate_limit_error"),
     (Overloaded, 503, "overloaded_error"),
     (ModelLoadError, 500, "server_error"),

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from ember.engine.engine import Engine, EngineStats
 from ember.engine.request import EngineRequest, FinishReason, RequestOutput
-from ember.errors import EmberError, Overloaded
+from ember.errors import DeadlineExceeded, EmberError, Overloaded
 
 log = logging.getLogger("ember.engine")
 T = TypeVar("T")
@@ -67,10 +67,15 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _FailAll:
+    err: BaseException
+
+
 class EngineClient:
     def __init__(self, engine: Engine, on_step: Callable[[Engine, float, list[RequestOutput]], None] | None = None):
         self.engine = engine
-        self._inbox: queue.Queue[_Add | _Abort | None] = queue.Queue()
+        self._inbox: queue.Queue[_Add | _Abort | _FailAll | None] = queue.Queue()
         self._streams: dict[str, tuple[_Add, int]] = {}
         self._thread: threading.Thread | None = None
         self._future: Future[None] | None = None
@@ -138,15 +143,18 @@ class EngineClient:
         return self._stats
 
     # -- the async face --------------------------------------------------------------------------
-    async def generate(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
+    async def generate(self, req: EngineRequest, deadline: float | None = None) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its outputs; leaving early (or being cancelled) aborts it."""
-        async for _, out in self.generate_all([req]):
+        async for _, out in self.generate_all([req], deadline):
             yield out
 
-    async def generate_all(self, reqs: list[EngineRequest]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async def generate_all(self, reqs: list[EngineRequest],
+                           deadline: float | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Submit requests together (same engine step) and yield (index, output) as they come.
 
-        Leaving early, being cancelled or any request failing aborts whatever still runs.
+        Leaving early, being cancelled or any request failing aborts whatever still runs. Past `deadline`
+        (time.monotonic()), waiting in the queue included, DeadlineExceeded is raised and the requests are
+        aborted; a consumer slower than the engine is checked between outputs.
         """
         out: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
         with self._lock:
@@ -156,7 +164,17 @@ class EngineClient:
         running = set(range(len(reqs)))
         try:
             while running:
-                i, item = await out.get()
+                if deadline is None:
+                    i, item = await out.get()
+                else:
+                    left = deadline - time.monotonic()
+                    try:
+                        if left <= 0:
+                            raise TimeoutError
+                        i, item = await asyncio.wait_for(out.get(), left)
+                    except TimeoutError:
+                        raise DeadlineExceeded("the request's deadline passed before it finished",
+                                               param="x-request-timeout") from None
                 if isinstance(item, BaseException):
                     raise item
                 if item.finished:
@@ -168,6 +186,10 @@ class EngineClient:
 
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
+
+    def fail_all(self, err: BaseException) -> None:
+        """End every request in flight with `err` (a drain that ran out of time); the loop runs on."""
+        self._inbox.put(_FailAll(err))
 
     # -- the engine thread -----------------------------------------------------------------------
     def _deliver(self, add: _Add, i: int, item: RequestOutput | BaseException) -> None:
@@ -210,6 +232,8 @@ class EngineClient:
                 return False
             if isinstance(msg, _Add):
                 self._admit(msg)
+            elif isinstance(msg, _FailAll):
+                self._fail_all(msg.err)
             else:
                 self.engine.abort(msg.request_id)
                 self._streams.pop(msg.request_id, None)
