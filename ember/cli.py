@@ -112,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         from ember.bench import bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["soak"]:
+        from ember.soak import soak_main
+
+        return soak_main(argv[1:])
     parser = argparse.ArgumentParser(prog="ember", description="A Fireworks-compatible completion server.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve POST /v1/completions over HTTP")
@@ -134,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=None)
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
+    sub.add_parser("soak", help="abuse a live server for a while, then check nothing leaked (`ember soak --help`)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
