@@ -123,6 +123,7 @@ class Sample:
     running: float
     waiting: float
     rss_bytes: float
+    kv_touched_bytes: float
     health: int
 
 
@@ -433,14 +434,15 @@ class Soak:
         m = (await http.get(self.cfg.base_url + "/metrics")).text
         h = (await http.get(self.cfg.base_url + "/health")).status_code
         return Sample(time.monotonic() - self.t0, gauge(m, "ember_kv_blocks_used"), gauge(m, "ember_requests_running"),
-                      gauge(m, "ember_requests_waiting"), gauge(m, "process_resident_memory_bytes"), h)
+                      gauge(m, "ember_requests_waiting"), gauge(m, "process_resident_memory_bytes"),
+                      max(0.0, gauge(m, "ember_kv_cache_touched_bytes")), h)
 
     async def sampler(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 self.samples.append(await self.sample(http))
             except httpx.HTTPError:
-                self.samples.append(Sample(time.monotonic() - self.t0, -1, -1, -1, -1, 0))
+                self.samples.append(Sample(time.monotonic() - self.t0, -1, -1, -1, -1, 0, 0))
             try:
                 await asyncio.wait_for(stop.wait(), self.cfg.sample_every_s)
             except TimeoutError:
@@ -451,6 +453,7 @@ class Soak:
         limits = httpx.Limits(max_connections=cfg.clients * 2 + 8, max_keepalive_connections=cfg.clients + 4)
         timeout = httpx.Timeout(cfg.request_deadline_s, connect=30)
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as http:
+            await self.wait_ready(http)
             if not cfg.context_tokens:
                 self.cfg = cfg = SoakConfig(**(asdict(cfg) | {"context_tokens": await self.probe_context(http)}))
             self.canary = await self.record_canaries(http)
@@ -465,6 +468,19 @@ class Soak:
             idle = await self.wait_idle(http)
             again = await self.record_canaries(http)
         return self.report(load_end, idle, again)
+
+    async def wait_ready(self, http: httpx.AsyncClient, timeout: float = 300.0) -> None:
+        """Wait for a server that is still starting (loading its model) to answer /health 200."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if (await http.get(self.cfg.base_url + "/health")).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.cfg.base_url} did not become healthy in {timeout:.0f} s")
+            await asyncio.sleep(0.5)
 
     async def wait_idle(self, http: httpx.AsyncClient) -> Sample:
         deadline = time.monotonic() + self.cfg.idle_timeout_s
@@ -485,11 +501,15 @@ class Soak:
         tok_s = [r.completion_tokens / (r.elapsed_s - r.ttft_s) for r in self.records
                  if r.outcome == "ok" and r.ttft_s is not None and r.completion_tokens > 1
                  and r.elapsed_s > r.ttft_s]
+        # Resident memory beyond what the KV cache has filled so far: the cache is a lazily-filled memory
+        # map that grows to its budget (--kv-cache-mb) by design, so that part of the growth is no leak.
         window = min(60.0, load_end / 3)
         rss = [s for s in self.samples if s.rss_bytes > 0]
-        first = [s.rss_bytes for s in rss if s.t <= window]
-        last = [s.rss_bytes for s in rss if s.t >= load_end - window]
+        first = [s.rss_bytes - s.kv_touched_bytes for s in rss if s.t <= window]
+        last = [s.rss_bytes - s.kv_touched_bytes for s in rss if s.t >= load_end - window]
         growth_mb = (max(last) - max(first)) / 2**20 if first and last else None
+        raw_first = [s.rss_bytes for s in rss if s.t <= window]
+        raw_last = [s.rss_bytes for s in rss if s.t >= load_end - window]
         idle_drift = [k for k, v in again.items() if self.canary.get(k) != v]
         checks = {
             "no_5xx": outcomes["server_error"] == 0,
@@ -514,9 +534,11 @@ class Soak:
             "tokens_per_s_per_stream": {"p50": percentile(tok_s, 50), "p10": percentile(tok_s, 10)},
             "completion_tokens": sum(r.completion_tokens for r in self.records if r.outcome == "ok"),
             "load_s": round(load_end, 1),
-            "rss_mb": {"first_window_max": max(first) / 2**20 if first else None,
-                       "last_window_max": max(last) / 2**20 if last else None,
-                       "growth": growth_mb, "window_s": round(window, 1)},
+            "rss_mb": {"first_window_max": max(raw_first) / 2**20 if raw_first else None,
+                       "last_window_max": max(raw_last) / 2**20 if raw_last else None,
+                       "kv_touched_first": max((s.kv_touched_bytes for s in rss if s.t <= window), default=0) / 2**20,
+                       "kv_touched_last": max((s.kv_touched_bytes for s in rss), default=0) / 2**20,
+                       "growth_beyond_kv": growth_mb, "window_s": round(window, 1)},
             "kv_blocks_used_peak": max((s.kv_used for s in self.samples), default=None),
             "idle": asdict(idle),
             "canary_mismatches": self.canary_mismatches[:10] + [f"idle after soak: {k}" for k in idle_drift],
@@ -552,8 +574,9 @@ def format_report(r: dict[str, Any]) -> str:
                  f"max {fmt(t['max'])}; tok/s per stream p50 {fmt(r['tokens_per_s_per_stream']['p50'])}")
     m = r["rss_mb"]
     lines.append(f"RSS MB: first {m['window_s']} s max {fmt(m['first_window_max'])}, last max "
-                 f"{fmt(m['last_window_max'])}, growth {fmt(m['growth'])}; KV blocks peak "
-                 f"{r['kv_blocks_used_peak']}, at idle {r['idle']['kv_used']}")
+                 f"{fmt(m['last_window_max'])} (KV cache filled {fmt(m['kv_touched_first'])} -> "
+                 f"{fmt(m['kv_touched_last'])}), growth beyond the KV cache {fmt(m['growth_beyond_kv'])}; "
+                 f"KV blocks peak {r['kv_blocks_used_peak']}, at idle {r['idle']['kv_used']}")
     for k, ok in r["checks"].items():
         lines.append(f"  [{'ok' if ok else 'FAIL'}] {k}")
     for f in r["failures"][:5]:

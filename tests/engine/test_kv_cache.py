@@ -145,6 +145,8 @@ class BlockPoolMachine(RuleBasedStateMachine):
             # A block is in the free queue iff nothing holds it: never both free and in use.
             assert (b.block_id in self.pool.free) == (b.ref_count == 0)
         assert self.pool.num_used + self.pool.num_free == NUM_BLOCKS
+        # Every block in use was handed out at some point: the resident-memory account never undercounts.
+        assert self.pool.num_used <= self.pool.num_touched <= NUM_BLOCKS
 
     @invariant()
     def hash_map_and_blocks_agree(self) -> None:
