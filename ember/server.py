@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Generator
@@ -26,6 +27,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from ember.api.deps import AppState
 from ember.config import ServerConfig
 from ember.errors import Overloaded
 
@@ -63,8 +65,8 @@ class DrainingServer(uvicorn.Server):
                  signal.Signals(sig).name, self.drain_timeout_s)
         self.should_exit = True
 
-    async def shutdown(self, sockets: list | None = None) -> None:
-        state = getattr(self.app.state, "ember", None)
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state: AppState | None = getattr(self.app.state, "ember", None)  # None when start-up failed
         timer = None
         if state is not None:
             state.draining = True
@@ -77,7 +79,7 @@ class DrainingServer(uvicorn.Server):
         for h in logging.getLogger().handlers:
             h.flush()
 
-    def _cut(self, state) -> None:
+    def _cut(self, state: AppState) -> None:
         n = len(self.server_state.tasks)
         log.warning("drain timeout (%.0f s): ending %d request(s) still in flight", self.drain_timeout_s, n)
         state.client.fail_all(Overloaded("the server is shutting down", retry_after=1.0))

@@ -543,6 +543,7 @@ class Soak:
             "idle": asdict(idle),
             "canary_mismatches": self.canary_mismatches[:10] + [f"idle after soak: {k}" for k in idle_drift],
             "failures": failures,
+            "records": [asdict(r) for r in self.records],
         }
 
 

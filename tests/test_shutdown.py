@@ -120,28 +120,31 @@ def open_streams(url: str, n: int, max_tokens: int) -> tuple[list[StreamResult],
     return results, threads
 
 
-def refused(url: str) -> bool:
-    try:
-        httpx.get(url + "/health", timeout=5)
-    except httpx.TransportError:
-        return True
+def refused(url: str, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url + "/health", timeout=5)
+        except httpx.TransportError:
+            return True
+        time.sleep(0.2)
     return False
 
 
 def test_sigterm_drains_16_streams_and_exits_0(server_factory) -> None:
-    s = server_factory("--drain-timeout", "120")
-    results, threads = open_streams(s.url, 16, max_tokens=96)
+    s = server_factory("--drain-timeout", "300")
+    results, threads = open_streams(s.url, 16, max_tokens=64)
     assert all(r.error is None and not r.done for r in results)  # all 16 are mid-stream
     s.proc.send_signal(signal.SIGTERM)
-    time.sleep(1.0)
-    assert refused(s.url)  # the listener is closed at once
+    assert refused(s.url)  # the listener closes while the streams run on
+    assert not all(r.done for r in results)
     for t in threads:
-        t.join(timeout=120)
-    assert s.proc.wait(timeout=120) == 0, "".join(s.log)
+        t.join(timeout=300)
+    assert s.proc.wait(timeout=300) == 0, "".join(s.log)
     for r in results:
         assert r.error is None and r.done
         assert r.finish_reason == "length" and r.error_code is None
-        assert r.events[-1]["usage"]["completion_tokens"] == 96
+        assert r.events[-1]["usage"]["completion_tokens"] == 64
     assert any("draining" in line for line in s.log)
 
 
