@@ -88,6 +88,9 @@ class EngineClient:
         self._beat = time.monotonic()
         """When the loop last finished a step or an idle wait (the watchdog's heartbeat). The idle wait
         is at most 0.5 s, so a loop that is alive and idle never lets this age past that."""
+        self._working = False
+        """The loop is handling a message or stepping (not waiting for work): a stall may happen here
+        before any stream is registered, e.g. wedged while admitting the only request."""
         self._died: BaseException | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -129,12 +132,13 @@ class EngineClient:
     def stalled_for(self) -> float:
         """Seconds since the loop last stepped while work is pending; 0.0 when nothing is pending.
 
-        Work is pending while any submission is unfinished or a message waits in the inbox. A loop that
+        Work is pending while the loop handles a message or steps, any submission is unfinished, or a
+        message waits in the inbox. A loop that
         is wedged (a kernel that never returns, a lock never released) stops beating; an idle loop beats
         every 0.5 s, so idleness alone never reads as a stall. Safe to call from any thread: it reads a
         float and the truth of a dict and a queue.
         """
-        if not self._streams and self._inbox.empty():
+        if not self._working and not self._streams and self._inbox.empty():
             return 0.0
         return max(0.0, time.monotonic() - self._beat)
 
@@ -227,6 +231,7 @@ class EngineClient:
             msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
             return True
+        self._working = True
         while True:
             if msg is None:
                 return False
@@ -260,6 +265,7 @@ class EngineClient:
     def _run_loop(self) -> None:
         while True:
             self._beat = time.monotonic()
+            self._working = False
             if not self._drain(block=not self.engine.has_work):
                 break
             self._beat = time.monotonic()
@@ -267,6 +273,7 @@ class EngineClient:
                 self._stats = self.engine.stats()
                 continue
             t0 = time.monotonic()
+            self._working = True
             try:
                 outputs = self.engine.step()
             except Exception as e:  # a failed step must not hang every waiting client

@@ -87,3 +87,30 @@ def test_a_dead_loop_turns_health_503_and_fails_requests_at_once(tiny_server) ->
     r = httpx.post(tiny_server.url + "/v1/completions",
                    json={"model": MODEL_ID, "prompt": "Hello", "max_tokens": 4}, timeout=10)
     assert r.status_code == 503 and r.headers.get("retry-after") == "1"
+
+
+def test_a_loop_wedged_admitting_the_only_request_is_seen(tiny_server) -> None:
+    """Wedged before the request is registered anywhere (no stream yet, inbox already empty)."""
+    engine = tiny_server.engine
+    real_add = engine.add
+    release = threading.Event()
+
+    def wedged_add(req):
+        release.wait(timeout=60)
+        real_add(req)
+
+    engine.add = wedged_add
+    result: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: result.append(httpx.post(
+        tiny_server.url + "/v1/completions", json={"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2},
+        timeout=60)))
+    try:
+        t.start()
+        r = wait_for(tiny_server, 503)
+        assert r.status_code == 503 and r.json()["status"] == "stalled", r.text
+    finally:
+        engine.add = real_add
+        release.set()
+    t.join(timeout=60)
+    assert result and result[0].status_code == 200
+    assert wait_for(tiny_server, 200).status_code == 200
