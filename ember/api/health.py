@@ -36,7 +36,7 @@ async def health(state: StateDep) -> JSONResponse:
     body = {"status": status, "model": state.model.model_id,
             "running": s.num_running, "waiting": s.num_waiting,
             "kv_blocks_used": s.kv_blocks_used, "kv_blocks_free": s.kv_blocks_free,
-            "seconds_since_step": round(stalled, 3)}
+            "stalled_seconds": round(stalled, 3)}
     if status == "dead" and state.client.died_of is not None:
         body["error"] = f"the engine loop died: {type(state.client.died_of).__name__}"
     return JSONResponse(body, status_code=200 if status == "ok" else 503)

@@ -133,10 +133,9 @@ class EngineClient:
         """Seconds since the loop last stepped while work is pending; 0.0 when nothing is pending.
 
         Work is pending while the loop handles a message or steps, any submission is unfinished, or a
-        message waits in the inbox. A loop that
-        is wedged (a kernel that never returns, a lock never released) stops beating; an idle loop beats
-        every 0.5 s, so idleness alone never reads as a stall. Safe to call from any thread: it reads a
-        float and the truth of a dict and a queue.
+        message waits in the inbox. A loop that is wedged (a kernel that never returns, a lock never
+        released) stops beating; an idle loop beats every 0.5 s, so idleness alone never reads as a
+        stall. Safe to call from any thread: it reads a float, a bool and the truth of a dict and a queue.
         """
         if not self._working and not self._streams and self._inbox.empty():
             return 0.0

@@ -60,7 +60,7 @@ def test_a_wedged_loop_turns_health_503_and_recovers(tiny_server) -> None:
         assert entered.wait(timeout=15)
         r = wait_for(tiny_server, 503)
         assert r.status_code == 503, r.text
-        assert r.json()["status"] == "stalled" and r.json()["seconds_since_step"] > STALL_S
+        assert r.json()["status"] == "stalled" and r.json()["stalled_seconds"] > STALL_S
     finally:
         runner.run = real_run
         release.set()
