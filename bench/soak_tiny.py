@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ember.config import CacheConfig, Config, SchedulerConfig  # noqa: E402
+from ember.config import CacheConfig, Config, SchedulerConfig, SpeculativeConfig  # noqa: E402
 from ember.model.checkpoint import Checkpoint, read_checkpoint  # noqa: E402
 from ember.model.loader import LoadedModel, build_model  # noqa: E402
 from ember.model.registry import resolve_model  # noqa: E402
@@ -42,11 +42,14 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=48)
     p.add_argument("--duration", type=float, default=60)
     p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--speculative-ngram", action="store_true", help="prompt-lookup drafts for every request")
+    p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     torch.set_num_threads(2)
-    cfg = Config(cache=CacheConfig(kv_cache_mb=a.kv_cache_mb),
-                 scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=256))
+    cfg = Config(cache=CacheConfig(kv_cache_mb=a.kv_cache_mb, enable_prefix_caching=not a.no_prefix_caching),
+                 scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=256),
+                 speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram))
     with LiveServer(cfg, tiny_model()) as server:
         report = asyncio.run(Soak(SoakConfig(base_url=server.url, model=MODEL_ID, clients=a.clients,
                                              duration_s=a.duration, max_tokens=48, request_deadline_s=120,
