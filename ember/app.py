@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ember.api import completions, health, models
 from ember.api.deps import AppState, ServedModel
@@ -47,6 +47,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes: what a soak watches for leaks
         metrics = EngineMetrics(registry)
         client = await tt.run(build_client, config, lm, metrics)
         # llguidance's vocabulary view takes ~0.2 s to build: at start-up, not inside a first request.
@@ -54,7 +55,9 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         client.start(tt)
         served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len,
                              client.engine.grammars)
-        app.state.ember = AppState(client=client, model=served, platform=platform)
+        app.state.ember = AppState(client=client, model=served, platform=platform,
+                                   stall_timeout_s=config.server.stall_timeout_s,
+                                   max_request_timeout_s=config.server.max_request_timeout_s)
         # Datasets and batch jobs: the runner resumes every job the store holds as active.
         app.state.batch = await asyncio.to_thread(BatchServices.build, store, config.store.resolved_data_dir(),
                                                   config.batch)

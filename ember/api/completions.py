@@ -34,9 +34,34 @@ def reject_unsupported(body: CompletionRequest) -> None:
         raise InvalidRequest("thinking is not supported by this model", param="thinking")
 
 
-async def run_choices(client: EngineClient, plan: Plan) -> AsyncIterator[tuple[int, RequestOutput]]:
+MAX_TIMEOUT_S = 24 * 3600.0
+
+
+def request_deadline(request: Request, t0: float, server_cap: float | None) -> float | None:
+    """The monotonic time by which this request must have finished, or None.
+
+    A client bounds a request's total time (queueing, prefill, decoding) with the header
+    `x-request-timeout: <seconds>`; the server's --max-request-timeout caps it. Past it the engine drops
+    the request: 408 `deadline_exceeded`, or an error event closing a stream.
+    """
+    raw = request.headers.get("x-request-timeout")
+    limit = server_cap
+    if raw is not None:
+        try:
+            asked = float(raw)
+        except ValueError:
+            asked = float("nan")
+        if not 0 < asked <= MAX_TIMEOUT_S:  # also refuses nan and inf
+            raise InvalidRequest(f"x-request-timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:.0f}]",
+                                 param="x-request-timeout", code="invalid_header")
+        limit = asked if limit is None else min(limit, asked)
+    return None if limit is None else t0 + limit
+
+
+async def run_choices(client: EngineClient, plan: Plan,
+                      deadline: float | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
     """Outputs of every choice, interleaved as they come; leaving early aborts whatever still runs."""
-    async for c, out in client.generate_all(plan.requests):
+    async for c, out in client.generate_all(plan.requests, deadline):
         yield c, out
 
 
@@ -124,6 +149,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     t0 = time.monotonic()
     served = resolve_served(state, body.model)
     reject_unsupported(body)
+    deadline = request_deadline(request, t0, state.max_request_timeout_s)
     engine_id = f"cmpl-{uuid.uuid4().hex}"
     # A client's x-request-id names the response, never the engine's requests: two clients sending the
     # same one must not reach (and abort) each other's sequences.
@@ -136,7 +162,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     head = {"id": rid, "object": "text_completion", "created": created, "model": served.model_id}
     states = [ChoiceState(i) for i in range(len(plan.requests))]
     if body.stream:
-        events = stream_completion(state.client, body, served, plan, head, t0, states, adm)
+        events = stream_completion(state.client, body, served, plan, head, t0, states, adm, deadline)
         # A stream that is dropped before its first event never runs its `finally`: settle it then.
         weakref.finalize(events, finish_admission, adm, states, plan, False)
         return StreamingResponse(
@@ -146,7 +172,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
         )
     completed = False
     try:
-        collect = asyncio.create_task(_collect(state.client, plan, states))
+        collect = asyncio.create_task(_collect(state.client, plan, states, deadline))
         watch = asyncio.create_task(_watch_disconnect(request))
         done, _ = await asyncio.wait({collect, watch}, return_when=asyncio.FIRST_COMPLETED)
         if collect not in done:  # the client hung up: abort everything at once
@@ -167,8 +193,9 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     return JSONResponse(resp, headers=headers)
 
 
-async def _collect(client: EngineClient, plan: Plan, states: list[ChoiceState]) -> None:
-    async for c, out in run_choices(client, plan):
+async def _collect(client: EngineClient, plan: Plan, states: list[ChoiceState],
+                   deadline: float | None = None) -> None:
+    async for c, out in run_choices(client, plan, deadline):
         states[c].add(out)
 
 
@@ -182,7 +209,8 @@ def sse(obj: dict) -> str:
 
 
 async def stream_completion(client: EngineClient, body: CompletionRequest, served: ServedModel, plan: Plan,
-                            head: dict, t0: float, states: list[ChoiceState], adm: Admission) -> AsyncIterator[str]:
+                            head: dict, t0: float, states: list[ChoiceState], adm: Admission,
+                            deadline: float | None = None) -> AsyncIterator[str]:
     """SSE: one chunk per engine output, usage on the final chunk, then [DONE].
 
     If the client disconnects, Starlette stops iterating this generator; closing it closes run_choices,
@@ -193,7 +221,7 @@ async def stream_completion(client: EngineClient, body: CompletionRequest, serve
     echo_len = [0] * len(states)  # generated text offsets count from after the echoed prompt
     remaining = len(states)
     try:
-        async for c, out in run_choices(client, plan):
+        async for c, out in run_choices(client, plan, deadline):
             st = states[c]
             before_lp, before_off = len(st.logprobs), len(st.offsets)
             st.add(out)

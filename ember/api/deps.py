@@ -35,6 +35,10 @@ class AppState:
     client: EngineClient
     model: ServedModel
     platform: Platform
+    stall_timeout_s: float = 30.0
+    max_request_timeout_s: float | None = None
+    draining: bool = False
+    """Set when shutdown has begun: /health answers 503 so that load balancers stop sending work."""
 
 
 def get_state(request: Request) -> AppState:
