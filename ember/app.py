@@ -9,9 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from ember.api import completions, health, models
+from ember.api import chat, completions, health, models
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
+from ember.api.responses import document_stream_models
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
@@ -58,6 +59,8 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(completions.router)
+    app.include_router(chat.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    document_stream_models(app)
     return app

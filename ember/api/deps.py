@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ember.api.chat_template import ChatTemplate, chat_template_of
 from ember.engine.client import EngineClient
 from ember.engine.grammar import GrammarCompiler
 from ember.errors import NotFound, Unauthorized
@@ -23,6 +25,11 @@ class ServedModel:
     grammars: GrammarCompiler | None = None
     """Validates response_format grammars (the engine's own compiler, so each is compiled once)."""
     created: int = field(default_factory=lambda: int(time.time()))
+
+    @cached_property
+    def chat_template(self) -> ChatTemplate | None:
+        """The model's chat template, compiled once; None when the checkpoint has none."""
+        return chat_template_of(self.tokenizer)
 
     def answers_to(self, name: str) -> bool:
         return name == self.model_id or name in self.aliases
