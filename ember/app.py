@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from ember.api import chat, completions, health, models
+from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
 from ember.api.responses import document_stream_models
@@ -60,6 +60,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(chat.router)
+    app.include_router(tokenize.router)
     app.include_router(models.router)
     app.include_router(health.router)
     document_stream_models(app)

@@ -239,11 +239,45 @@ class ChatCompletionRequest(GenerationRequest):
     safe_tokenization: StrictBool | None = None
 
 
+# -- /tokenize, /detokenize (vLLM's shapes) ----------------------------------------------------------
+
+class TokenizeCompletionRequest(WireModel):
+    model: str | None = None
+    prompt: str
+    add_special_tokens: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class TokenizeChatRequest(WireModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: StrictBool = True
+    """Ignored when the last message is the assistant's (it is continued, as chat does)."""
+    return_token_strs: StrictBool = False
+
+
+class TokenizeResponse(WireModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(WireModel):
+    model: str | None = None
+    tokens: list[Annotated[StrictInt, Field(ge=0)]]
+
+
+class DetokenizeResponse(WireModel):
+    prompt: str
+
+
 def _field_names(*models: type[BaseModel]) -> frozenset[str]:
     return frozenset(a.alias or n for m in models for n, a in m.model_fields.items())
 
 
 WIRE_FIELD_NAMES = _field_names(CompletionRequest, ChatCompletionRequest, ChatMessage, ContentPart, ChatTool,
-                                FunctionDef, StreamOptions, ResponseFormat, ThinkingConfigEnabled,
+                                FunctionDef, TokenizeCompletionRequest, TokenizeChatRequest, DetokenizeRequest,
+                                StreamOptions, ResponseFormat, ThinkingConfigEnabled,
                                 PredictedOutput)
 """Every field name a request can hold; `ember.api.errors` names the faulty one from these."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI
 from pydantic import BaseModel
@@ -27,11 +27,19 @@ from ember.tokenizer import Tokenizer
 # -- wire models ------------------------------------------------------------------------------------
 
 
-class Envelope(BaseModel):
-    """A top-level response or chunk: its `object` tag is always sent, though it has a default."""
+class Sent(BaseModel):
+    """Fields named in `always` are sent though left at their default (`object`, `role` tags)."""
+
+    always: ClassVar[tuple[str, ...]] = ()
 
     def model_post_init(self, context: Any, /) -> None:
-        self.__pydantic_fields_set__.add("object")
+        self.__pydantic_fields_set__.update(self.always)
+
+
+class Envelope(Sent):
+    """A top-level response or chunk."""
+
+    always = ("object",)
 
 
 class PromptTokensDetails(BaseModel):
@@ -79,7 +87,8 @@ class CompletionChunk(CompletionResponse):
     """One SSE event of a streamed completion: the choices that moved, usage on the final chunk."""
 
 
-class AssistantMessage(BaseModel):
+class AssistantMessage(Sent):
+    always = ("role",)
     role: Literal["assistant"] = "assistant"
     content: str | None = None
 

@@ -267,25 +267,27 @@ def _template_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
     return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
 
 
-def _render(template: ChatTemplate, messages: list[dict[str, str]]) -> tuple[str, list[int]]:
+def _render(template: ChatTemplate, messages: list[dict[str, str]], generation_prompt: bool) -> tuple[str, list[int]]:
     # A conversation ending with the assistant is a prefill: the model continues that message.
     prefill = messages[-1]["role"] == "assistant"
-    r = template.encode(messages, add_generation_prompt=not prefill, continue_final_message=prefill)
+    r = template.encode(messages, add_generation_prompt=generation_prompt and not prefill,
+                        continue_final_message=prefill)
     return r.text, r.token_ids
 
 
-def render_chat(req: ChatCompletionRequest, template: ChatTemplate) -> tuple[str, list[int]]:
+def render_chat(req: ChatCompletionRequest, template: ChatTemplate,
+                generation_prompt: bool = True) -> tuple[str, list[int]]:
     """The prompt text and ids; with prompt_truncate_len, the oldest turns go first (system messages and
     the last message stay) until the prompt fits."""
     messages = _template_messages(req)
-    text, ids = _render(template, messages)
+    text, ids = _render(template, messages, generation_prompt)
     limit = req.prompt_truncate_len
     while limit is not None and len(ids) > limit:
         drop = next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
         if drop is None:
             break  # only system messages and the last one are left: the context check decides
         del messages[drop]
-        text, ids = _render(template, messages)
+        text, ids = _render(template, messages, generation_prompt)
     return text, ids
 
 
