@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
+from ember.api.playground import mount_playground
 from ember.api.responses import document_stream_models
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
@@ -64,4 +65,5 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     app.include_router(models.router)
     app.include_router(health.router)
     document_stream_models(app)
+    mount_playground(app)
     return app
