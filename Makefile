@@ -7,12 +7,20 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install sysdeps serve test lint bench clean
 
 install: $(STAMP)
 
+# System packages the tests drive: Debian's chromium (the playground's browser tests, through Playwright;
+# no browser is ever downloaded) and curl (they run the page's "copy as curl" command).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+sysdeps:
+	command -v chromium >/dev/null && command -v curl >/dev/null || \
+		($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium curl)
+
 # torch is pinned (a CPU wheel); constraints.txt keeps every later install from pulling another torch.
 $(STAMP): pyproject.toml constraints.txt
+	$(MAKE) sysdeps
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0

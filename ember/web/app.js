@@ -43,9 +43,10 @@ async function errorText(resp) {
 async function loadModels() {
   const resp = await fetch("/v1/models", { headers: headers() });
   if (resp.status === 401) {
-    showBanner("This server requires an API key: enter it in the API key box above.", "info");
     $("api-key").placeholder = "required";
     $("api-key").setAttribute("aria-invalid", "true");
+    if ($("api-key").value.trim()) showBanner(await errorText(resp));
+    else showBanner("This server requires an API key: enter it in the API key box above.", "info");
     return;
   }
   if (!resp.ok) { showBanner(await errorText(resp)); return; }
@@ -61,7 +62,7 @@ async function loadModels() {
   }));
   if (chosen && data.some((m) => m.id === chosen)) select.value = chosen;
   onModelChange();
-  if ($("banner").classList.contains("info")) showBanner("");
+  showBanner("");
 }
 
 function onModelChange() {

@@ -12,7 +12,7 @@ import pytest
 import transformers
 from langchain_openai import ChatOpenAI
 
-from ember.config import CacheConfig, Config, SchedulerConfig
+from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig
 from ember.model.loader import LoadedModel
 from ember.tokenizer import Tokenizer
 from tests.conftest import MODEL_ID, LiveServer
@@ -130,13 +130,33 @@ def test_stream_and_non_stream_carry_the_same_extras(smol_server) -> None:
 
 def test_refusal_before_the_first_token_is_an_http_status(smol_served: LoadedModel) -> None:
     """An engine refusal (the request cannot fit the KV cache) is a 400 on a stream too, not a 200 + error."""
-    cfg = Config(cache=CacheConfig(kv_cache_mb=1), scheduler=SchedulerConfig(max_num_seqs=4))
+    cfg = Config(cache=CacheConfig(kv_cache_mb=4), scheduler=SchedulerConfig(max_num_seqs=4))
     with LiveServer(cfg, smol_served) as s:
-        body = {"messages": ASK, "max_tokens": 500}
-        for stream in (False, True):
-            r = post(s, **body, stream=stream)
-            assert r.status_code == 400, (stream, r.text)
-            assert r.json()["error"]["param"] == "max_tokens" and "KV cache" in r.json()["error"]["message"]
+        assert 40 < s.engine.kv_capacity_tokens < 500
+        for path, body in (("/v1/chat/completions", {"messages": ASK}), ("/v1/completions", {"prompt": "Hi"})):
+            for stream in (False, True):
+                r = httpx.post(s.url + path, json={"model": MODEL_ID, "max_tokens": 500, "stream": stream} | body,
+                               timeout=60)
+                assert r.status_code == 400, (path, stream, r.text)
+                err = r.json()["error"]
+                assert err["param"] == "max_tokens" and "KV cache" in err["message"]
+        assert post(s, messages=ASK, max_tokens=2, stream=True).status_code == 200  # what fits still runs
+
+
+def test_context_length_exceeded_behavior(smol_served: LoadedModel) -> None:
+    cfg = Config(model=ModelConfig(max_model_len=64), cache=CacheConfig(kv_cache_mb=16),
+                 scheduler=SchedulerConfig(max_num_seqs=4))
+    long = [{"role": "user", "content": "word " * 20}]
+    with LiveServer(cfg, smol_served) as s:
+        r = post(s, messages=long, max_tokens=100, context_length_exceeded_behavior="error")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        r = post(s, messages=long, max_tokens=100, temperature=0, ignore_eos=True)
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "length"
+        assert r.json()["usage"]["total_tokens"] == 64
+        r = post(s, messages=long, temperature=0, ignore_eos=True)  # no max_tokens: up to the window
+        assert r.json()["usage"]["total_tokens"] == 64
+        r = post(s, messages=[{"role": "user", "content": "word " * 40}], max_tokens=1)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
 
 
 # -- parameters ---------------------------------------------------------------------------------------

@@ -191,6 +191,7 @@ def test_wrong_key_is_a_clear_401(key_server, page: Page) -> None:
     shot(page, "5-key-required")
     page.get_by_label("API key").fill("wrong-key")
     page.get_by_label("API key").press("Tab")
+    expect(banner).to_contain_text("401 Unauthorized: invalid or missing API key")
     page.get_by_label("Message", exact=True).fill("hello")
     page.get_by_role("button", name="Send").click()
     expect(banner).to_contain_text("401 Unauthorized")
