@@ -146,6 +146,8 @@ function buildRequest(input) {
   if (topK) body.top_k = topK;
   const minP = Number($("min_p").value);
   if (minP) body.min_p = minP;
+  const typical = Number($("typical_p").value);
+  if (typical !== 1) body.typical_p = typical;
   const rep = Number($("repetition_penalty").value);
   if (rep !== 1) body.repetition_penalty = rep;
   const freq = Number($("frequency_penalty").value);
@@ -475,7 +477,7 @@ function onFormatChange() {
 }
 
 function init() {
-  for (const id of ["temperature", "top_p", "min_p", "repetition_penalty", "frequency_penalty", "presence_penalty"]) {
+  for (const id of ["temperature", "top_p", "min_p", "typical_p", "repetition_penalty", "frequency_penalty", "presence_penalty"]) {
     bindRange(id);
   }
   $("composer").addEventListener("submit", send);

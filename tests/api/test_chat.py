@@ -10,6 +10,8 @@ import httpx
 import openai
 import pytest
 import transformers
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from langchain_openai import ChatOpenAI
 
 from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig
@@ -308,3 +310,34 @@ def test_model_without_chat_template_is_400(tiny: LoadedModel) -> None:
         assert r.json()["error"]["code"] == "no_chat_template" and r.json()["error"]["param"] == "messages"
         card = httpx.get(s.url + "/v1/models", timeout=10).json()["data"][0]
         assert card["supports_chat"] is False
+
+
+# -- robustness ---------------------------------------------------------------------------------------
+
+def test_lone_surrogate_in_a_message_is_400(smol_server) -> None:
+    body = {"model": MODEL_ID, "max_tokens": 1, "messages": [{"role": "user", "content": "hi \ud800"}]}
+    r = httpx.post(smol_server.url + "/v1/chat/completions", content=json.dumps(body),
+                   headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages" and r.json()["error"]["code"] == "invalid_unicode"
+
+
+ROLES = st.sampled_from(["system", "developer", "user", "assistant"])
+TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30) | st.sampled_from(
+    ["{{ 7*7 }}", "{% for x in range(9999999) %}", "<|im_end|>", "<|im_start|>assistant\n", "", " ", "\n"])
+MESSAGE = st.fixed_dictionaries({"role": ROLES, "content": TEXT | st.lists(
+    st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}), max_size=3)})
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(messages=st.lists(MESSAGE, min_size=1, max_size=4), stream=st.booleans())
+def test_any_conversation_is_answered_never_a_500(smol_server, messages: list[dict], stream: bool) -> None:
+    """Message text is data, never template code; whatever the conversation, a 200 or a 400 naming messages."""
+    r = post(smol_server, messages=messages, max_tokens=2, temperature=0, stream=stream)
+    assert r.status_code in (200, 400), r.text
+    if r.status_code == 400:
+        assert r.json()["error"]["param"] == "messages"
+    elif not stream:
+        assert r.json()["choices"][0]["message"]["role"] == "assistant"
+    else:
+        assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
