@@ -117,14 +117,34 @@ def test_stream_and_non_stream_carry_the_same_extras(smol_server) -> None:
     choice = full["choices"][0]
     moved = [e["choices"][0] for e in events if e["choices"]]
     assert "".join(c["delta"].get("content", "") for c in moved) == choice["message"]["content"]
+    _same_extras(full, events, choice, moved)
+    assert [c["prompt_token_ids"] for c in moved if "prompt_token_ids" in c] == [full["prompt_token_ids"]]
+    assert choice["raw_output"]["prompt_fragments"][0].endswith("<|im_start|>assistant\n")
+    assert choice["raw_output"]["prompt_token_ids"] == full["prompt_token_ids"]
+
+
+def test_completion_stream_carries_raw_output_too(smol_server) -> None:
+    """Before the shared builder, raw_output existed only in non-streaming completions."""
+    kw = dict(model=MODEL_ID, prompt="The capital of France is", max_tokens=6, temperature=0, raw_output=True,
+              return_token_ids=True, logprobs=True, top_logprobs=2, perf_metrics_in_response=True)
+    full = httpx.post(smol_server.url + "/v1/completions", json=kw, timeout=120).json()
+    with httpx.stream("POST", smol_server.url + "/v1/completions", json=kw | {"stream": True}, timeout=120) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    choice = full["choices"][0]
+    moved = [e["choices"][0] for e in events]
+    assert "".join(c["text"] for c in moved) == choice["text"]
+    _same_extras(full, events, choice, moved)
+    assert [c["prompt_token_ids"] for c in moved if "prompt_token_ids" in c] == [choice["prompt_token_ids"]]
+
+
+def _same_extras(full: dict, events: list[dict], choice: dict, moved: list[dict]) -> None:
     assert [t for c in moved for t in c.get("token_ids", [])] == choice["token_ids"]
     content = [x for c in moved if c.get("logprobs") for x in c["logprobs"]["content"]]
-    assert content == choice["logprobs"]["content"]
+    assert content == choice["logprobs"]["content"] and len(content) == len(choice["token_ids"])
     assert all(len(x["top_logprobs"]) == 2 for x in content)
     raws = [c["raw_output"] for c in moved if "raw_output" in c]
     assert raws == [choice["raw_output"]]
-    assert raws[0]["prompt_fragments"][0].endswith("<|im_start|>assistant\n")
-    assert [c["prompt_token_ids"] for c in moved if "prompt_token_ids" in c] == [full["prompt_token_ids"]]
+    assert raws[0]["completion_token_ids"] == choice["token_ids"] and raws[0]["completion_logprobs"]
     for k in ("prompt_tokens", "completion_tokens", "total_tokens"):  # cached tokens differ: the prefix is warm
         assert events[-1]["usage"][k] == full["usage"][k]
     assert set(events[-1]["perf_metrics"]) == set(full["perf_metrics"])

@@ -6,6 +6,7 @@ GGUF's `tokenizer.chat_template`, as ember's is.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,3 +104,18 @@ def test_model_without_template(smol_checkpoint: Checkpoint) -> None:
     tok = smol_checkpoint.tokenizer
     bare = Tokenizer(tok.hf, bos_id=tok.bos_id, eos_id=tok.eos_id, chat_template=None)
     assert chat_template_of(bare) is None
+
+
+def test_hf_checkpoint_template_matches_transformers(theirs: Any, tmp_path: Path) -> None:
+    """A Hugging Face tokenizer folder (tokenizer.json + tokenizer_config.json / chat_template.jinja, as
+    transformers saves it): the template is read from there and renders the same ids."""
+    theirs.save_pretrained(tmp_path)
+    from_dir = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    tok = Tokenizer.from_file(tmp_path / "tokenizer.json")
+    ours = chat_template_of(tok)
+    assert ours is not None
+    for messages in [*CONVERSATIONS.values(), PREFILL]:
+        prefill = messages[-1]["role"] == "assistant"
+        got = ours.encode(messages, add_generation_prompt=not prefill, continue_final_message=prefill)
+        assert got.token_ids == their_ids(from_dir, messages, add_generation_prompt=not prefill,
+                                          continue_final_message=prefill)
