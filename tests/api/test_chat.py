@@ -308,6 +308,7 @@ def test_schema_violations_are_422(smol_server, patch: dict, param: str) -> None
     r = post(smol_server, **({"messages": ASK} | patch))
     assert r.status_code == 422, r.text
     assert r.json()["error"]["param"] == param
+    assert r.json()["error"]["message"].startswith(param + ": ")
 
 
 def test_sdk_errors(openai_client: openai.OpenAI) -> None:
