@@ -155,6 +155,7 @@ function buildRequest(input) {
   const pres = Number($("presence_penalty").value);
   if (pres) body.presence_penalty = pres;
   if ($("seed").value !== "") body.seed = Number($("seed").value);
+  if ($("ignore_eos").checked) body.ignore_eos = true;
   const stop = $("stop").value.split("\n").filter((s) => s.length > 0);
   if (stop.length) body.stop = stop.slice(0, 4);
   if ($("logprobs").checked) {

@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from ember.config import CacheConfig, Config, SchedulerConfig, ServerConfig
+from tests.api.test_disconnect import wait_idle
 from tests.conftest import MODEL_ID, LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
@@ -251,6 +252,26 @@ def test_completion_mode_on_a_narrow_window(smol_server, page: Page) -> None:
     assert out == "The capital of France is" + ref["choices"][0]["text"]
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     shot(page, "8-narrow-completion")
+
+
+def test_stop_ends_the_generation_on_the_server(smol_server, page: Page) -> None:
+    open_page(page, smol_server)
+    wait_idle(smol_server)
+    page.fill("#max_tokens", "4000")
+    page.get_by_label("ignore_eos").check()
+    page.get_by_label("Message", exact=True).fill("Tell me a very long story.")
+    page.get_by_role("button", name="Send").click()
+    answer = page.locator(".msg.assistant .body").last
+    page.wait_for_function("() => document.querySelector('.msg.assistant .body').textContent.length > 40")
+    assert smol_server.engine.has_work
+    page.get_by_role("button", name="Stop").click()
+    expect(page.locator("#send")).to_be_enabled()
+    wait_idle(smol_server, timeout=10)  # the fetch was aborted, so the server aborted the sequence
+    shown = answer.inner_text()
+    assert 40 < len(shown) and page.locator(".finish").count() == 0
+    page.wait_for_timeout(300)
+    assert answer.inner_text() == shown  # nothing arrives after Stop
+    assert last_request(page)["body"]["ignore_eos"] is True
 
 
 def test_page_is_static_and_public(key_server) -> None:
