@@ -10,11 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from ember.api import completions, health, models
+from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
 from ember.api.platform import Platform
+from ember.api.playground import mount_playground
 from ember.api.response_headers import StateHeaders
+from ember.api.responses import document_stream_models
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
@@ -79,10 +81,14 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(completions.router)
+    app.include_router(chat.router)
+    app.include_router(tokenize.router)
     app.include_router(models.router)
     app.include_router(health.router)
     for router in (accounts.router, usage.router, quotas.router, datasets.router, batch_jobs.router,
                    openai_batch.router):
         app.include_router(router)
     app.add_middleware(StateHeaders)
+    document_stream_models(app)
+    mount_playground(app)
     return app

@@ -139,7 +139,7 @@ def validation_body(errors: list[dict]) -> dict:
     param = _param_for(first)
     text = str(first["msg"]).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
-        text = "unknown field; the completions API does not accept it"
+        text = "unknown field; this endpoint does not accept it"
     # A union reports one error per branch; the first one names the field and says enough.
     msg = f"{param}: {text}" if param else text
     if first.get("type") == "json_invalid":
