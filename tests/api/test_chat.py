@@ -108,6 +108,21 @@ def test_stream_deltas_as_openai_sends_them(openai_client: openai.OpenAI) -> Non
     assert last.usage.prompt_tokens == full.usage.prompt_tokens
 
 
+def test_stream_with_n_choices(smol_server) -> None:
+    kw = dict(messages=ASK, max_tokens=8, temperature=0.8, seed=3, n=3)
+    full = post(smol_server, **kw).json()
+    events = stream_events(smol_server, **kw)
+    opening = [e["choices"][0] for e in events[:3]]
+    assert opening == [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None,
+                        "logprobs": None} for i in range(3)]
+    for i, choice in enumerate(full["choices"]):
+        mine = [e["choices"][0] for e in events[3:] if e["choices"][0]["index"] == i]
+        assert "".join(c["delta"].get("content", "") for c in mine) == choice["message"]["content"]
+        assert [c["finish_reason"] for c in mine if c["finish_reason"]] == [choice["finish_reason"]]
+    assert [e for e in events if "usage" in e] == [events[-1]]
+    assert events[-1]["usage"]["completion_tokens"] == full["usage"]["completion_tokens"]
+
+
 def test_stream_and_non_stream_carry_the_same_extras(smol_server) -> None:
     """raw_output, token ids and logprobs come from one builder: the stream's add up to the response's."""
     kw = dict(messages=ASK, max_tokens=6, temperature=0, raw_output=True, return_token_ids=True,
