@@ -1,9 +1,10 @@
 """The one module that knows both wire and engine types.
 
 Inward: a CompletionRequest becomes EngineRequests (tokenized prompts, n fan-out with choice index
-prompt_i * n + j, max_tokens fitted to the context); a ChatCompletionRequest is rendered through the model's
-chat template into a CompletionRequest over token ids, then takes the same way. Outward: RequestOutputs become Choices and stream
-chunks, with legacy or new-style logprobs, echo and token ids.
+prompt_i * n + j, max_tokens fitted to the context); a ChatCompletionRequest is rendered through the
+model's chat template into a CompletionRequest over token ids, then takes the same way. Outward:
+RequestOutputs become Choices and stream chunks, with legacy or new-style logprobs, echo and token ids
+(shaped for the wire by api/responses.py).
 """
 
 from __future__ import annotations
