@@ -145,7 +145,10 @@ def test_streamed_chat_with_token_view_and_metrics(smol_server, page: Page) -> N
     # Usage and perf metrics from the final chunk.
     assert page.locator("#m-prompt").inner_text() == str(ref["usage"]["prompt_tokens"])
     assert page.locator("#m-completion").inner_text() == str(ref["usage"]["completion_tokens"])
-    assert float(page.locator("#m-tps").inner_text()) > 0
+    final = page.evaluate("() => ui.lastFinal")
+    perf, n = final["perf_metrics"], final["usage"]["completion_tokens"]
+    decode_rate = (n - 1) / (perf["server-processing-time"] - perf["server-time-to-first-token"])
+    assert float(page.locator("#m-tps").inner_text()) == pytest.approx(decode_rate, abs=0.06) and decode_rate > 0
     assert page.locator("#m-ttft").inner_text().endswith(" s")
     assert page.locator("#m-server-ttft").inner_text().endswith(" s")
 
