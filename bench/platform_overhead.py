@@ -112,7 +112,7 @@ def side_by_side(rounds: int) -> dict:
             proc = serve(port, open_dir if mode == "none" else keyed_dir, "--auth", mode)
             k = key if mode == "keys" else None
             try:
-                streams = bench(port, k, "-c", "32", "-n", "96", "--prompt-tokens", "100", "--max-tokens", "128")
+                streams = bench(port, k, "-c", "32", "-n", "64", "--prompt-tokens", "100", "--max-tokens", "128")
                 cached = bench(port, k, "-c", "1", "-n", "20", "--prompt-tokens", "912", "--max-tokens", "1",
                                "--shared-prefix-tokens", "900")
             finally:
@@ -120,6 +120,8 @@ def side_by_side(rounds: int) -> dict:
                 proc.wait(60)
             results[mode]["tps"].append(streams["gen_tok_s"])
             results[mode]["ttft"].append(cached["ttft_s"]["p50"] * 1000)
+            print(f"# {mode}: {streams['gen_tok_s']:.1f} tok/s at 32 streams, cached-prefix TTFT p50 "
+                  f"{cached['ttft_s']['p50'] * 1000:.1f} ms", file=sys.stderr, flush=True)
     med = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in results.items()}
     return {"rounds": results, "median": med,
             "tps_ratio_keys_over_none": med["keys"]["tps"] / med["none"]["tps"],
