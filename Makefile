@@ -7,9 +7,18 @@ PORT   ?= 8000
 ARGS   ?=
 PYTEST ?=
 
-.PHONY: install serve test lint bench clean
+.PHONY: install sysdeps serve test lint bench clean
 
 install: $(STAMP)
+
+# System packages the tests drive (installed once; needs root or sudo): Debian's postgresql (the store tests
+# start their own server as the unprivileged `postgres` user), chromium (the playground's browser tests,
+# through Playwright; no browser is ever downloaded) and curl (they run the page's "copy as curl" command).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+sysdeps:
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v chromium && command -v curl ; } >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+			--no-install-recommends postgresql chromium curl ; }
 
 # torch is pinned (a CPU wheel); constraints.txt keeps every later install from pulling another torch.
 $(STAMP): pyproject.toml constraints.txt
@@ -24,7 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 serve: $(STAMP)
 	$(VENV)/bin/ember serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) sysdeps
 	$(PY) -m pytest -q $(PYTEST)
 
 lint: $(STAMP)

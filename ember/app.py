@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,14 +10,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from ember.api import completions, health, models
+from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
+from ember.api.platform import Platform
+from ember.api.playground import mount_playground
+from ember.api.response_headers import StateHeaders
+from ember.api.responses import document_stream_models
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
 from ember.engine.metrics import EngineMetrics
+from ember.gateway import accounts, batch_jobs, datasets, openai_batch, quotas, usage
+from ember.gateway.batch_runner import BatchRunner
+from ember.gateway.services import BatchServices
 from ember.model.loader import LoadedModel, load_model
+from ember.store.db import open_store
 
 log = logging.getLogger("ember")
 
@@ -34,6 +43,9 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await asyncio.to_thread(open_store, config.store)
+        platform = Platform(store, config.platform, config.server.api_keys, config.scheduler.max_num_seqs)
+        platform.start()
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
@@ -45,9 +57,15 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         client.start(tt)
         served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len,
                              client.engine.grammars)
-        app.state.ember = AppState(client=client, model=served, api_keys=config.server.api_keys,
+        app.state.ember = AppState(client=client, model=served, platform=platform,
                                    stall_timeout_s=config.server.stall_timeout_s,
                                    max_request_timeout_s=config.server.max_request_timeout_s)
+        # Datasets and batch jobs: the runner resumes every job the store holds as active.
+        app.state.batch = await asyncio.to_thread(BatchServices.build, store, config.store.resolved_data_dir(),
+                                                  config.batch)
+        runner = BatchRunner(app.state.batch, client, served, platform.meter)
+        app.state.batch_runner = runner
+        runner.start()
         app.state.registry = registry
         app.state.metrics = metrics
         log.info("serving %s (%d KV blocks of %d tokens)", served.model_id, client.engine.pool.num_blocks,
@@ -55,12 +73,22 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         try:
             yield
         finally:
+            await runner.stop()
             client.stop()
             tt.shutdown()
+            await asyncio.to_thread(platform.stop)
 
     app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(completions.router)
+    app.include_router(chat.router)
+    app.include_router(tokenize.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    for router in (accounts.router, usage.router, quotas.router, datasets.router, batch_jobs.router,
+                   openai_batch.router):
+        app.include_router(router)
+    app.add_middleware(StateHeaders)
+    document_stream_models(app)
+    mount_playground(app)
     return app

@@ -8,14 +8,20 @@ import logging
 import os
 import sys
 
+from ember.cli_admin import add_admin_commands, add_store_flags, run_admin, store_config
+from ember.cli_jobs import add_jobs_commands, run_jobs
 from ember.config import (
+    AUTH_MODES,
     QUANTIZATIONS,
+    BatchConfig,
     CacheConfig,
     Config,
     ModelConfig,
+    PlatformConfig,
     SchedulerConfig,
     ServerConfig,
     SpeculativeConfig,
+    StoreConfig,
 )
 from ember.errors import EmberError
 
@@ -59,7 +65,36 @@ def _config(a: argparse.Namespace) -> Config:
                             stall_timeout_s=getattr(a, "health_stall_timeout", ServerConfig.stall_timeout_s),
                             max_request_timeout_s=getattr(a, "max_request_timeout", None)),
         speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
+        store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
+        platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
+                                allow_unauthenticated=getattr(a, "allow_unauthenticated", False),
+                                max_queued_requests=getattr(a, "max_queued_requests", 1024)),
+        batch=BatchConfig(max_upload_mb=getattr(a, "max_upload_mb", BatchConfig.max_upload_mb)),
     )
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def refuse_open_exposure(config: Config) -> None:
+    """Serving open (no key needed) is only for this machine unless the operator says otherwise."""
+    host = config.server.host
+    if host in LOOPBACK or host.startswith("127.") or config.platform.allow_unauthenticated:
+        return
+    if config.server.api_keys or config.platform.auth == "keys":
+        return
+    if config.platform.auth == "auto":
+        from ember.store.accounts import Accounts
+        from ember.store.db import open_store
+
+        store = open_store(config.store)
+        try:
+            if Accounts(store).count() > 0:
+                return
+        finally:
+            store.close()
+    raise ValueError(f"refusing to serve without API keys on {host}: create an account first "
+                     "(`ember accounts create ID --email E`), pass --auth keys, or --allow-unauthenticated")
 
 
 def serve(a: argparse.Namespace) -> int:
@@ -69,6 +104,7 @@ def serve(a: argparse.Namespace) -> int:
     from ember.server import run_server
 
     config = _config(a)
+    refuse_open_exposure(config)
     print(f"ember: loading {config.model.model or 'the default model'} ...", file=sys.stderr)
     torch_thread = TorchThread()  # loads here and steps later: one thread for all torch work
     loaded = torch_thread.submit(load_model, config.model).result()
@@ -122,7 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     _add_engine_flags(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--api-key", action="append", help="require this Bearer key (repeatable)")
+    s.add_argument("--api-key", action="append",
+                   help="a static Bearer key for account 'local' (repeatable); keys from the store work too")
+    s.add_argument("--auth", default="auto", choices=list(AUTH_MODES),
+                   help="auto: keys required once an account exists; keys: always; none: never")
+    s.add_argument("--allow-unauthenticated", action="store_true",
+                   help="allow serving without keys on a non-loopback address")
+    s.add_argument("--max-queued-requests", type=int, default=PlatformConfig.max_queued_requests,
+                   help="waiting sequences past which new requests get 503 (priority tier: twice)")
+    add_store_flags(s)
+    s.add_argument("--max-upload-mb", type=int, default=BatchConfig.max_upload_mb,
+                   help="largest dataset file :upload accepts (413 past it)")
     s.add_argument("--log-level", default="info")
     s.add_argument("--drain-timeout", type=float, default=ServerConfig.drain_timeout_s,
                    help="seconds requests in flight may run on after SIGTERM/SIGINT; a second signal exits at once")
@@ -138,10 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=None)
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
+    add_admin_commands(sub)
+    add_jobs_commands(sub)
     sub.add_parser("soak", help="abuse a live server for a while, then check nothing leaked (`ember soak --help`)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if a.cmd in ("accounts", "keys", "usage"):
+            return run_admin(a)
+        if a.cmd == "jobs":
+            return run_jobs(a)
         return serve(a) if a.cmd == "serve" else complete(a)
     except EmberError as e:
         print(f"ember: error: {e.message}", file=sys.stderr)

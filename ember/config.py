@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 QUANTIZATIONS = ("auto", "int4", "int8", "none")
@@ -103,6 +104,82 @@ class ServerConfig:
             raise ValueError("max_request_timeout_s must be positive")
 
 
+AUTH_MODES = ("auto", "keys", "none")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    data_dir: str | None = None
+    """Where the SQLite file (ember.db) and, later, datasets live; None = $XDG_DATA_HOME/ember or
+    ~/.local/share/ember."""
+    url: str | None = None
+    """An SQLAlchemy URL (postgresql+psycopg://user:pass@host/db) that replaces the SQLite file."""
+
+    def resolved_data_dir(self) -> str:
+        if self.data_dir:
+            return self.data_dir
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        return os.path.join(base, "ember")
+
+    def database_url(self) -> str:
+        if self.url:
+            return self.url
+        return "sqlite:///" + os.path.join(os.path.abspath(self.resolved_data_dir()), "ember.db")
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("sqlite", "postgresql")):
+            raise ValueError("--db must be a sqlite:/// or postgresql+psycopg:// URL")
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    auth: str = "auto"
+    """"auto": keys required once the store holds an account, open (completions only) before that;
+    "keys": always required; "none": never required."""
+    allow_unauthenticated: bool = False
+    """Serve open on a non-loopback address (refused otherwise)."""
+    max_queued_requests: int = 1024
+    """Sequences waiting for the engine past which new requests get 503 (service_tier "priority" gets
+    twice as much room)."""
+    usage_flush_s: float = 1.0
+    """How often metered usage is written to the store (also on read and at shutdown)."""
+    key_cache_s: float = 5.0
+    """How long a verified key is trusted before the store is asked again (bounds how late another
+    process sees a deleted key)."""
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        if self.max_queued_requests < 1:
+            raise ValueError("max_queued_requests must be at least 1")
+        if not 0.05 <= self.usage_flush_s <= 60:
+            raise ValueError("usage_flush_s must be in 0.05..60")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_upload_mb: int = 150
+    """Largest dataset file `:upload` takes (413 past it); the file streams to disk, never into memory."""
+    download_url_ttl_s: int = 600
+    """How long a signed dataset download URL stays valid."""
+    max_inflight_rows: int = 64
+    """Batch rows handed to the engine at once (all jobs together); the engine runs them at low priority."""
+    job_ttl_h: float = 24.0
+    """A job not finished this long after creation ends EXPIRED (its results so far are kept)."""
+    poll_s: float = 0.5
+    """How often the job runner looks for new, cancelled or expired jobs."""
+
+    def __post_init__(self) -> None:
+        if self.max_upload_mb < 1:
+            raise ValueError("max_upload_mb must be at least 1")
+        if self.download_url_ttl_s < 1:
+            raise ValueError("download_url_ttl_s must be at least 1")
+        if self.max_inflight_rows < 1:
+            raise ValueError("max_inflight_rows must be at least 1")
+        if self.job_ttl_h <= 0:
+            raise ValueError("job_ttl_h must be positive")
+
+
 @dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -110,3 +187,6 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)

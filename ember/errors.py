@@ -39,8 +39,28 @@ class NotFound(EmberError):
     code = "model_not_found"
 
 
+class ResourceNotFound(NotFound):
+    """A platform resource (account, user, key, quota) that does not exist or is not the caller's."""
+
+    code = "not_found"
+
+
 class Unauthorized(EmberError):
     code = "invalid_api_key"
+
+
+class PermissionDenied(EmberError):
+    """A valid key whose role lacks the right (a 403)."""
+
+    code = "permission_denied"
+
+
+class AlreadyExists(EmberError):
+    code = "already_exists"
+
+
+class FailedPrecondition(EmberError):
+    code = "failed_precondition"
 
 
 class RateLimited(EmberError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -14,11 +15,12 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig
+from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig, StoreConfig
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.loader import LoadedModel, build_model, load_model
 from ember.model.registry import ModelRef, resolve_model
+from tests.postgres import PostgresServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -132,15 +134,27 @@ class LiveServer(UvicornThread):
         return self.app.state.ember.client.engine
 
 
-def server_config(**cache: object) -> Config:
+def server_config(data_dir: str | None = None, **cache: object) -> Config:
+    """A small server; its store is a fresh SQLite file unless `data_dir` names one."""
     return Config(cache=CacheConfig(kv_cache_mb=256, **cache),  # type: ignore[arg-type]
-                  scheduler=SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=512))
+                  scheduler=SchedulerConfig(max_num_seqs=32, max_num_batched_tokens=512),
+                  store=StoreConfig(data_dir=data_dir or tempfile.mkdtemp(prefix="ember-test-")))
 
 
 @pytest.fixture(scope="session")
 def smol_server(smol_served: LoadedModel) -> Iterator[LiveServer]:
     with LiveServer(server_config(), smol_served) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (each test asks it for a fresh database)."""
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

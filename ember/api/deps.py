@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ember.api.auth import Principal
+from ember.api.chat_template import ChatTemplate, chat_template_of
+from ember.api.platform import Platform
 from ember.engine.client import EngineClient
 from ember.engine.grammar import GrammarCompiler
-from ember.errors import NotFound, Unauthorized
+from ember.errors import NotFound, PermissionDenied, ResourceNotFound
 from ember.tokenizer import Tokenizer
 
 
@@ -24,6 +28,11 @@ class ServedModel:
     """Validates response_format grammars (the engine's own compiler, so each is compiled once)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @cached_property
+    def chat_template(self) -> ChatTemplate | None:
+        """The model's chat template, compiled once; None when the checkpoint has none."""
+        return chat_template_of(self.tokenizer)
+
     def answers_to(self, name: str) -> bool:
         return name == self.model_id or name in self.aliases
 
@@ -32,7 +41,7 @@ class ServedModel:
 class AppState:
     client: EngineClient
     model: ServedModel
-    api_keys: tuple[str, ...] = ()
+    platform: Platform
     stall_timeout_s: float = 30.0
     max_request_timeout_s: float | None = None
     draining: bool = False
@@ -43,18 +52,28 @@ def get_state(request: Request) -> AppState:
     return request.app.state.ember
 
 
-def check_api_key(request: Request) -> None:
+def inference_principal(request: Request) -> Principal:
+    """Any live key (or nobody, where the server serves open) may run inference."""
     st: AppState = request.app.state.ember
-    if not st.api_keys:
-        return
-    auth = request.headers.get("authorization", "")
-    token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
-    if token not in st.api_keys:
-        raise Unauthorized("invalid or missing API key: send 'Authorization: Bearer <key>'")
+    return st.platform.auth.authenticate(request.headers.get("authorization"), inference=True)
+
+
+def gateway_principal(request: Request, account_id: str) -> Principal:
+    """A key of `account_id` whose role may manage: 401 without one, 404 for another account's id (its
+    existence is not revealed), 403 for an inference-user key."""
+    st: AppState = request.app.state.ember
+    p = st.platform.auth.authenticate(request.headers.get("authorization"), inference=False)
+    if p.user_id is None or p.account_id != account_id:
+        raise ResourceNotFound(f"account {account_id[:63]!r} not found")
+    if not p.manages:
+        raise PermissionDenied("inference-user keys may only run inference")
+    return p
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-AuthDep = Depends(check_api_key)
+InferenceAuth = Annotated[Principal, Depends(inference_principal)]
+InferenceDep = Depends(inference_principal)
+GatewayAuth = Annotated[Principal, Depends(gateway_principal)]
 
 
 def resolve_served(state: AppState, name: str) -> ServedModel:

@@ -19,12 +19,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.api.protocol import WIRE_FIELD_NAMES
 from ember.errors import (
+    AlreadyExists,
     DeadlineExceeded,
     EmberError,
+    FailedPrecondition,
     InvalidRequest,
     ModelLoadError,
     NotFound,
     Overloaded,
+    PermissionDenied,
     RateLimited,
     Unauthorized,
 )
@@ -34,13 +37,40 @@ log = logging.getLogger("ember.api")
 # (status, OpenAI error type) for each kind; the first match in MRO order wins.
 _KINDS: tuple[tuple[type[EmberError], int, str], ...] = (
     (InvalidRequest, 400, "invalid_request_error"),
+    (FailedPrecondition, 400, "invalid_request_error"),
     (Unauthorized, 401, "authentication_error"),
+    (PermissionDenied, 403, "permission_error"),
     (NotFound, 404, "invalid_request_error"),
+    (AlreadyExists, 409, "invalid_request_error"),
     (DeadlineExceeded, 408, "timeout_error"),
     (RateLimited, 429, "rate_limit_error"),
     (Overloaded, 503, "overloaded_error"),
     (ModelLoadError, 500, "server_error"),
 )
+
+# google.rpc.Code for each HTTP status on Gateway paths (PLATFORM.md, wire conventions).
+_RPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 413: 3, 422: 3, 429: 8, 499: 1, 500: 13,
+              503: 14}
+GATEWAY_PREFIX = "/v1/accounts"
+
+
+def is_gateway(request: Request) -> bool:
+    return request.url.path == GATEWAY_PREFIX or request.url.path.startswith(GATEWAY_PREFIX + "/")
+
+
+def status_body(status: int, message: str) -> dict:
+    """google.rpc.Status, the Gateway's error body."""
+    return {"code": _RPC_CODES.get(status, 2), "message": message, "details": []}
+
+
+def gateway_response(request: Request, status: int, message: str, exc: BaseException | None = None
+                     ) -> JSONResponse:
+    headers = _headers(request, exc)
+    if status == 409:
+        headers["x-should-retry"] = "false"
+    if status == 422:  # schema violations are INVALID_ARGUMENT on the Gateway
+        status = 400
+    return JSONResponse(status_body(status, message), status_code=status, headers=headers)
 
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                  404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
@@ -109,7 +139,7 @@ def validation_body(errors: list[dict]) -> dict:
     param = _param_for(first)
     text = str(first["msg"]).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
-        text = "unknown field; the completions API does not accept it"
+        text = "unknown field; this endpoint does not accept it"
     # A union reports one error per branch; the first one names the field and says enough.
     msg = f"{param}: {text}" if param else text
     if first.get("type") == "json_invalid":
@@ -134,13 +164,18 @@ def _headers(request: Request, exc: BaseException | None = None) -> dict[str, st
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(validation_body(list(exc.errors())), status_code=422, headers=_headers(request))
+        body = validation_body(list(exc.errors()))
+        if is_gateway(request):
+            return gateway_response(request, 400, body["error"]["message"])
+        return JSONResponse(body, status_code=422, headers=_headers(request))
 
     @app.exception_handler(EmberError)
     async def _ember(request: Request, exc: EmberError) -> JSONResponse:
         status, _ = status_of(exc)
-        if status >= 500:
+        if status >= 500 and status != 503:
             log.error("%s: %s", type(exc).__name__, exc.message)
+        if is_gateway(request):
+            return gateway_response(request, status, exc.message, exc)
         return JSONResponse(error_payload(exc), status_code=status, headers=_headers(request, exc))
 
     @app.exception_handler(StarletteHTTPException)
@@ -151,6 +186,8 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and msg == "Not Found":
             msg = f"no route for {request.method} {request.url.path}"
         headers = dict(exc.headers or {}) | _headers(request)
+        if is_gateway(request):
+            return JSONResponse(status_body(exc.status_code, msg), status_code=exc.status_code, headers=headers)
         return JSONResponse(error_body(msg, typ), status_code=exc.status_code, headers=headers)
 
     app.add_middleware(CatchUnexpected)
@@ -186,5 +223,9 @@ class CatchUnexpected:
             log.exception("unhandled error on %s %s", request.method, request.url.path)
             if started:  # a body is already on its way: nothing well-formed can follow
                 raise
-            response = JSONResponse(error_payload(exc), status_code=500, headers=_headers(request))
+            if is_gateway(request):
+                response = JSONResponse(status_body(500, "internal error; see the server log"), status_code=500,
+                                        headers=_headers(request))
+            else:
+                response = JSONResponse(error_payload(exc), status_code=500, headers=_headers(request))
             await response(scope, receive, send)

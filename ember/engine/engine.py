@@ -101,7 +101,7 @@ class Engine:
         return self.scheduler.has_work
 
     def stats(self) -> EngineStats:
-        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting), self.pool.num_used,
+        return EngineStats(len(self.scheduler.running), self.scheduler.num_waiting, self.pool.num_used,
                            self.pool.num_free, self.pool.queries, self.pool.hits,
                            self.scheduler.num_preemptions, self.pool.num_touched * self.kv_bytes_per_block)
 

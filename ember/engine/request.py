@@ -60,6 +60,8 @@ class EngineRequest:
     cache_salt: str | None = None
     """Isolation key: cached prefixes are shared only between requests with the same salt."""
     arrival_time: float = 0.0
+    background: bool = False
+    """A batch-job row: scheduled only into room interactive requests leave, and preempted first."""
 
 
 @dataclass(frozen=True)

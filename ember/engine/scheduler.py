@@ -8,6 +8,11 @@ a prefix-cache hit simply starts with num_computed_tokens > 0.
 Order: running sequences first (oldest first), then waiting ones first-come first-served. When the KV
 pool cannot supply a block, the newest running sequence is preempted: its blocks are freed and it goes
 back to the head of the waiting queue, to be recomputed later (its prefix may still be cached).
+
+Two priorities: interactive requests, and background ones (batch-job rows). Interactive sequences are
+served first, running then waiting; background ones get only the budget, seats and memory left over, are
+admitted only when no interactive sequence waits, and are the first preempted when an interactive one
+needs room.
 """
 
 from __future__ import annotations
@@ -38,20 +43,31 @@ class Scheduler:
         self.cfg = cfg
         self.pool = pool
         self.waiting: deque[Sequence] = deque()
+        """Interactive sequences waiting, first-come first-served."""
+        self.waiting_background: deque[Sequence] = deque()
+        """Batch-job rows waiting: admitted only when no interactive sequence waits."""
         self.running: list[Sequence] = []
         self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
-        self.waiting.append(seq)
+        self._queue_of(seq).append(seq)
+
+    def _queue_of(self, seq: Sequence) -> deque[Sequence]:
+        return self.waiting_background if seq.request.background else self.waiting
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.waiting_background or self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting) + len(self.waiting_background)
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.pool.block_size)
 
     def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
         seq.draft = []
         self.pool.free_blocks(seq.block_ids)
         seq.block_ids = []
@@ -61,7 +77,7 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(seq)
+        self._queue_of(seq).appendleft(seq)
 
     def _grow(self, seq: Sequence, n: int) -> bool:
         need = self._blocks_for(seq.num_computed_tokens + n) - len(seq.block_ids)
@@ -73,52 +89,96 @@ class Scheduler:
         seq.block_ids.extend(got)
         return True
 
+    def _victim(self, for_seq: Sequence, chosen: set[Sequence]) -> Sequence:
+        """Whom to preempt so `for_seq` can grow: the newest batch row not yet scheduled this step, else
+        (for an interactive sequence only) the newest interactive one; `for_seq` itself when none is left."""
+        kinds = (True,) if for_seq.request.background else (True, False)
+        for background in kinds:
+            for s in reversed(self.running):
+                if s.request.background is background and s is not for_seq and s not in chosen:
+                    return s
+        return for_seq
+
     def schedule(self) -> ScheduledBatch:
+        """Interactive work first (running, then waiting), then batch rows in whatever room is left:
+        an interactive sequence never waits for a batch row, and evicts batch rows when it needs their
+        memory or their seat in the batch."""
         out = ScheduledBatch()
-        budget = self.cfg.max_num_batched_tokens
-        chosen: list[tuple[Sequence, int]] = []
-        i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            if seq.draft and 1 + len(seq.draft) > budget:
-                del seq.draft[max(0, budget - 1):]  # a draft is verified whole or not at all
-            n = min(seq.num_uncomputed, budget)
+        budget = [self.cfg.max_num_batched_tokens]
+        chosen: dict[Sequence, int] = {}
+        stalled = self._step_running(False, budget, chosen, out)
+        if not stalled:
+            stalled = self._admit(self.waiting, budget, chosen, out)
+        if not stalled:
+            stalled = self._step_running(True, budget, chosen, out)
+        if not stalled and not self.waiting:
+            self._admit(self.waiting_background, budget, chosen, out)
+        pairs = sorted(chosen.items(), key=lambda c: c[1] != 1)  # single-token rows first (batched decode)
+        out.seqs = [s for s, _ in pairs]
+        out.num_tokens = [n for _, n in pairs]
+        return out
+
+    def _step_running(self, background: bool, budget: list[int], chosen: dict[Sequence, int],
+                      out: ScheduledBatch) -> bool:
+        """Give running sequences of one kind their next tokens, oldest first; True when memory ran out
+        for this kind (a sequence of it was preempted), so nothing newer may be admitted this step."""
+        pressure = False
+        for seq in [s for s in self.running if s.request.background is background]:
+            if budget[0] <= 0:
+                break
+            if seq.status is not SequenceStatus.RUNNING:
+                continue  # preempted earlier in this loop to make room for an older one
+            if seq.draft and 1 + len(seq.draft) > budget[0]:
+                del seq.draft[max(0, budget[0] - 1):]  # a draft is verified whole or not at all
+            n = min(seq.num_uncomputed, budget[0])
             while not self._grow(seq, n):
-                victim = self.running.pop()
+                victim = self._victim(seq, chosen.keys())  # type: ignore[arg-type]
                 self._preempt(victim)
                 out.preempted.append(victim)
+                pressure |= victim.request.background is background
                 if victim is seq:
-                    break
-            else:
-                chosen.append((seq, n))
-                budget -= n
-                i += 1
-                continue
-            break  # seq itself was preempted: nothing after it is left to schedule
+                    return True
+            chosen[seq] = n
+            budget[0] -= n
+        return pressure
 
-        if not out.preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
-                seq = self.waiting[0]
-                if not seq.block_ids and not seq.wants_prompt_logprobs:
-                    self._match_prefix(seq)
-                n = min(seq.num_uncomputed, budget)
-                if not self._grow(seq, n):
-                    # Hand back any prefix blocks it took: a waiting sequence holds no KV memory.
-                    self.pool.free_blocks(seq.block_ids)
-                    seq.block_ids = []
-                    seq.num_computed_tokens = seq.num_cached_blocks = 0
-                    seq.last_block_key = None
-                    break
-                self.waiting.popleft()
-                seq.status = SequenceStatus.RUNNING
-                self.running.append(seq)
-                chosen.append((seq, n))
-                budget -= n
+    def _admit(self, queue: deque[Sequence], budget: list[int], chosen: dict[Sequence, int],
+               out: ScheduledBatch) -> bool:
+        """Start waiting sequences first-come first-served while budget, seats and memory last.
+        An interactive one evicts batch rows not yet scheduled this step when seats or memory are short."""
+        while queue and budget[0] > 0:
+            seq = queue[0]
+            interactive = not seq.request.background
+            if len(self.running) >= self.cfg.max_num_seqs:
+                if interactive and self._evict_background(chosen, out):
+                    continue
+                return False
+            if not seq.block_ids and not seq.wants_prompt_logprobs:
+                self._match_prefix(seq)
+            n = min(seq.num_uncomputed, budget[0])
+            if not self._grow(seq, n):
+                # Hand back any prefix blocks it took: a waiting sequence holds no KV memory.
+                self.pool.free_blocks(seq.block_ids)
+                seq.block_ids = []
+                seq.num_computed_tokens = seq.num_cached_blocks = 0
+                seq.last_block_key = None
+                if interactive and self._evict_background(chosen, out):
+                    continue
+                return False
+            queue.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            chosen[seq] = n
+            budget[0] -= n
+        return False
 
-        chosen.sort(key=lambda c: c[1] != 1)  # stable: single-token rows first, for the batched decode path
-        out.seqs = [s for s, _ in chosen]
-        out.num_tokens = [n for _, n in chosen]
-        return out
+    def _evict_background(self, chosen: dict[Sequence, int], out: ScheduledBatch) -> bool:
+        for s in reversed(self.running):
+            if s.request.background and s not in chosen:
+                self._preempt(s)
+                out.preempted.append(s)
+                return True
+        return False
 
     def _match_prefix(self, seq: Sequence) -> None:
         # Leave at least the last token uncomputed: its logits are needed to sample the next one.
@@ -151,7 +211,7 @@ class Scheduler:
             self.running.remove(seq)
         else:
             try:
-                self.waiting.remove(seq)
+                self._queue_of(seq).remove(seq)
             except ValueError:
                 pass
         self.pool.free_blocks(seq.block_ids)

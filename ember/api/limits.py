@@ -1,0 +1,156 @@
+"""Rate limits: token buckets per account x model, one per quota, refilled continuously.
+
+A request reserves what it may use (1 request, its prompt tokens, max_tokens x n generated tokens)
+from every bucket at once or from none; what it did not use is refunded when it finishes. A bucket
+holds at most one minute of its quota, so the burst is one minute's worth.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ember.errors import RateLimited
+from ember.store.quotas import CACHE_ADJUSTED_PROMPT, GENERATED, PROMPT, QUOTA_IDS, REQUESTS, Quotas
+
+UNSET_LIMIT_PER_S = "1000000"
+
+
+@dataclass
+class Bucket:
+    per_minute: int
+    tokens: float
+    at: float
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(float(self.per_minute), self.tokens + (now - self.at) * self.per_minute / 60.0)
+        self.at = now
+
+    def wait_for(self, amount: float) -> float:
+        return (amount - self.tokens) * 60.0 / self.per_minute if self.per_minute else math.inf
+
+
+@dataclass
+class Reservation:
+    limiter: RateLimiter | None
+    account_id: str
+    model: str
+    amounts: dict[str, int] = field(default_factory=dict)
+    settled: bool = False
+
+    def settle(self, prompt_tokens: int, cached_prompt_tokens: int, completion_tokens: int) -> None:
+        """Refund what the request reserved but did not use (idempotent)."""
+        if self.settled:
+            return
+        self.settled = True
+        if self.limiter is None:
+            return
+        used = {REQUESTS: 1, PROMPT: prompt_tokens, CACHE_ADJUSTED_PROMPT: prompt_tokens - cached_prompt_tokens,
+                GENERATED: completion_tokens}
+        self.limiter.refund(self.account_id, self.model,
+                            {q: max(0, a - used[q]) for q, a in self.amounts.items()})
+
+
+class RateLimiter:
+    def __init__(self, quotas: Quotas) -> None:
+        self.quotas = quotas
+        self._lock = threading.Lock()
+        self._limits: dict[str, dict[str, int]] = {}
+        self._stale = True
+        self._buckets: dict[tuple[str, str, str], Bucket] = {}
+
+    def limits(self, account_id: str) -> dict[str, int]:
+        """The account's enforced per-minute limits; a quota not set is absent (unlimited).
+
+        Read from memory: the platform's flusher thread refreshes them every second (quotas changed by
+        another process), and a change made here reloads them before the next request."""
+        if self._stale:
+            self.refresh()
+        return self._limits.get(account_id, {})
+
+    def refresh(self) -> None:
+        fresh = {a: {q: v.effective for q, v in qs.items() if v.effective is not None}
+                 for a, qs in self.quotas.all_accounts().items()}
+        with self._lock:
+            self._limits, self._stale = fresh, False
+
+    def invalidate(self) -> None:
+        """A quota changed here: the next request reads it."""
+        self._stale = True
+
+    def reserve(self, account_id: str, model: str, prompt_tokens: int, generated_tokens: int) -> Reservation:
+        limits = self.limits(account_id)
+        if not limits:
+            return Reservation(None, account_id, model)
+        want = {REQUESTS: 1, PROMPT: prompt_tokens, CACHE_ADJUSTED_PROMPT: prompt_tokens,
+                GENERATED: generated_tokens}
+        amounts = {q: want[q] for q in limits}
+        for q, amount in amounts.items():
+            if amount > limits[q]:
+                raise RateLimited(f"this request needs {amount} of quota {q}, more than its whole per-minute "
+                                  f"limit of {limits[q]}: it can never be admitted; lower max_tokens or n, "
+                                  "or raise the quota")
+        now = time.monotonic()
+        with self._lock:
+            buckets = {q: self._bucket(account_id, model, q, limits[q], now) for q in amounts}
+            waits = [b.wait_for(amounts[q]) for q, b in buckets.items() if b.tokens < amounts[q]]
+            if waits:
+                retry = min(60, max(1, math.ceil(max(waits))))
+                raise RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s",
+                                  retry_after=retry)
+            for q, b in buckets.items():
+                b.tokens -= amounts[q]
+        return Reservation(self, account_id, model, amounts)
+
+    def refund(self, account_id: str, model: str, amounts: dict[str, int]) -> None:
+        with self._lock:
+            for q, a in amounts.items():
+                b = self._buckets.get((account_id, model, q))
+                if b is not None and a:
+                    b.tokens = min(float(b.per_minute), b.tokens + a)
+
+    def _bucket(self, account_id: str, model: str, q: str, per_minute: int, now: float) -> Bucket:
+        b = self._buckets.get((account_id, model, q))
+        if b is None:
+            b = self._buckets[(account_id, model, q)] = Bucket(per_minute, float(per_minute), now)
+        elif b.per_minute != per_minute:  # a changed quota applies from the next request,
+            b.refill(now)                 # keeping what was used in the current minute
+            used = b.per_minute - b.tokens
+            b.per_minute = per_minute
+            b.tokens = max(0.0, per_minute - used)
+        b.refill(now)
+        return b
+
+    def remaining_requests(self, account_id: str, model: str) -> int | None:
+        with self._lock:
+            b = self._buckets.get((account_id, model, REQUESTS))
+            if b is None:
+                return None
+            b.refill(time.monotonic())
+            return int(b.tokens)
+
+    def headers(self, account_id: str, model: str) -> dict[str, str]:
+        """The effective limits (per second, as Fireworks reports them) for every inference response."""
+        limits = self.limits(account_id)
+
+        def per_s(q: str) -> str:
+            return _decimal(limits[q] / 60.0) if q in limits else UNSET_LIMIT_PER_S
+
+        h = {"x-ratelimit-limit-tokens-prompt": per_s(PROMPT),
+             "x-ratelimit-limit-tokens-cache-adjusted-prompt": per_s(CACHE_ADJUSTED_PROMPT),
+             "x-ratelimit-limit-tokens-generated": per_s(GENERATED)}
+        if REQUESTS in limits:
+            h["x-ratelimit-limit-requests"] = str(limits[REQUESTS])
+            rem = self.remaining_requests(account_id, model)
+            h["x-ratelimit-remaining-requests"] = str(limits[REQUESTS] if rem is None else max(0, rem))
+        return h
+
+    def effective(self, account_id: str) -> dict[str, float | None]:
+        limits = self.limits(account_id)
+        return {q: (limits[q] / 60.0 if q in limits else None) for q in QUOTA_IDS}
+
+
+def _decimal(x: float) -> str:
+    return f"{x:.6f}".rstrip("0").rstrip(".") or "0"

@@ -1,0 +1,1 @@
+"""Fireworks platform endpoints (a self-hosted subset of the Gateway REST API) over ember.store."""

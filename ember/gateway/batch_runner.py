@@ -1,0 +1,391 @@
+"""The batch job runner: inside `ember serve`, it drives every active job in the store.
+
+Each tick it reads the active jobs (oldest first) and moves them along: VALIDATING -> PENDING -> RUNNING
+-> WRITING_RESULTS -> COMPLETED, or FAILED / EXPIRED / CANCELLED. Rows go to the same engine as
+interactive requests, marked background, so they only use room interactive traffic leaves.
+
+Fairness: a fixed number of rows is in flight (BatchConfig.max_inflight_rows, all jobs together); free
+slots are dealt one row per job per round, oldest job first, so every running job moves and the oldest
+gets the spare slots first.
+
+Durability: a row is done only once its result is committed (BatchJobs.record). On start, the rows a
+job still has to run are those of its input file without a committed result (and, for a continuation,
+without a successful one in the parent chain), so a job RUNNING when the server was killed resumes where
+it was, and a row that was in flight runs again but is stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from typing import BinaryIO
+
+from pydantic import ValidationError
+
+from ember.api.completions import reject_unsupported
+from ember.api.deps import ServedModel
+from ember.api.errors import error_payload, validation_body
+from ember.api.protocol import CompletionRequest
+from ember.api.responses import Head, ResponseBuilder, to_json
+from ember.api.translate import to_engine_requests
+from ember.engine.client import EngineClient
+from ember.errors import EmberError, InvalidRequest, Overloaded
+from ember.gateway.services import BatchServices
+from ember.store import batch_jobs as st
+from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE, Row, read_rows
+from ember.store.ids import utcnow
+from ember.store.tables import BatchJob
+from ember.store.usage import BATCH, UsageMeter
+
+log = logging.getLogger("ember.batch")
+
+# inferenceParameters (camelCase) -> the completion body field it defaults.
+_PARAM_FIELDS = {"maxTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
+                 "n": "n"}
+
+
+def row_defaults(params: dict) -> dict:
+    """The body defaults a job's inferenceParameters give: extraBody first, the named ones over it."""
+    out: dict = {}
+    extra = params.get("extraBody")
+    if extra:
+        out.update(json.loads(extra))
+    for k, v in params.items():
+        if k in _PARAM_FIELDS:
+            out[_PARAM_FIELDS[k]] = v
+    return out
+
+
+@dataclass
+class JobRun:
+    """A running job's live state (in memory only; everything that matters is in the store)."""
+
+    job: BatchJob
+    file: BinaryIO
+    rows: Iterator[Row]
+    defaults: dict
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    writes: set[asyncio.Future] = field(default_factory=set)
+    """Row results being committed (waited for before the output files are written)."""
+    retry: deque[Row] = field(default_factory=deque)
+    exhausted: bool = False
+    ran: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.job.account_id, self.job.job_id
+
+    def next_row(self) -> Row | None:
+        if self.retry:
+            return self.retry.popleft()
+        if self.exhausted:
+            return None
+        row = next(self.rows, None)
+        if row is None:
+            self.exhausted = True
+        return row
+
+
+class BatchRunner:
+    def __init__(self, services: BatchServices, client: EngineClient, served: ServedModel,
+                 meter: UsageMeter) -> None:
+        self.b = services
+        self.client = client
+        self.served = served
+        self.meter = meter
+        self.runs: dict[tuple[str, str], JobRun] = {}
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.create_task(self._main(), name="ember-batch-runner")
+
+    async def stop(self) -> None:
+        """Stop at once: rows in flight are abandoned uncommitted and run again at the next start."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for run in list(self.runs.values()):
+            await self._drop(run)
+
+    def wake_soon(self) -> None:
+        """Look at the store now rather than at the next tick (callable from any thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def _main(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad tick must not end batch processing
+                log.exception("batch runner tick failed; retrying")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.b.config.poll_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    # -- one pass over the active jobs ---------------------------------------------------------------
+    async def tick(self) -> None:
+        jobs = await asyncio.to_thread(self.b.jobs.active)
+        active = {(j.account_id, j.job_id): j for j in jobs}
+        for key, run in list(self.runs.items()):  # deleted under us (a finished job's row removed)
+            if key not in active:
+                await self._drop(run)
+        now = utcnow()
+        for j in jobs:
+            if j.state == st.CANCELLING:
+                await self._finish(j, st.CANCELLED, "CANCELLED", j.status_message or "cancelled",
+                                   (st.CANCELLING,))
+            elif j.expire_time <= now and j.state != st.WRITING:
+                await self._finish(j, st.EXPIRED, "DEADLINE_EXCEEDED",
+                                   "the job did not finish by its expireTime; rows done so far are in the "
+                                   "output dataset", (st.VALIDATING, st.PENDING, st.RUNNING))
+            elif j.state == st.VALIDATING:
+                await self._validate(j)
+            elif j.state in (st.PENDING, st.RUNNING) and (j.account_id, j.job_id) not in self.runs:
+                await self._open(j)
+            elif j.state == st.WRITING:
+                await self._write_results(j)
+        self._dispatch()
+        for run in list(self.runs.values()):
+            if run.exhausted and not run.retry and not run.tasks:
+                await self._complete(run)
+
+    def _input_where(self, j: BatchJob) -> str:
+        return f"input dataset {j.input_dataset_id!r}"
+
+    def _input_path(self, j: BatchJob):
+        d = self.b.datasets.find(j.account_id, j.input_dataset_id)
+        if d is None:
+            raise InvalidRequest(f"{self._input_where(j)} no longer exists")
+        if not d.filenames:
+            raise InvalidRequest(f"{self._input_where(j)} has no file")
+        return self.b.files.path_of(j.account_id, j.input_dataset_id, d.filenames[0]), d.filenames[0]
+
+    def _todo(self, j: BatchJob) -> tuple[set[str], int]:
+        """custom_ids already settled for this job, and how many rows it has to run in all."""
+        done = self.b.jobs.done_ids(j.account_id, j.job_id)
+        skip = done | self.b.jobs.succeeded_in_chain(j.account_id, j.job_id) if j.continued_from else done
+        path, name = self._input_path(j)
+        total = 0
+        inherited = 0
+        try:
+            with open(path, "rb") as f:
+                for row in read_rows(f, name):
+                    total += 1
+                    if row.custom_id in skip and row.custom_id not in done:
+                        inherited += 1
+        except OSError as e:
+            raise InvalidRequest(f"cannot read the input file {name!r} of {self._input_where(j)}: "
+                                 f"{e.strerror or e}") from None
+        return skip, total - inherited
+
+    async def _validate(self, j: BatchJob) -> None:
+        try:
+            _, total = await asyncio.to_thread(self._todo, j)
+        except EmberError as e:
+            await self._finish(j, st.FAILED, "INVALID_ARGUMENT", e.message, (st.VALIDATING,))
+            return
+        await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.PENDING, (st.VALIDATING,),
+                                total_rows=total)
+
+    async def _open(self, j: BatchJob) -> None:
+        """Start (or resume, after a restart) a job: the rows still to run are read lazily from its file."""
+        try:
+            skip, total = await asyncio.to_thread(self._todo, j)
+            path, name = await asyncio.to_thread(self._input_path, j)
+            f = open(path, "rb")  # noqa: SIM115 - held while the job runs, closed by _drop
+        except (EmberError, OSError) as e:
+            msg = e.message if isinstance(e, EmberError) else f"cannot open the input file of {self._input_where(j)}"
+            await self._finish(j, st.FAILED, "INVALID_ARGUMENT", msg, (st.PENDING, st.RUNNING))
+            return
+        if j.state == st.PENDING:
+            moved = await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.RUNNING,
+                                            (st.PENDING,), run_start=utcnow(), total_rows=total)
+            if not moved:
+                f.close()
+                return
+        rows = (r for r in read_rows(f, name) if r.custom_id not in skip)
+        self.runs[(j.account_id, j.job_id)] = JobRun(j, f, rows, row_defaults(j.params))
+
+    def _dispatch(self) -> None:
+        free = self.b.config.max_inflight_rows - sum(len(r.tasks) for r in self.runs.values())
+        runs = sorted(self.runs.values(), key=lambda r: (r.job.created, r.key))
+        while free > 0 and runs:
+            for run in list(runs):
+                if free <= 0:
+                    break
+                try:
+                    row = run.next_row()
+                except EmberError as e:  # the file changed under the job: a job-level failure
+                    run.exhausted = True
+                    run.retry.clear()
+                    asyncio.create_task(self._fail_run(run, e.message))
+                    runs.remove(run)
+                    continue
+                if row is None:
+                    runs.remove(run)
+                    continue
+                task = asyncio.create_task(self._run_row(run, row))
+                run.tasks.add(task)
+                task.add_done_callback(run.tasks.discard)
+                task.add_done_callback(lambda _t: self._wake.set())
+                free -= 1
+
+    # -- one row -------------------------------------------------------------------------------------
+    async def _run_row(self, run: JobRun, row: Row) -> None:
+        j = run.job
+        try:
+            ok, line, usage = await self._complete_row(run, row)
+        except Overloaded:  # the engine is stopping: leave the row for the next start
+            run.retry.append(row)
+            await asyncio.sleep(1.0)
+            return
+        except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
+            log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
+            ok, line, usage = False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+        tokens = ((usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
+                   usage["completion_tokens"]) if usage else (0, 0, 0))
+        # The commit runs to its end even if the job is cancelled meanwhile: whoever writes the output
+        # files waits for run.writes first, so the files hold every row the store holds.
+        write = asyncio.ensure_future(asyncio.to_thread(
+            self.b.jobs.record, j.account_id, j.job_id, row.custom_id, ok, line, *tokens))
+        run.writes.add(write)
+        write.add_done_callback(run.writes.discard)
+        if usage is not None:
+            write.add_done_callback(lambda w: self._meter(j, tokens, w))
+        await asyncio.shield(write)
+        run.ran += 1
+
+    def _meter(self, j: BatchJob, tokens: tuple[int, int, int], write: asyncio.Future) -> None:
+        """Count a row's usage once, when its result was newly stored (a rerun after a crash is not)."""
+        if not write.cancelled() and write.exception() is None and write.result():
+            self.meter.record(j.account_id, j.key_id, j.model, *tokens, usage_type=BATCH)
+
+    @staticmethod
+    def _error_line(j: BatchJob, custom_id: str, err: dict) -> str:
+        if j.api == "openai":  # OpenAI's BatchRequestOutput: a failed request has an error, no response
+            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": None,
+                   "error": {"code": err.get("code") or err.get("type"), "message": err.get("message")}}
+        else:
+            out = {"custom_id": custom_id, "error": err}
+        return json.dumps(out, ensure_ascii=False)
+
+    @staticmethod
+    def _ok_line(j: BatchJob, custom_id: str, request_id: str, response: dict) -> str:
+        if j.api == "openai":
+            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
+                   "response": {"status_code": 200, "request_id": request_id, "body": response}, "error": None}
+        else:
+            out = {"custom_id": custom_id, "response": response}
+        return json.dumps(out, ensure_ascii=False)
+
+    def _row_body(self, j: BatchJob, row: Row) -> dict:
+        """The row's body without its model, or InvalidRequest: a Fireworks row names no model (the job
+        does); an OpenAI line is a POST to /v1/completions naming the served model."""
+        body = dict(row.body)
+        if j.api == "openai":
+            if row.url != "/v1/completions" or (row.method or "").upper() != "POST":
+                raise InvalidRequest("each line must have \"method\": \"POST\" and \"url\": \"/v1/completions\"",
+                                     param="url")
+            model = body.pop("model", None)
+            if not isinstance(model, str) or not self.served.answers_to(model):
+                raise InvalidRequest(f"model {str(model)[:100]!r} is not served here; this server has "
+                                     f"{self.served.model_id!r}", param="model", code="model_not_found")
+        elif "model" in body:
+            raise InvalidRequest("model must not be set in a batch row: the job's model is used", param="model")
+        return body
+
+    async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, dict | None]:
+        """(ok, output line, usage); a row that is not a valid completion request is an error line."""
+        j = run.job
+        try:
+            own = self._row_body(j, row)
+        except InvalidRequest as e:
+            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+        body = {**run.defaults, **own, "model": self.served.model_id, "stream": False}
+        try:
+            req = CompletionRequest.model_validate(body)
+        except ValidationError as e:
+            return False, self._error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
+        try:
+            reject_unsupported(req)
+            engine_id = f"batch-{uuid.uuid4().hex}"
+            plan = await asyncio.to_thread(to_engine_requests, req, self.served.tokenizer,
+                                           self.served.max_model_len, engine_id, self.served.grammars)
+            reqs = [replace(r, background=True) for r in plan.requests]
+            builder = ResponseBuilder("completion", req, self.served.tokenizer, plan,
+                                      Head(engine_id, int(time.time()), self.served.model_id), time.monotonic())
+            async for c, out in self.client.generate_all(reqs):
+                builder.add(c, out)
+        except Overloaded:
+            raise
+        except EmberError as e:
+            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+        body, _ = builder.response()
+        response = to_json(body)
+        return True, self._ok_line(j, row.custom_id, engine_id, response), response["usage"]
+
+    # -- endings -------------------------------------------------------------------------------------
+    async def _drop(self, run: JobRun) -> None:
+        """Forget a run: abandon its rows in flight (uncommitted, so they run again if the job does)."""
+        self.runs.pop(run.key, None)
+        for t in list(run.tasks):
+            t.cancel()
+        await asyncio.gather(*run.tasks, return_exceptions=True)
+        await asyncio.gather(*run.writes, return_exceptions=True)
+        run.file.close()
+
+    async def _fail_run(self, run: JobRun, message: str) -> None:
+        await self._drop(run)
+        await self._finish(run.job, st.FAILED, "INVALID_ARGUMENT", message, (st.RUNNING,))
+
+    async def _complete(self, run: JobRun) -> None:
+        j = run.job
+        await self._drop(run)
+        if not await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.WRITING, (st.RUNNING,)):
+            return
+        await self._write_results(j)
+
+    async def _write_results(self, j: BatchJob) -> None:
+        await asyncio.to_thread(self._write_files, j)
+        p = await asyncio.to_thread(self.b.jobs.progress, j.account_id, j.job_id)
+        if p.processed and not p.succeeded:
+            await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.FAILED, (st.WRITING,),
+                                    "INVALID_ARGUMENT", "no row of the input was a valid completion request; "
+                                    "see error-data in the output dataset")
+        else:
+            await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.COMPLETED, (st.WRITING,))
+
+    async def _finish(self, j: BatchJob, to: str, code: str, message: str, from_states: tuple[str, ...]) -> None:
+        """End a job early: stop its rows, write what is done, then move it to `to`."""
+        run = self.runs.get((j.account_id, j.job_id))
+        if run is not None:
+            await self._drop(run)
+        await asyncio.to_thread(self._write_files, j)
+        await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, to, from_states, code, message)
+
+    def _write_files(self, j: BatchJob) -> None:
+        """The output dataset's two files from the committed rows (atomic; safe to redo after a crash)."""
+        a, out = j.account_id, j.output_dataset_id
+        if self.b.datasets.find(a, out) is None:
+            return  # the user deleted the output dataset: nothing to write into
+        size = self.b.files.write_lines(a, out, RESULTS_FILE, self.b.jobs.lines(a, j.job_id, True))
+        size += self.b.files.write_lines(a, out, ERRORS_FILE, self.b.jobs.lines(a, j.job_id, False))
+        p = self.b.jobs.progress(a, j.job_id)
+        try:
+            self.b.datasets.mark_ready(a, out, [RESULTS_FILE, ERRORS_FILE], size, p.succeeded, p.completion_tokens)
+        except EmberError:
+            log.warning("output dataset %s of %s vanished while its files were written", out, j.job_id)

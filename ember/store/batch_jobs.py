@@ -1,0 +1,172 @@
+"""Batch inference jobs: records, state transitions, and per-row results that survive kill -9.
+
+A row counts only once its result is committed (BatchResult, keyed by job and custom_id, inserted with
+"on conflict do nothing"): a row run twice after a crash lands once. Progress is always counted from
+those rows, never from counters kept elsewhere, so what a client reads is what is on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from ember.errors import AlreadyExists, ResourceNotFound
+from ember.store.datasets import UPLOADING
+from ember.store.db import Store
+from ember.store.ids import utcnow
+from ember.store.tables import BatchJob, BatchResult, Dataset
+
+VALIDATING = "JOB_STATE_VALIDATING"
+PENDING = "JOB_STATE_PENDING"
+RUNNING = "JOB_STATE_RUNNING"
+WRITING = "JOB_STATE_WRITING_RESULTS"
+COMPLETED = "JOB_STATE_COMPLETED"
+FAILED = "JOB_STATE_FAILED"
+CANCELLED = "JOB_STATE_CANCELLED"
+EXPIRED = "JOB_STATE_EXPIRED"
+CANCELLING = "JOB_STATE_CANCELLING"
+"""Deleted while active: the runner stops its rows, writes what is done, then marks it CANCELLED."""
+ACTIVE = (VALIDATING, PENDING, RUNNING, WRITING, CANCELLING)
+"""States the runner owns: it picks these up at start, so a job RUNNING before a crash resumes."""
+FINISHED = (COMPLETED, FAILED, CANCELLED, EXPIRED)
+
+
+@dataclass(frozen=True)
+class Progress:
+    succeeded: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed
+
+
+class BatchJobs:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def create(self, job: BatchJob, output_dataset: Dataset | None) -> BatchJob:
+        """The job and (when it is new) its output dataset, in one transaction."""
+        try:
+            with self.store.session() as s:
+                if output_dataset is not None:
+                    s.add(output_dataset)
+                    s.flush()
+                s.add(job)
+        except IntegrityError:
+            if output_dataset is not None and self._exists(Dataset, job.account_id, output_dataset.dataset_id):
+                raise AlreadyExists(f"output dataset {output_dataset.dataset_id!r} already exists") from None
+            raise AlreadyExists(f"batch inference job {job.job_id!r} already exists") from None
+        return job
+
+    def _exists(self, table: type, *pk: str) -> bool:
+        with self.store.session() as s:
+            return s.get(table, pk) is not None
+
+    def get(self, account_id: str, job_id: str) -> BatchJob:
+        with self.store.session() as s:
+            j = s.get(BatchJob, (account_id, job_id))
+        if j is None:
+            raise ResourceNotFound(f"batch inference job {job_id[:63]!r} not found")
+        return j
+
+    def list(self, account_id: str | None = None) -> list[BatchJob]:
+        q = select(BatchJob).order_by(BatchJob.created, BatchJob.job_id)
+        if account_id is not None:
+            q = q.where(BatchJob.account_id == account_id)
+        with self.store.session() as s:
+            return list(s.scalars(q))
+
+    def active(self) -> list[BatchJob]:
+        """Jobs the runner must drive, oldest first."""
+        with self.store.session() as s:
+            return list(s.scalars(select(BatchJob).where(BatchJob.state.in_(ACTIVE))
+                                  .order_by(BatchJob.created, BatchJob.account_id, BatchJob.job_id)))
+
+    def transition(self, account_id: str, job_id: str, to: str, from_states: tuple[str, ...],
+                   status_code: str = "OK", message: str = "", **times: datetime | int) -> bool:
+        """Move a job to `to` only if it is in one of `from_states` (a compare-and-set: the runner and a
+        cancelling client never overwrite each other). True if it moved."""
+        now = utcnow()
+        values: dict = {"state": to, "updated": now, "status_code": status_code, "status_message": message[:2000]}
+        if to in FINISHED:
+            values["end_time"] = now
+        values.update(times)
+        with self.store.session() as s:
+            res = s.execute(update(BatchJob).where(BatchJob.account_id == account_id, BatchJob.job_id == job_id,
+                                                   BatchJob.state.in_(from_states)).values(**values))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def delete(self, account_id: str, job_id: str) -> None:
+        with self.store.session() as s:
+            s.execute(delete(BatchResult).where(BatchResult.account_id == account_id, BatchResult.job_id == job_id))
+            s.execute(delete(BatchJob).where(BatchJob.account_id == account_id, BatchJob.job_id == job_id))
+
+    # -- rows --------------------------------------------------------------------------------------
+    def record(self, account_id: str, job_id: str, custom_id: str, ok: bool, line: str, prompt_tokens: int = 0,
+               cached_tokens: int = 0, completion_tokens: int = 0) -> bool:
+        """Commit one row's outcome; False if the row already had one (it is then left as it was)."""
+        insert = postgresql.insert if self.store.dialect == "postgresql" else sqlite.insert
+        stmt = insert(BatchResult).values(
+            account_id=account_id, job_id=job_id, custom_id=custom_id, ok=ok, line=line,
+            prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, completion_tokens=completion_tokens,
+            created=utcnow()).on_conflict_do_nothing(index_elements=["account_id", "job_id", "custom_id"])
+        with self.store.session() as s:
+            return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    def progress(self, account_id: str, job_id: str) -> Progress:
+        q = select(func.coalesce(func.sum(case((BatchResult.ok, 1), else_=0)), 0),
+                   func.coalesce(func.sum(case((BatchResult.ok, 0), else_=1)), 0),
+                   func.coalesce(func.sum(BatchResult.prompt_tokens), 0),
+                   func.coalesce(func.sum(BatchResult.cached_tokens), 0),
+                   func.coalesce(func.sum(BatchResult.completion_tokens), 0)).where(
+            BatchResult.account_id == account_id, BatchResult.job_id == job_id)
+        with self.store.session() as s:
+            row = s.execute(q).one()
+        return Progress(*(int(x) for x in row))
+
+    def done_ids(self, account_id: str, job_id: str) -> set[str]:
+        with self.store.session() as s:
+            return set(s.scalars(select(BatchResult.custom_id).where(
+                BatchResult.account_id == account_id, BatchResult.job_id == job_id)))
+
+    def succeeded_in_chain(self, account_id: str, job_id: str) -> set[str]:
+        """custom_ids with a successful result in `job_id`'s ancestors (continuedFromJobName, transitively)."""
+        out: set[str] = set()
+        seen: set[str] = {job_id}
+        parent = self.get(account_id, job_id).continued_from
+        with self.store.session() as s:
+            while parent and parent not in seen:
+                seen.add(parent)
+                out.update(s.scalars(select(BatchResult.custom_id).where(
+                    BatchResult.account_id == account_id, BatchResult.job_id == parent, BatchResult.ok)))
+                p = s.get(BatchJob, (account_id, parent))
+                parent = p.continued_from if p is not None else ""
+        return out
+
+    def lines(self, account_id: str, job_id: str, ok: bool) -> Iterator[str]:
+        """Committed output lines of one kind, in custom_id order (fetched in pages, never all at once)."""
+        last = ""
+        while True:
+            with self.store.session() as s:
+                page = list(s.execute(select(BatchResult.custom_id, BatchResult.line).where(
+                    BatchResult.account_id == account_id, BatchResult.job_id == job_id, BatchResult.ok == ok,
+                    BatchResult.custom_id > last).order_by(BatchResult.custom_id).limit(1000)))
+            if not page:
+                return
+            for _cid, line in page:
+                yield line
+            last = page[-1][0]
+
+    def input_uploading(self, account_id: str, dataset_id: str) -> bool:
+        with self.store.session() as s:
+            d = s.get(Dataset, (account_id, dataset_id))
+        return d is not None and d.state == UPLOADING
