@@ -312,7 +312,8 @@ class ResponseBuilder:
         if self.kind == "completion":
             return []
         return [ChatCompletionChunk(**self._head(), choices=[
-            ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
+            ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""), finish_reason=None,
+                             logprobs=None)])
             for i in range(len(self.states))]
 
     def chunk(self, parts: ChoiceParts) -> CompletionChunk | ChatCompletionChunk | None:

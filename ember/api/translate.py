@@ -1,9 +1,10 @@
 """The one module that knows both wire and engine types.
 
 Inward: a CompletionRequest becomes EngineRequests (tokenized prompts, n fan-out with choice index
-prompt_i * n + j, max_tokens fitted to the context); a ChatCompletionRequest is rendered through the model's
-chat template into a CompletionRequest over token ids, then takes the same way. Outward: RequestOutputs become Choices and stream
-chunks, with legacy or new-style logprobs, echo and token ids.
+prompt_i * n + j, max_tokens fitted to the context); a ChatCompletionRequest is rendered through the
+model's chat template into a CompletionRequest over token ids, then takes the same way. Outward:
+RequestOutputs become Choices and stream chunks, with legacy or new-style logprobs, echo and token ids
+(shaped for the wire by api/responses.py).
 """
 
 from __future__ import annotations
@@ -238,9 +239,6 @@ def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
                              param="tool_choice")
     if req.function_call not in (None, "none", "auto"):
         raise InvalidRequest("function_call needs functions, which are not supported", param="function_call")
-    if req.safe_tokenization:
-        raise InvalidRequest("safe_tokenization is not supported yet: special-token text in messages is read "
-                             "as the special token", param="safe_tokenization")
     for i, m in enumerate(req.messages):
         _reject_unsupported_message(i, m)
     reject_reasoning(req)
@@ -267,11 +265,12 @@ def _template_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
     return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
 
 
-def _render(template: ChatTemplate, messages: list[dict[str, str]], generation_prompt: bool) -> tuple[str, list[int]]:
+def _render(template: ChatTemplate, messages: list[dict[str, str]], generation_prompt: bool,
+            safe: bool) -> tuple[str, list[int]]:
     # A conversation ending with the assistant is a prefill: the model continues that message.
     prefill = messages[-1]["role"] == "assistant"
     r = template.encode(messages, add_generation_prompt=generation_prompt and not prefill,
-                        continue_final_message=prefill)
+                        continue_final_message=prefill, safe=safe)
     return r.text, r.token_ids
 
 
@@ -280,14 +279,15 @@ def render_chat(req: ChatCompletionRequest, template: ChatTemplate,
     """The prompt text and ids; with prompt_truncate_len, the oldest turns go first (system messages and
     the last message stay) until the prompt fits."""
     messages = _template_messages(req)
-    text, ids = _render(template, messages, generation_prompt)
+    safe = bool(req.safe_tokenization)
+    text, ids = _render(template, messages, generation_prompt, safe)
     limit = req.prompt_truncate_len
     while limit is not None and len(ids) > limit:
         drop = next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
         if drop is None:
             break  # only system messages and the last one are left: the context check decides
         del messages[drop]
-        text, ids = _render(template, messages, generation_prompt)
+        text, ids = _render(template, messages, generation_prompt, safe)
     return text, ids
 
 

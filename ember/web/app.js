@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   messages: [],          // chat history: {role, content}
   lastRequest: null,     // {url, body} of the last request sent
+  lastFinal: null,       // the final chunk of the last stream (usage, perf_metrics)
   controller: null,      // AbortController of the running request
   contextLength: null,
 };
@@ -346,6 +347,7 @@ async function send(event) {
 }
 
 function showUsage(event, tFirst) {
+  ui.lastFinal = event;
   const u = event.usage;
   setMetric("m-prompt", u.prompt_tokens);
   setMetric("m-completion", u.completion_tokens ?? "–");
@@ -354,7 +356,12 @@ function showUsage(event, tFirst) {
   if (perf && perf["server-time-to-first-token"] !== undefined) {
     setMetric("m-server-ttft", Number(perf["server-time-to-first-token"]).toFixed(3) + " s");
   }
-  if (tFirst !== null && u.completion_tokens > 1) {
+  // The final figure is the server's decode rate (tokens after the first over the time after it), which
+  // network and browser buffering cannot skew; while streaming, the page shows its own estimate.
+  const decode = perf && perf["server-processing-time"] - perf["server-time-to-first-token"];
+  if (decode > 0 && u.completion_tokens > 1) {
+    setMetric("m-tps", ((u.completion_tokens - 1) / decode).toFixed(1));
+  } else if (tFirst !== null && u.completion_tokens > 1) {
     const secs = (performance.now() - tFirst) / 1000;
     if (secs > 0) setMetric("m-tps", ((u.completion_tokens - 1) / secs).toFixed(1));
   }
