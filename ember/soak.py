@@ -378,26 +378,41 @@ class Soak:
 
     # -- the run ---------------------------------------------------------------------------------
     async def record_canaries(self, http: httpx.AsyncClient) -> dict[tuple[str, bool], str]:
-        """Each canary's greedy text, streamed and not, as the server answers it now."""
+        """Each canary's greedy text, streamed and not, as the server answers it now (a 503 is retried:
+        a server shedding load has not answered the question)."""
         out = {}
-        url = self.cfg.base_url + "/v1/completions"
         for prompt in CANARY_PROMPTS:
             for stream in (False, True):
                 body = {"model": self.cfg.model, "prompt": prompt, "max_tokens": 16, "temperature": 0.0,
                         "stream": stream}
-                if not stream:
-                    r = await http.post(url, json=body, headers=self.headers)
-                    r.raise_for_status()
-                    out[(prompt, stream)] = self.check_response(r.json(), Plan("canary", body))[0]
-                    continue
-                text = ""
-                async with http.stream("POST", url, json=body, headers=self.headers) as r:
-                    r.raise_for_status()
-                    async for line in r.aiter_lines():
-                        if line.startswith("data: {"):
-                            text += "".join(c["text"] for c in strict_json(line[6:]).get("choices", []))
-                out[(prompt, stream)] = text
+                for attempt in range(20):
+                    text = await self.canary_text(http, body)
+                    if text is not None:
+                        out[(prompt, stream)] = text
+                        break
+                    await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+                else:
+                    raise RuntimeError(f"canary {prompt!r} answered 503 twenty times")
         return out
+
+    async def canary_text(self, http: httpx.AsyncClient, body: dict) -> str | None:
+        url = self.cfg.base_url + "/v1/completions"
+        if not body["stream"]:
+            r = await http.post(url, json=body, headers=self.headers)
+            if r.status_code == 503:
+                return None
+            r.raise_for_status()
+            return self.check_response(r.json(), Plan("canary", body))[0]
+        text = ""
+        async with http.stream("POST", url, json=body, headers=self.headers) as r:
+            if r.status_code == 503:
+                await r.aread()
+                return None
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    text += "".join(c["text"] for c in strict_json(line[6:]).get("choices", []))
+        return text
 
     async def probe_context(self, http: httpx.AsyncClient) -> int:
         body = {"model": self.cfg.model, "prompt": [1] * 8, "max_tokens": 10**8,
@@ -422,7 +437,7 @@ class Soak:
                 rec.outcome, rec.detail = "hung", f"no answer in {self.cfg.request_deadline_s} s"
             except Malformed as e:
                 rec.outcome, rec.detail = "malformed", str(e)[:300]
-            except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            except Exception as e:  # noqa: BLE001 - a dropped connection or an answer of the wrong shape
                 rec.outcome, rec.detail = "unexpected", f"{type(e).__name__}: {str(e)[:300]}"
             rec.elapsed_s = time.monotonic() - rec.started
             if rec.outcome == "pending":

@@ -174,3 +174,49 @@ def test_a_second_signal_exits_at_once(server_factory) -> None:
     assert time.monotonic() - t0 < 5
     for t in threads:
         t.join(timeout=30)
+
+
+def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_after(tiny) -> None:
+    """In process (uvicorn's exit flag instead of a signal): the drain timer fails what is left."""
+    import socket
+
+    import uvicorn
+
+    from ember.app import create_app
+    from ember.config import CacheConfig, Config, ServerConfig
+    from ember.server import DrainingServer
+
+    app = create_app(Config(cache=CacheConfig(kv_cache_mb=4), server=ServerConfig(drain_timeout_s=1.0)), tiny)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = DrainingServer(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10), app, 1.0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.02)
+    runner = app.state.ember.client.engine.runner
+    real_run = runner.run
+
+    def slow_run(batch):  # ~50 ms a step: 400 tokens would take 20 s
+        time.sleep(0.05)
+        return real_run(batch)
+
+    runner.run = slow_run
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/completions"
+    got: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: got.append(httpx.post(url, json={
+        "model": MODEL_ID, "prompt": "Hi", "max_tokens": 400, "ignore_eos": True}, timeout=60)))
+    t.start()
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    server.should_exit = True
+    t.join(timeout=30)
+    thread.join(timeout=30)
+    assert not thread.is_alive() and time.monotonic() - t0 < 15
+    assert app.state.ember.draining
+    r = got[0]
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["error"]["code"] == "overloaded"
+    sock.close()

@@ -56,3 +56,42 @@ def test_the_harness_catches_a_leaked_block(tiny_server) -> None:
     assert not report["passed"]
     assert report["checks"]["kv_blocks_back_to_zero"] is False and report["idle"]["kv_used"] == 1
     assert report["checks"]["no_5xx"] and report["checks"]["no_hangs"], format_report(report)
+
+
+class Shed:
+    """ASGI wrapper: after the first `after` completions, every `every`-th one is a 503, as a server
+    shedding load would answer (with or without `retry-after`)."""
+
+    def __init__(self, app, every: int, retry_after: bool, after: int = 10) -> None:
+        self.app, self.every, self.retry_after, self.after = app, every, retry_after, after
+        self.n = 0
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/completions":
+            self.n += 1
+            if self.n > self.after and self.n % self.every == 0:
+                headers = [(b"content-type", b"application/json")]
+                if self.retry_after:
+                    headers.append((b"retry-after", b"1"))
+                await send({"type": "http.response.start", "status": 503, "headers": headers})
+                await send({"type": "http.response.body", "body": b'{"error": {"message": "busy", "type": '
+                            b'"overloaded_error", "param": null, "code": "overloaded"}}'})
+                return
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.parametrize("retry_after", [True, False])
+def test_a_503_with_retry_after_is_shedding_and_without_it_a_failure(tiny, retry_after: bool) -> None:
+    from ember.app import create_app
+    from tests.conftest import UvicornThread
+
+    cfg = Config(cache=CacheConfig(kv_cache_mb=4), scheduler=SchedulerConfig(max_num_seqs=8))
+    shed = Shed(create_app(cfg, tiny), every=3, retry_after=retry_after)
+    with UvicornThread(shed) as srv:  # type: ignore[arg-type]
+        report = asyncio.run(Soak(SoakConfig(base_url=srv.url, model=MODEL_ID, clients=4, duration_s=6,
+                                             max_tokens=4, idle_timeout_s=10, sample_every_s=0.5)).run())
+    if retry_after:
+        assert report["outcomes"].get("shed", 0) > 0 and report["passed"], format_report(report)
+    else:
+        assert report["outcomes"].get("server_error", 0) > 0 and not report["passed"]
+        assert not report["checks"]["no_5xx"]
