@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -112,21 +112,21 @@ def build_application(config: Config, cluster: ClusterConfig):  # noqa: ANN201 -
             torch.set_num_threads(threads)
             self.cores = pin_threads(threads, ctx.rank.local_rank) if spec.cluster.pin_threads else None
             log.info("replica %s: %d torch thread(s), cores %s", self.name, threads, self.cores)
-            self.app = None
+            self.web = None
 
         def __serve_build_asgi_app__(self) -> ASGIApp:
             from ember.app import create_app
 
-            self.app = create_app(self.spec.config)
-            self.app.add_middleware(ReplicaHeader, name=self.name)
-            return self.app
+            self.web = create_app(self.spec.config)
+            self.web.add_middleware(ReplicaHeader, name=self.name)
+            return self.web
 
         async def check_health(self) -> None:
             """Serve calls this every health_check_period_s; raising makes it replace the replica. The same
             rule as /health: the engine loop died, or has work and has not stepped for stall_timeout_s."""
             from ember.api.health import health_status
 
-            state = getattr(self.app.state, "ember", None) if self.app is not None else None
+            state = getattr(self.web.state, "ember", None) if self.web is not None else None
             if state is None:
                 return  # still starting: Serve's own start-up timeout covers a start that hangs
             status, stalled = health_status(state)
@@ -136,8 +136,24 @@ def build_application(config: Config, cluster: ClusterConfig):  # noqa: ANN201 -
     return EmberReplica.bind(ReplicaSpec(config, cluster))
 
 
+def shared_store(config: Config, cluster: ClusterConfig) -> Config:
+    """The store every replica opens: migrated once here (N replicas migrating one database at once race
+    on alembic's version table), and a SQLite path made absolute (replicas run in Ray's working dir)."""
+    from ember.store.db import open_store
+
+    store = config.store
+    if store.url is None:
+        store = replace(store, data_dir=os.path.abspath(store.resolved_data_dir()))
+        if cluster.address:
+            log.warning("replicas share the SQLite file %s: right only when every Ray node is this machine; "
+                        "a multi-machine cluster needs --db postgresql+psycopg://...", store.database_url())
+    open_store(store).close()
+    return replace(config, store=store)
+
+
 def run_cluster(config: Config, cluster: ClusterConfig) -> int:
     """Start (or join) Ray, deploy the replicas behind one HTTP endpoint, serve until SIGINT/SIGTERM."""
+    config = shared_store(config, cluster)
     for k, v in PROXY_ENV.items():
         os.environ.setdefault(k, v)  # before Ray starts: a local Ray's nodes inherit this environment
     import ray
