@@ -116,8 +116,9 @@ def build_application(config: Config, cluster: ClusterConfig):  # noqa: ANN201 -
 
         def __serve_build_asgi_app__(self) -> ASGIApp:
             from ember.app import create_app
+            from ember.serve.limits import shared_buckets
 
-            self.web = create_app(self.spec.config)
+            self.web = create_app(self.spec.config, buckets=shared_buckets(NAMESPACE))
             self.web.add_middleware(ReplicaHeader, name=self.name)
             return self.web
 
@@ -179,6 +180,9 @@ def run_cluster(config: Config, cluster: ClusterConfig) -> int:
         try:
             serve.delete(APP_NAME)
             serve.shutdown()
+            from ember.serve.limits import kill_shared_buckets
+
+            kill_shared_buckets(NAMESPACE)
         finally:
             ray.shutdown()
     return 0

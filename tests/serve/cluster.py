@@ -141,6 +141,7 @@ class ClusterServer:
     url: str
     proc: subprocess.Popen
     log_path: str
+    data_dir: str
 
     def log(self) -> str:
         with open(self.log_path, errors="replace") as f:
@@ -157,7 +158,7 @@ def ember_on_cluster(cluster: RayCluster, data_dir: str, *extra: str) -> Iterato
     with open(log_path, "w") as log:
         proc = subprocess.Popen(args, env=node_env(), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    s = ClusterServer(f"http://127.0.0.1:{port}", proc, log_path)
+    s = ClusterServer(f"http://127.0.0.1:{port}", proc, log_path, data_dir)
     try:
         _wait_for(lambda: proc.poll() is not None or "replica(s) on Ray Serve" in s.log(), 240, "ember serve")
         assert proc.poll() is None, s.log()

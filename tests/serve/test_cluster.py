@@ -188,3 +188,72 @@ def test_concurrent_keyed_sessions_all_succeed(server: ClusterServer) -> None:
 
     with cf.ThreadPoolExecutor(8) as ex:
         assert set(ex.map(one, range(16))) == {200}
+
+
+def owner_of(server: ClusterServer, key: str) -> str:
+    return running_on(server, key)[0]
+
+
+def test_keys_usage_and_rate_limits_hold_across_replicas(server: ClusterServer) -> None:
+    """Last in this module: once an account exists, every request needs a key. The replicas share the
+    SQLite file (one host) and the rate-limit buckets (one Ray actor)."""
+    from datetime import UTC, datetime, timedelta
+
+    from ember.config import StoreConfig
+    from ember.store.accounts import Accounts
+    from ember.store.db import open_store
+
+    store = open_store(StoreConfig(data_dir=server.data_dir))
+    admin = Accounts(store).create("acme", "ops@acme.test").key.key
+    store.close()
+    # one session key owned by each replica: requests with them reach a known replica
+    keys: dict[str, str] = {}
+    for i in range(64):
+        keys.setdefault(owner_of(server, f"pick-{i}"), f"pick-{i}")
+        if len(keys) == 2:
+            break
+    (ra, ka), (rb, kb) = sorted(keys.items())
+
+    def on(key: str, auth: str, body: dict | None = None, path: str = "/v1/completions") -> httpx.Response:
+        return httpx.post(server.url + path, headers={"x-session-affinity": key, "authorization": f"Bearer {auth}"},
+                          json=body if body is not None else {"model": MODEL, "prompt": "Hi", "max_tokens": 2},
+                          timeout=60)
+
+    assert on(ka, "wrong").status_code == 401
+    # a key made through replica A works through replica B
+    made = on(ka, admin, {"apiKey": {"displayName": "shared"}}, "/v1/accounts/acme/users/admin/apiKeys")
+    assert made.status_code == 200, made.text
+    assert made.headers["x-ember-replica"] == ra
+    new = made.json()
+    r = on(kb, new["key"])
+    assert r.status_code == 200 and r.headers["x-ember-replica"] == rb
+    assert on(ka, new["key"]).status_code == 200
+    # usage from both replicas adds up, whichever one is asked
+    now = datetime.now(UTC)
+    q = (f"startTime={(now - timedelta(days=1)):%Y-%m-%dT%H:%M:%SZ}&endTime={(now + timedelta(days=1)):%Y-%m-%dT%H:%M:%SZ}"
+         f"&filter[api_key_id]={new['keyId']}")
+
+    def total(key: str) -> int:
+        r = httpx.get(f"{server.url}/v1/accounts/acme/billingUsage?{q}", timeout=30,
+                      headers={"x-session-affinity": key, "authorization": f"Bearer {admin}"})
+        return sum(int(row["completionTokens"]) for row in r.json()["serverlessCosts"])
+
+    deadline = time.monotonic() + 10
+    while total(ka) != 4 or total(kb) != 4:
+        assert time.monotonic() < deadline, (total(ka), total(kb))
+        time.sleep(0.2)
+    # 6 requests a minute for the account, counted once across both replicas
+    patch = httpx.patch(f"{server.url}/v1/accounts/acme/quotas/requests-per-minute?allowMissing=true",
+                        json={"value": "6"}, headers={"authorization": f"Bearer {admin}"}, timeout=30)
+    assert patch.status_code == 200, patch.text
+    time.sleep(2.5)  # each replica re-reads quotas every second
+    codes = {ra: [], rb: []}
+    for i in range(12):
+        rep, key = (ra, ka) if i % 2 == 0 else (rb, kb)
+        r = on(key, new["key"])
+        assert r.headers["x-ember-replica"] == rep
+        codes[rep].append(r.status_code)
+    ok = sum(c == 200 for cs in codes.values() for c in cs)
+    assert ok == 6, codes  # per-replica buckets would have let 12 through
+    assert all(c in (200, 429) for cs in codes.values() for c in cs), codes
+    assert 429 in codes[ra] and 429 in codes[rb], codes
