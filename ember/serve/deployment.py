@@ -14,6 +14,7 @@ import signal
 import threading
 from dataclasses import dataclass, replace
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.config import ClusterConfig, Config
@@ -120,7 +121,29 @@ def build_application(config: Config, cluster: ClusterConfig):  # noqa: ANN201 -
 
             self.web = create_app(self.spec.config, buckets=shared_buckets(NAMESPACE))
             self.web.add_middleware(ReplicaHeader, name=self.name)
+            # GET /metrics answers for every replica: first in the route list, so it shadows the
+            # single-process /metrics that create_app registered.
+            self.web.router.add_api_route("/metrics", self.cluster_metrics, methods=["GET"])
+            self.web.router.routes.insert(0, self.web.router.routes.pop())
             return self.web
+
+        def metrics_text(self) -> tuple[str, str]:
+            """(this replica's name, its registry as text): called on every replica by cluster_metrics."""
+            from prometheus_client import generate_latest
+
+            st = self.web.state
+            st.metrics.observe_stats(st.ember.client.stats())
+            return self.name, generate_latest(st.registry).decode()
+
+        async def cluster_metrics(self) -> Response:
+            from prometheus_client import CONTENT_TYPE_LATEST
+
+            from ember.serve.metrics import merge
+
+            handle = serve.get_deployment_handle(DEPLOYMENT_NAME, APP_NAME)
+            results = await handle.broadcast("metrics_text").results_async(return_exceptions=True)
+            texts = dict(r for r in results if isinstance(r, tuple))  # a replica that failed is left out
+            return Response(merge(texts), media_type=CONTENT_TYPE_LATEST)
 
         async def check_health(self) -> None:
             """Serve calls this every health_check_period_s; raising makes it replace the replica. The same

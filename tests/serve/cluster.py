@@ -46,6 +46,21 @@ def node_args(temp_dir: str) -> list[str]:
             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}"]
 
 
+def port_released(port: int, timeout: float = 15.0) -> bool:
+    """Nothing listens on `port` any more (SO_REUSEADDR: connections left in TIME_WAIT do not count)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                if time.monotonic() > deadline:
+                    return False
+        time.sleep(0.5)
+
+
 def processes_under(marker: str) -> list[int]:
     """Live processes whose command line names `marker` (the cluster's temp dir)."""
     pids = []

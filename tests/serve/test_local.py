@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import httpx
 import pytest
 
 from ember.config import ClusterConfig
-from tests.serve.cluster import MODEL, free_port, node_env, replicas_answering
+from tests.serve.cluster import MODEL, free_port, node_env, port_released, replicas_answering
 
 
 def test_one_replica_without_address_never_imports_ray() -> None:
@@ -76,5 +75,4 @@ def test_two_replicas_on_a_local_ray(tmp_path) -> None:  # noqa: ANN001
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert left == [], "Ray processes left behind"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    assert port_released(port)
