@@ -175,6 +175,17 @@ def shared_store(config: Config, cluster: ClusterConfig) -> Config:
     return replace(config, store=store)
 
 
+def use_token_auth_like_ray_start() -> None:
+    """`ray start` turns token auth on when a token exists (~/.ray/auth_token, RAY_AUTH_TOKEN[_PATH]), but
+    ray.init with an explicit address never does, and then cannot connect to such a cluster: do as
+    `ray start` does, unless RAY_AUTH_MODE says otherwise."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.exists(token_file):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def run_cluster(config: Config, cluster: ClusterConfig) -> int:
     """Start (or join) Ray, deploy the replicas behind one HTTP endpoint, serve until SIGINT/SIGTERM."""
     config = shared_store(config, cluster)
@@ -184,6 +195,7 @@ def run_cluster(config: Config, cluster: ClusterConfig) -> int:
     from ray import serve
 
     if cluster.address:
+        use_token_auth_like_ray_start()
         ray.init(address=cluster.address, namespace=NAMESPACE, runtime_env={"env_vars": PROXY_ENV})
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, cluster.replicas * cluster.threads_per_replica),
