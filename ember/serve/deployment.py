@@ -191,11 +191,12 @@ def run_cluster(config: Config, cluster: ClusterConfig) -> int:
     config = shared_store(config, cluster)
     for k, v in PROXY_ENV.items():
         os.environ.setdefault(k, v)  # before Ray starts: a local Ray's nodes inherit this environment
+    if cluster.address:
+        use_token_auth_like_ray_start()  # before Ray is imported: it reads RAY_AUTH_MODE once
     import ray
     from ray import serve
 
     if cluster.address:
-        use_token_auth_like_ray_start()
         ray.init(address=cluster.address, namespace=NAMESPACE, runtime_env={"env_vars": PROXY_ENV})
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, cluster.replicas * cluster.threads_per_replica),
