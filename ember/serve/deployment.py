@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ember.api.deps import AppState
+from ember.api.health import health_status
 from ember.config import ClusterConfig, Config
 from ember.serve.affinity import REPLICA_HEADER
 from ember.serve.proxy import CALLBACK_PATH
@@ -70,6 +72,18 @@ def pin_threads(threads: int, local_rank: int) -> list[int]:
         except OSError:  # a thread that ended meanwhile
             pass
     return mine
+
+
+def engine_failure(state: AppState | None) -> str | None:
+    """Why a replica must be replaced, or None: the rule /health uses, less "draining" (a replica that
+    drains is being stopped by Serve already). None while the app is still starting (no state yet):
+    Serve's own start-up timeout covers a start that hangs."""
+    if state is None:
+        return None
+    status, stalled = health_status(state)
+    if status in ("dead", "stalled"):
+        return f"ember engine loop {status} ({stalled:.1f} s without a step on pending work)"
+    return None
 
 
 @dataclass
@@ -148,14 +162,10 @@ def build_application(config: Config, cluster: ClusterConfig):  # noqa: ANN201 -
         async def check_health(self) -> None:
             """Serve calls this every health_check_period_s; raising makes it replace the replica. The same
             rule as /health: the engine loop died, or has work and has not stepped for stall_timeout_s."""
-            from ember.api.health import health_status
-
             state = getattr(self.web.state, "ember", None) if self.web is not None else None
-            if state is None:
-                return  # still starting: Serve's own start-up timeout covers a start that hangs
-            status, stalled = health_status(state)
-            if status in ("dead", "stalled"):
-                raise RuntimeError(f"ember engine loop {status} ({stalled:.1f} s without a step)")
+            failure = engine_failure(state)
+            if failure is not None:
+                raise RuntimeError(failure)
 
     return EmberReplica.bind(ReplicaSpec(config, cluster))
 
