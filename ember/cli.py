@@ -155,10 +155,8 @@ def complete(a: argparse.Namespace) -> int:
 
 
 def _add_cluster_parser(sub: argparse._SubParsersAction) -> None:
-    try:
-        from ember.serve.nodes import add_cluster_commands
-    except ImportError:  # ember.serve.nodes needs only the stdlib and starlette; Ray is imported later
-        return
+    from ember.serve.nodes import add_cluster_commands  # no Ray import: `ray start` runs as a command
+
     add_cluster_commands(sub)
 
 

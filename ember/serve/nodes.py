@@ -15,8 +15,6 @@ import shutil
 import subprocess
 import sys
 
-from ember.serve.deployment import PROXY_ENV
-
 
 def ray_executable() -> str:
     exe = shutil.which("ray", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
@@ -26,6 +24,8 @@ def ray_executable() -> str:
 
 
 def node_env() -> dict[str, str]:
+    from ember.serve.deployment import PROXY_ENV  # here, not at the top: every `ember` command parses this
+
     return {**os.environ, **PROXY_ENV}
 
 
