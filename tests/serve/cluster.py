@@ -61,6 +61,22 @@ def port_released(port: int, timeout: float = 15.0) -> bool:
         time.sleep(0.5)
 
 
+def in_session(sid: int) -> list[int]:
+    """Live processes of session `sid`: a node started in its own session, with every process it forked,
+    including Ray's agents, which rename their command line and so escape processes_under."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(d))
+    return pids
+
+
 def processes_under(marker: str) -> list[int]:
     """Live processes whose command line names `marker` (the cluster's temp dir)."""
     pids = []
@@ -84,11 +100,18 @@ class RayCluster:
     temp_dir: str
     address: str
     nodes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    sessions: set[int] = field(default_factory=set)
+    left_behind: list[int] = field(default_factory=list)
+    """Every node's session id (its `ray start` pid): what must be empty after shutdown."""
+
+    def leftovers(self) -> list[int]:
+        return sorted({*processes_under(self.temp_dir), *(p for sid in self.sessions for p in in_session(sid))})
 
     def add_worker(self, name: str) -> None:
         args = [ray_executable(), "start", f"--address={self.address}", *node_args(self.temp_dir)]
         self.nodes[name] = subprocess.Popen(args, env=node_env(), start_new_session=True,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.sessions.add(self.nodes[name].pid)
 
     def remove(self, name: str) -> None:
         p = self.nodes.pop(name)
@@ -109,12 +132,8 @@ class RayCluster:
                         os.killpg(p.pid, signal.SIGKILL)
                     p.wait(timeout=10)
         deadline = time.monotonic() + 20
-        while (left := processes_under(self.temp_dir)) and time.monotonic() < deadline:
+        while self.leftovers() and time.monotonic() < deadline:
             time.sleep(0.5)
-        for pid in processes_under(self.temp_dir):  # workers that left the node's process group
-            with _suppress():
-                os.kill(pid, signal.SIGKILL)
-        del left
 
 
 @contextmanager
@@ -135,12 +154,18 @@ def ray_cluster() -> Iterator[RayCluster]:
             f"--ray-client-server-port={free_port()}", *node_args(temp_dir)]
     c.nodes["head"] = subprocess.Popen(head, env=node_env(), start_new_session=True,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    c.sessions.add(c.nodes["head"].pid)
     try:
         _wait_for(lambda: os.path.exists(os.path.join(temp_dir, "ray_current_cluster")), 60, "the Ray head")
         c.add_worker("worker")
         yield c
     finally:
         c.shutdown()
+        left = c.leftovers()
+        for pid in left:  # never leave them running, even when the test below fails on them
+            with _suppress():
+                os.kill(pid, signal.SIGKILL)
+        c.left_behind = left
 
 
 def _wait_for(cond, timeout: float, what: str) -> None:  # noqa: ANN001

@@ -19,7 +19,6 @@ from tests.serve.cluster import (
     complete,
     ember_on_cluster,
     port_released,
-    processes_under,
     ray_cluster,
     replicas_answering,
 )
@@ -34,7 +33,7 @@ PREFIX = ("You are a careful assistant. The session shares this long instruction
 def cluster() -> Iterator[RayCluster]:
     with ray_cluster() as c:
         yield c
-    assert processes_under(c.temp_dir) == [], "Ray processes left behind"
+    assert c.left_behind == [], "Ray processes left behind"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ember.config import ClusterConfig
-from tests.serve.cluster import MODEL, free_port, node_env, port_released, replicas_answering
+from tests.serve.cluster import MODEL, free_port, in_session, node_env, port_released, replicas_answering
 
 
 def test_one_replica_without_address_never_imports_ray() -> None:
@@ -25,21 +25,6 @@ def test_one_replica_without_address_never_imports_ray() -> None:
     assert out.stdout.strip() == "False", out.stderr
     with pytest.raises(ValueError):
         ClusterConfig(replicas=0)
-
-
-def in_session(sid: int) -> list[int]:
-    """Live processes of session `sid` (ember's, and every Ray process it started)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[3]) == sid and fields[0] != "Z":
-                pids.append(int(d))
-    return pids
 
 
 @pytest.mark.slow
