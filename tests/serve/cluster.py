@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,6 +167,7 @@ def ray_cluster() -> Iterator[RayCluster]:
             with _suppress():
                 os.kill(pid, signal.SIGKILL)
         c.left_behind = left
+        shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's session logs: hundreds of MB over many runs
 
 
 def _wait_for(cond, timeout: float, what: str) -> None:  # noqa: ANN001
