@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
+from ember.api.limits import Buckets
 from ember.api.platform import Platform
 from ember.api.playground import mount_playground
 from ember.api.response_headers import StateHeaders
@@ -37,14 +38,16 @@ def build_client(config: Config, loaded: LoadedModel, metrics: EngineMetrics) ->
 
 
 def create_app(config: Config, loaded: LoadedModel | None = None,
-               torch_thread: TorchThread | None = None) -> FastAPI:
+               torch_thread: TorchThread | None = None, buckets: Buckets | None = None) -> FastAPI:
     """The app; pass `loaded` to reuse a model already in memory (tests, several apps in one process),
-    and the TorchThread that loaded it, so the step loop runs on that same thread."""
+    and the TorchThread that loaded it, so the step loop runs on that same thread. `buckets`: where rate
+    limits are counted when several processes serve one platform (ember.serve), else in this process."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await asyncio.to_thread(open_store, config.store)
-        platform = Platform(store, config.platform, config.server.api_keys, config.scheduler.max_num_seqs)
+        platform = Platform(store, config.platform, config.server.api_keys, config.scheduler.max_num_seqs,
+                            buckets=buckets)
         platform.start()
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)

@@ -15,6 +15,7 @@ from ember.config import (
     QUANTIZATIONS,
     BatchConfig,
     CacheConfig,
+    ClusterConfig,
     Config,
     ModelConfig,
     PlatformConfig,
@@ -73,6 +74,12 @@ def _config(a: argparse.Namespace) -> Config:
     )
 
 
+def _cluster_config(a: argparse.Namespace) -> ClusterConfig:
+    return ClusterConfig(replicas=a.replicas, address=a.address, threads_per_replica=a.threads_per_replica,
+                         pin_threads=not a.no_pin_threads, max_ongoing_requests=a.max_ongoing_requests,
+                         fallback_replicas=a.fallback_replicas)
+
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -105,6 +112,11 @@ def serve(a: argparse.Namespace) -> int:
 
     config = _config(a)
     refuse_open_exposure(config)
+    cluster = _cluster_config(a)
+    if cluster.uses_ray:  # only here is Ray imported: one replica without --address stays one process
+        from ember.serve.deployment import run_cluster
+
+        return run_cluster(config, cluster)
     print(f"ember: loading {config.model.model or 'the default model'} ...", file=sys.stderr)
     torch_thread = TorchThread()  # loads here and steps later: one thread for all torch work
     loaded = torch_thread.submit(load_model, config.model).result()
@@ -142,6 +154,12 @@ def complete(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cluster_parser(sub: argparse._SubParsersAction) -> None:
+    from ember.serve.nodes import add_cluster_commands  # no Ray import: `ray start` runs as a command
+
+    add_cluster_commands(sub)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
@@ -176,6 +194,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="/health answers 503 when the engine has not stepped for this long with work pending")
     s.add_argument("--max-request-timeout", type=float, default=None,
                    help="cap on a request's total time in seconds (clients may ask for less: x-request-timeout)")
+    s.add_argument("--replicas", type=int, default=1,
+                   help="engine replicas on Ray Serve behind one endpoint (needs ember[cluster]); 1: no Ray")
+    s.add_argument("--address", default=None,
+                   help="an existing Ray cluster's HOST:PORT (see `ember cluster up`); default: a local Ray")
+    s.add_argument("--threads-per-replica", type=int, default=ClusterConfig.threads_per_replica,
+                   help="torch threads and Ray CPUs of each replica")
+    s.add_argument("--no-pin-threads", action="store_true", help="do not pin replicas' threads to cores")
+    s.add_argument("--max-ongoing-requests", type=int, default=None,
+                   help="requests per replica before keyed requests spill to the next (default: --max-num-seqs)")
+    s.add_argument("--fallback-replicas", type=int, default=ClusterConfig.fallback_replicas,
+                   help="replicas a saturated owner's keyed requests may spill to")
     c = sub.add_parser("complete", help="stream one completion to the terminal")
     _add_engine_flags(c)
     c.add_argument("prompt")
@@ -186,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
     add_admin_commands(sub)
     add_jobs_commands(sub)
+    _add_cluster_parser(sub)
     sub.add_parser("soak", help="abuse a live server for a while, then check nothing leaked (`ember soak --help`)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -194,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_admin(a)
         if a.cmd == "jobs":
             return run_jobs(a)
+        if a.cmd == "cluster":
+            from ember.serve.nodes import run_cluster_command
+
+            return run_cluster_command(a)
         return serve(a) if a.cmd == "serve" else complete(a)
     except EmberError as e:
         print(f"ember: error: {e.message}", file=sys.stderr)

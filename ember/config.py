@@ -190,3 +190,35 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     platform: PlatformConfig = field(default_factory=PlatformConfig)
     batch: BatchConfig = field(default_factory=BatchConfig)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """`ember serve --replicas N` on Ray Serve (ember/serve/): how many engines, where, and how each is fed."""
+
+    replicas: int = 1
+    address: str | None = None
+    """An existing Ray cluster's HOST:PORT; None starts a local Ray in this process."""
+    threads_per_replica: int = 1
+    """torch threads (and Ray logical CPUs) per replica."""
+    pin_threads: bool = True
+    """Pin each replica's threads to its own cores (by its rank on the node) so replicas do not fight."""
+    max_ongoing_requests: int | None = None
+    """Requests a replica takes before its owner counts as saturated and keyed requests spill to the next
+    replica on the ring; None: the scheduler's max_num_seqs."""
+    max_queued_requests: int = 1024
+    """Requests the proxy holds waiting for a replica; past it clients get 503."""
+    fallback_replicas: int = 1
+    """Ring successors a keyed request may spill to when its owner is saturated."""
+    health_check_period_s: float = 5.0
+    health_check_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError("--replicas must be at least 1")
+        if self.threads_per_replica < 1:
+            raise ValueError("--threads-per-replica must be at least 1")
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.replicas > 1 or self.address is not None

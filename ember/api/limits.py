@@ -53,13 +53,61 @@ class Reservation:
                             {q: max(0, a - used[q]) for q, a in self.amounts.items()})
 
 
+class Buckets:
+    """Every (account, model, quota) bucket, behind one lock. One process holds them; in a cluster a Ray
+    actor does (ember.serve.limits), so that a limit holds across replicas, not per replica."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buckets: dict[tuple[str, str, str], Bucket] = {}
+
+    def take(self, account_id: str, model: str, limits: dict[str, int], amounts: dict[str, int]) -> float:
+        """Take `amounts` from every bucket at once, or from none: 0.0 when taken, else the seconds to wait."""
+        now = time.monotonic()
+        with self._lock:
+            buckets = {q: self._bucket(account_id, model, q, limits[q], now) for q in amounts}
+            waits = [b.wait_for(amounts[q]) for q, b in buckets.items() if b.tokens < amounts[q]]
+            if waits:
+                return max(waits)
+            for q, b in buckets.items():
+                b.tokens -= amounts[q]
+        return 0.0
+
+    def refund(self, account_id: str, model: str, amounts: dict[str, int]) -> None:
+        with self._lock:
+            for q, a in amounts.items():
+                b = self._buckets.get((account_id, model, q))
+                if b is not None and a:
+                    b.tokens = min(float(b.per_minute), b.tokens + a)
+
+    def remaining(self, account_id: str, model: str, quota: str) -> int | None:
+        with self._lock:
+            b = self._buckets.get((account_id, model, quota))
+            if b is None:
+                return None
+            b.refill(time.monotonic())
+            return int(b.tokens)
+
+    def _bucket(self, account_id: str, model: str, q: str, per_minute: int, now: float) -> Bucket:
+        b = self._buckets.get((account_id, model, q))
+        if b is None:
+            b = self._buckets[(account_id, model, q)] = Bucket(per_minute, float(per_minute), now)
+        elif b.per_minute != per_minute:  # a changed quota applies from the next request,
+            b.refill(now)                 # keeping what was used in the current minute
+            used = b.per_minute - b.tokens
+            b.per_minute = per_minute
+            b.tokens = max(0.0, per_minute - used)
+        b.refill(now)
+        return b
+
+
 class RateLimiter:
-    def __init__(self, quotas: Quotas) -> None:
+    def __init__(self, quotas: Quotas, buckets: Buckets | None = None) -> None:
         self.quotas = quotas
         self._lock = threading.Lock()
         self._limits: dict[str, dict[str, int]] = {}
         self._stale = True
-        self._buckets: dict[tuple[str, str, str], Bucket] = {}
+        self.buckets = buckets if buckets is not None else Buckets()
 
     def limits(self, account_id: str) -> dict[str, int]:
         """The account's enforced per-minute limits; a quota not set is absent (unlimited).
@@ -92,44 +140,17 @@ class RateLimiter:
                 raise RateLimited(f"this request needs {amount} of quota {q}, more than its whole per-minute "
                                   f"limit of {limits[q]}: it can never be admitted; lower max_tokens or n, "
                                   "or raise the quota")
-        now = time.monotonic()
-        with self._lock:
-            buckets = {q: self._bucket(account_id, model, q, limits[q], now) for q in amounts}
-            waits = [b.wait_for(amounts[q]) for q, b in buckets.items() if b.tokens < amounts[q]]
-            if waits:
-                retry = min(60, max(1, math.ceil(max(waits))))
-                raise RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s",
-                                  retry_after=retry)
-            for q, b in buckets.items():
-                b.tokens -= amounts[q]
+        wait = self.buckets.take(account_id, model, limits, amounts)
+        if wait > 0:
+            retry = min(60, max(1, math.ceil(wait)))
+            raise RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s", retry_after=retry)
         return Reservation(self, account_id, model, amounts)
 
     def refund(self, account_id: str, model: str, amounts: dict[str, int]) -> None:
-        with self._lock:
-            for q, a in amounts.items():
-                b = self._buckets.get((account_id, model, q))
-                if b is not None and a:
-                    b.tokens = min(float(b.per_minute), b.tokens + a)
-
-    def _bucket(self, account_id: str, model: str, q: str, per_minute: int, now: float) -> Bucket:
-        b = self._buckets.get((account_id, model, q))
-        if b is None:
-            b = self._buckets[(account_id, model, q)] = Bucket(per_minute, float(per_minute), now)
-        elif b.per_minute != per_minute:  # a changed quota applies from the next request,
-            b.refill(now)                 # keeping what was used in the current minute
-            used = b.per_minute - b.tokens
-            b.per_minute = per_minute
-            b.tokens = max(0.0, per_minute - used)
-        b.refill(now)
-        return b
+        self.buckets.refund(account_id, model, amounts)
 
     def remaining_requests(self, account_id: str, model: str) -> int | None:
-        with self._lock:
-            b = self._buckets.get((account_id, model, REQUESTS))
-            if b is None:
-                return None
-            b.refill(time.monotonic())
-            return int(b.tokens)
+        return self.buckets.remaining(account_id, model, REQUESTS)
 
     def headers(self, account_id: str, model: str) -> dict[str, str]:
         """The effective limits (per second, as Fireworks reports them) for every inference response."""

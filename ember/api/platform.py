@@ -7,7 +7,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ember.api.auth import Authenticator
-from ember.api.limits import RateLimiter
+from ember.api.limits import Buckets, RateLimiter
 from ember.config import PlatformConfig
 from ember.store.accounts import Accounts, Users
 from ember.store.api_keys import ApiKeys
@@ -25,6 +25,8 @@ class Platform:
     static_keys: tuple[str, ...] = ()
     max_running: int = 64
     """The scheduler's max_num_seqs: how many admitted sequences run rather than wait."""
+    buckets: Buckets | None = None
+    """Where rate-limit buckets live: None keeps them in this process; a cluster passes a shared one."""
     accounts: Accounts = field(init=False)
     users: Users = field(init=False)
     keys: ApiKeys = field(init=False)
@@ -41,7 +43,7 @@ class Platform:
         self.keys = ApiKeys(self.store)
         self.quotas = Quotas(self.store)
         self.auth = Authenticator(self.keys, self.accounts, self.config, self.static_keys)
-        self.limiter = RateLimiter(self.quotas)
+        self.limiter = RateLimiter(self.quotas, self.buckets)
         self.meter = UsageMeter(self.store, self.config.usage_flush_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

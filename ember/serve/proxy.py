@@ -1,0 +1,72 @@
+"""The middleware every Ray Serve HTTP proxy runs before routing: it turns ember's affinity key into the
+session id Serve's router sees.
+
+Serve's proxy hands the router only the request's headers (the body travels later, pulled by the
+replica), and takes the session id from one header (`x-session-id` unless RAY_SERVE_SESSION_ID_HEADER_KEY
+says otherwise). Fireworks clients name a session with `x-session-affinity` or with `prompt_cache_key` in
+the JSON body, scoped by `prompt_cache_isolation_key`. So for each POST this reads the body once (capped),
+computes the key (ember.serve.affinity.affinity_key), writes it as the session header (replacing any
+client-sent one, so a client cannot step out of its isolation scope) and replays the body unchanged.
+
+Loaded in the proxy by RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=ember.serve.proxy:middlewares, which
+must be in the environment of the Ray node that runs the proxy (`ember serve` and `ember cluster up` set
+it).
+"""
+
+from __future__ import annotations
+
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ember.serve.affinity import MAX_BODY_BYTES, SESSION_HEADER, key_from_body
+
+CALLBACK_PATH = "ember.serve.proxy:middlewares"
+
+
+def _session_header() -> bytes:
+    from ray.serve._private.constants import SERVE_SESSION_ID  # this proxy's configured header
+
+    return SERVE_SESSION_ID.lower().encode("latin-1")
+
+
+class AffinityKeyMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.session = _session_header()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = [(k, v) for k, v in scope.get("headers", [])]
+        header = next((v.decode("latin-1") for k, v in headers if k.lower() == SESSION_HEADER.encode()), None)
+        buffered: list[Message] = []
+        if scope.get("method") == "POST":
+            body = b""
+            while True:  # read the whole body (it is small: a completion request), keep the messages
+                m = await receive()
+                buffered.append(m)
+                if m["type"] != "http.request":
+                    break
+                if len(body) <= MAX_BODY_BYTES:
+                    body += m.get("body", b"")
+                if not m.get("more_body", False):
+                    break
+            key = key_from_body(body, header)
+        else:
+            key = key_from_body(b"", header)
+        headers = [(k, v) for k, v in headers if k.lower().replace(b"_", b"-") != self.session.replace(b"_", b"-")]
+        if key is not None:
+            headers.append((self.session, key.encode("utf-8")))
+        scope = dict(scope, headers=headers)
+
+        async def replay() -> Message:
+            if buffered:
+                return buffered.pop(0)
+            return await receive()
+
+        await self.app(scope, replay if buffered else receive, send)
+
+
+def middlewares() -> list[Middleware]:
+    return [Middleware(AffinityKeyMiddleware)]

@@ -1,0 +1,63 @@
+"""`ember serve --replicas N`: one replica without --address is today's process (no Ray); two start a
+local Ray of their own, serve, and leave nothing behind on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from ember.config import ClusterConfig
+from tests.serve.cluster import MODEL, free_port, in_session, node_env, port_released, replicas_answering
+
+
+def test_one_replica_without_address_never_imports_ray() -> None:
+    assert not ClusterConfig().uses_ray
+    assert ClusterConfig(replicas=2).uses_ray and ClusterConfig(address="127.0.0.1:6380").uses_ray
+    code = ("import sys, ember.cli, ember.app, ember.serve.deployment, ember.serve.nodes, ember.serve.proxy; "
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+    with pytest.raises(ValueError):
+        ClusterConfig(replicas=0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_two_replicas_on_a_local_ray(tmp_path) -> None:  # noqa: ANN001
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    args = [sys.executable, "-m", "ember", "serve", "--replicas", "2", "--port", str(port), "--kv-cache-mb", "32",
+            "--data-dir", str(tmp_path), "--log-level", "warning"]
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(args, env=node_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while len(replicas_answering(url, 8)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(2)
+        with httpx.stream("POST", url + "/v1/completions", timeout=60,
+                          json={"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": True}) as r:
+            assert r.status_code == 200
+            assert [ln for ln in r.iter_lines() if ln.startswith("data: ")][-1] == "data: [DONE]"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, log_path.read_text()[-3000:]
+    deadline = time.monotonic() + 20
+    while (left := in_session(proc.pid)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], "Ray processes left behind"
+    assert port_released(port)
