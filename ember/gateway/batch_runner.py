@@ -49,6 +49,16 @@ _PARAM_FIELDS = {"maxTokens": "max_tokens", "temperature": "temperature", "topP"
                  "n": "n"}
 
 
+def _dumps(obj: dict) -> str:
+    """One output line: UTF-8 as it is, unless something in it cannot be UTF-8 (then escaped)."""
+    text = json.dumps(obj, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(obj)
+    return text
+
+
 def row_defaults(params: dict) -> dict:
     """The body defaults a job's inferenceParameters give: extraBody first, the named ones over it."""
     out: dict = {}
@@ -265,7 +275,14 @@ class BatchRunner:
         write.add_done_callback(run.writes.discard)
         if usage is not None:
             write.add_done_callback(lambda w: self._meter(j, tokens, w))
-        await asyncio.shield(write)
+        try:
+            await asyncio.shield(write)
+        except Exception:  # noqa: BLE001 - the store refused the write: the row is not done, run it again
+            log.exception("storing the result of row %s of %s failed; it will run again",
+                          row.custom_id[:80], j.job_id)
+            await asyncio.sleep(1.0)
+            run.retry.append(row)
+            return
         run.ran += 1
 
     def _meter(self, j: BatchJob, tokens: tuple[int, int, int], write: asyncio.Future) -> None:
@@ -280,7 +297,7 @@ class BatchRunner:
                    "error": {"code": err.get("code") or err.get("type"), "message": err.get("message")}}
         else:
             out = {"custom_id": custom_id, "error": err}
-        return json.dumps(out, ensure_ascii=False)
+        return _dumps(out)
 
     @staticmethod
     def _ok_line(j: BatchJob, custom_id: str, request_id: str, response: dict) -> str:
@@ -289,7 +306,7 @@ class BatchRunner:
                    "response": {"status_code": 200, "request_id": request_id, "body": response}, "error": None}
         else:
             out = {"custom_id": custom_id, "response": response}
-        return json.dumps(out, ensure_ascii=False)
+        return _dumps(out)
 
     def _row_body(self, j: BatchJob, row: Row) -> dict:
         """The row's body without its model, or InvalidRequest: a Fireworks row names no model (the job

@@ -73,7 +73,8 @@ def dataset_json(d: Dataset) -> dict:
 
 
 def prompt_tokens(tok: Tokenizer, body: dict) -> int:
-    """Tokens of a row's prompt (text, token ids, or a list of either); 0 for anything else."""
+    """Tokens of a row's prompt (text, token ids, or a list of either); 0 for anything else (rows are
+    only checked for structure at upload: a bad prompt is that row's error when the job runs)."""
     p = body.get("prompt")
     items = [p] if isinstance(p, str) or (isinstance(p, list) and p and isinstance(p[0], int)) else p
     if not isinstance(items, list):
@@ -81,7 +82,10 @@ def prompt_tokens(tok: Tokenizer, body: dict) -> int:
     n = 0
     for item in items:
         if isinstance(item, str):
-            n += len(tok.encode(item, add_special_tokens=False))
+            try:
+                n += len(tok.encode(item, add_special_tokens=False))
+            except (TypeError, ValueError):  # not text the tokenizer takes (a lone surrogate): its row
+                pass                         # fails when it runs; an estimate need not count it
         elif isinstance(item, list):
             n += len(item)
         elif isinstance(item, int):

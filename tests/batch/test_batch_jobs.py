@@ -111,15 +111,16 @@ def test_invalid_rows_go_to_error_data_and_the_job_goes_on(env: BatchEnv) -> Non
         {"custom_id": "bad-range", "body": {"prompt": "x", "temperature": 7}},
         {"custom_id": "no-prompt", "body": {"max_tokens": 3}},
         {"custom_id": "too-long", "body": {"prompt": "word " * 5000}},
+        {"custom_id": "surrogate", "body": {"prompt": "a\ud800b"}},
     ]
     upload(c, "bad-rows-in", jsonl(data))
     c.batch_inference_jobs.create(model=MODEL_ID, input_dataset_id="bad-rows-in", batch_inference_job_id="bad-rows")
     job = wait_job(c, "bad-rows")
     assert job.state == "JOB_STATE_COMPLETED"
-    assert job.job_progress.failed_requests == 5 and job.job_progress.successfully_processed_requests == 3
+    assert job.job_progress.failed_requests == 6 and job.job_progress.successfully_processed_requests == 3
     files = download(c, "bad-rows-output")  # the default output dataset: JOB_ID-output
     errors = {e["custom_id"]: e["error"] for e in lines_of(files["error-data"])}
-    assert set(errors) == {"has-model", "unknown-field", "bad-range", "no-prompt", "too-long"}
+    assert set(errors) == {"has-model", "unknown-field", "bad-range", "no-prompt", "too-long", "surrogate"}
     assert errors["has-model"]["param"] == "model"
     assert errors["unknown-field"]["param"] == "bogus"
     assert errors["bad-range"]["param"] == "temperature"
