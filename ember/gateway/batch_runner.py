@@ -22,9 +22,11 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
+from functools import partial
+from typing import Any, BinaryIO, TypeVar
 
 from pydantic import ValidationError
 
@@ -43,6 +45,7 @@ from ember.store.tables import BatchJob
 from ember.store.usage import BATCH, UsageMeter
 
 log = logging.getLogger("ember.batch")
+T = TypeVar("T")
 
 # inferenceParameters (camelCase) -> the completion body field it defaults.
 _PARAM_FIELDS = {"maxTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
@@ -110,6 +113,9 @@ class BatchRunner:
         self.meter = meter
         self.runs: dict[tuple[str, str], JobRun] = {}
         self._wake = asyncio.Event()
+        # Its own threads for store writes and tokenizing: batch work never queues in front of an
+        # interactive request's tokenization in the event loop's default executor.
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="ember-batch")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
 
@@ -125,6 +131,10 @@ class BatchRunner:
             await asyncio.gather(self._task, return_exceptions=True)
         for run in list(self.runs.values()):
             await self._drop(run)
+        self._pool.shutdown(wait=True)
+
+    def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     def wake_soon(self) -> None:
         """Look at the store now rather than at the next tick (callable from any thread)."""
@@ -147,7 +157,7 @@ class BatchRunner:
 
     # -- one pass over the active jobs ---------------------------------------------------------------
     async def tick(self) -> None:
-        jobs = await asyncio.to_thread(self.b.jobs.active)
+        jobs = await self._io(self.b.jobs.active)
         active = {(j.account_id, j.job_id): j for j in jobs}
         for key, run in list(self.runs.items()):  # deleted under us (a finished job's row removed)
             if key not in active:
@@ -203,25 +213,25 @@ class BatchRunner:
 
     async def _validate(self, j: BatchJob) -> None:
         try:
-            _, total = await asyncio.to_thread(self._todo, j)
+            _, total = await self._io(self._todo, j)
         except EmberError as e:
             await self._finish(j, st.FAILED, "INVALID_ARGUMENT", e.message, (st.VALIDATING,))
             return
-        await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.PENDING, (st.VALIDATING,),
+        await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.PENDING, (st.VALIDATING,),
                                 total_rows=total)
 
     async def _open(self, j: BatchJob) -> None:
         """Start (or resume, after a restart) a job: the rows still to run are read lazily from its file."""
         try:
-            skip, total = await asyncio.to_thread(self._todo, j)
-            path, name = await asyncio.to_thread(self._input_path, j)
+            skip, total = await self._io(self._todo, j)
+            path, name = await self._io(self._input_path, j)
             f = open(path, "rb")  # noqa: SIM115 - held while the job runs, closed by _drop
         except (EmberError, OSError) as e:
             msg = e.message if isinstance(e, EmberError) else f"cannot open the input file of {self._input_where(j)}"
             await self._finish(j, st.FAILED, "INVALID_ARGUMENT", msg, (st.PENDING, st.RUNNING))
             return
         if j.state == st.PENDING:
-            moved = await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.RUNNING,
+            moved = await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.RUNNING,
                                             (st.PENDING,), run_start=utcnow(), total_rows=total)
             if not moved:
                 f.close()
@@ -269,7 +279,7 @@ class BatchRunner:
                    usage["completion_tokens"]) if usage else (0, 0, 0))
         # The commit runs to its end even if the job is cancelled meanwhile: whoever writes the output
         # files waits for run.writes first, so the files hold every row the store holds.
-        write = asyncio.ensure_future(asyncio.to_thread(
+        write = asyncio.ensure_future(self._io(
             self.b.jobs.record, j.account_id, j.job_id, row.custom_id, ok, line, *tokens))
         run.writes.add(write)
         write.add_done_callback(run.writes.discard)
@@ -339,7 +349,7 @@ class BatchRunner:
         try:
             reject_unsupported(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
-            plan = await asyncio.to_thread(to_engine_requests, req, self.served.tokenizer,
+            plan = await self._io(to_engine_requests, req, self.served.tokenizer,
                                            self.served.max_model_len, engine_id, self.served.grammars)
             reqs = [replace(r, background=True) for r in plan.requests]
             states = [ChoiceState(i) for i in range(len(reqs))]
@@ -372,27 +382,27 @@ class BatchRunner:
     async def _complete(self, run: JobRun) -> None:
         j = run.job
         await self._drop(run)
-        if not await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.WRITING, (st.RUNNING,)):
+        if not await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.WRITING, (st.RUNNING,)):
             return
         await self._write_results(j)
 
     async def _write_results(self, j: BatchJob) -> None:
-        await asyncio.to_thread(self._write_files, j)
-        p = await asyncio.to_thread(self.b.jobs.progress, j.account_id, j.job_id)
+        await self._io(self._write_files, j)
+        p = await self._io(self.b.jobs.progress, j.account_id, j.job_id)
         if p.processed and not p.succeeded:
-            await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.FAILED, (st.WRITING,),
+            await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.FAILED, (st.WRITING,),
                                     "INVALID_ARGUMENT", "no row of the input was a valid completion request; "
                                     "see error-data in the output dataset")
         else:
-            await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.COMPLETED, (st.WRITING,))
+            await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.COMPLETED, (st.WRITING,))
 
     async def _finish(self, j: BatchJob, to: str, code: str, message: str, from_states: tuple[str, ...]) -> None:
         """End a job early: stop its rows, write what is done, then move it to `to`."""
         run = self.runs.get((j.account_id, j.job_id))
         if run is not None:
             await self._drop(run)
-        await asyncio.to_thread(self._write_files, j)
-        await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, to, from_states, code, message)
+        await self._io(self._write_files, j)
+        await self._io(self.b.jobs.transition, j.account_id, j.job_id, to, from_states, code, message)
 
     def _write_files(self, j: BatchJob) -> None:
         """The output dataset's two files from the committed rows (atomic; safe to redo after a crash)."""
