@@ -28,7 +28,7 @@ from ember.store.tables import BatchJob, Dataset
 router = APIRouter(tags=["gateway"])
 _BASE = "/v1/accounts/{account_id}/batchInferenceJobs"
 _FIELDS = ("name", "displayName", "state", "model", "createTime", "updateTime", "inputDatasetId",
-           "outputDatasetId", "create_time", "createdBy")
+           "outputDatasetId", "createdBy")
 CANCEL_WAIT_S = 5.0
 
 

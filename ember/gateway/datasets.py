@@ -23,7 +23,7 @@ from ember.gateway.uploads import stream_file_part
 from ember.gateway.wire import list_response
 from ember.store.dataset_files import safe_filename, scan_batch_file
 from ember.store.datasets import FORMATS
-from ember.store.ids import check_id, epoch, rfc3339
+from ember.store.ids import check_id, epoch, rfc3339, utcnow
 from ember.store.tables import BatchJob, Dataset
 from ember.tokenizer import Tokenizer
 
@@ -203,8 +203,6 @@ def get_dataset(account_id: str, dataset_id: str, b: BatchDep, p: GatewayAuth,
 @router.patch(_BASE + "/{dataset_id}")
 def update_dataset(account_id: str, dataset_id: str, body: DatasetFields, b: BatchDep, p: GatewayAuth) -> dict:
     check_id(dataset_id, "datasetId")
-    from ember.store.ids import utcnow
-
     with b.store.session() as s:
         d = s.get(Dataset, (account_id, dataset_id))
         if d is None:

@@ -16,7 +16,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ember.errors import AlreadyExists, ResourceNotFound
-from ember.store.datasets import UPLOADING
 from ember.store.db import Store
 from ember.store.ids import utcnow
 from ember.store.tables import BatchJob, BatchResult, Dataset
@@ -165,8 +164,3 @@ class BatchJobs:
             for _cid, line in page:
                 yield line
             last = page[-1][0]
-
-    def input_uploading(self, account_id: str, dataset_id: str) -> bool:
-        with self.store.session() as s:
-            d = s.get(Dataset, (account_id, dataset_id))
-        return d is not None and d.state == UPLOADING
