@@ -118,8 +118,10 @@ class BatchJobs:
             account_id=account_id, job_id=job_id, custom_id=custom_id, ok=ok, line=line,
             prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, completion_tokens=completion_tokens,
             created=utcnow()).on_conflict_do_nothing(index_elements=["account_id", "job_id", "custom_id"])
+        # RETURNING says whether this call inserted (psycopg's rowcount does not, for DO NOTHING).
+        stmt = stmt.returning(BatchResult.custom_id)
         with self.store.session() as s:
-            return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+            return s.execute(stmt).first() is not None
 
     def progress(self, account_id: str, job_id: str) -> Progress:
         q = select(func.coalesce(func.sum(case((BatchResult.ok, 1), else_=0)), 0),

@@ -121,9 +121,9 @@ def test_meter_concurrent_records_are_all_counted(store: Store) -> None:
 
 
 def test_migrations_are_idempotent_and_versioned(store: Store, store_config: StoreConfig) -> None:
-    assert store.revision() == "0001"
+    assert store.revision() == "0002"
     again = open_store(store_config)  # a second start on the same database changes nothing
-    assert again.revision() == "0001"
+    assert again.revision() == "0002"
     with again.engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM accounts")).scalar() == 0
     again.close()
