@@ -38,7 +38,8 @@ def test_any_bytes_give_rows_or_a_400(lines: list[bytes], eol: bytes) -> None:
 def test_scan_counts_and_refuses_repeats(tmp_path: Path) -> None:
     p = tmp_path / "a.jsonl"
     p.write_bytes(b'{"custom_id": "a", "body": {"prompt": "x"}}\n\n{"custom_id": "b", "body": {}}\n')
-    assert scan_batch_file(p, "a.jsonl", lambda b: 2).rows == 2
+    scan = scan_batch_file(p, "a.jsonl", lambda bs: 2 * len(bs))
+    assert (scan.rows, scan.tokens) == (2, 4)
     p.write_bytes(b'{"custom_id": "a", "body": {}}\n{"custom_id": "a", "body": {}}\n')
     with pytest.raises(InvalidRequest, match="a.jsonl:2: custom_id 'a' is repeated"):
         scan_batch_file(p, "a.jsonl", lambda b: 0)
