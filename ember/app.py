@@ -42,7 +42,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await asyncio.to_thread(open_store, config.store)
-        platform = Platform(store, config.platform, config.server.api_keys)
+        platform = Platform(store, config.platform, config.server.api_keys, config.scheduler.max_num_seqs)
         platform.start()
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)

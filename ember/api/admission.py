@@ -46,7 +46,9 @@ def admit(platform: Platform, principal: Principal, model: str, sequences: int, 
     requests get twice that room, so they are admitted first when the server is busy.
     """
     bound = platform.config.max_queued_requests * (2 if priority else 1)
-    waiting = max(0, platform.inflight - stats.num_running)
+    # The engine's snapshot lags a burst (nothing runs yet when ten requests arrive at once), so what
+    # is admitted counts as running up to the batch size the scheduler will take.
+    waiting = max(0, platform.inflight - max(stats.num_running, platform.max_running))
     if waiting + sequences > bound and waiting > 0:
         raise Overloaded(f"the server is overloaded ({waiting} sequences waiting); retry shortly",
                          retry_after=min(30, 1 + waiting // 32))

@@ -105,9 +105,11 @@ def admit_plan(request: Request, state: StateDep, principal: InferenceAuth, serv
     """Load shedding and rate limits for a translated request; the limits' headers go on every answer."""
     platform = state.platform
     request.state.response_headers = platform.limiter.headers(principal.account_id, served.model_id)
-    return admit(platform, principal, served.model_id, len(plan.requests),
-                 sum(len(p.token_ids) for p in plan.prompts),
-                 sum(r.params.max_tokens for r in plan.requests), priority, state.client.stats())
+    adm = admit(platform, principal, served.model_id, len(plan.requests), sum(len(p.token_ids) for p in plan.prompts),
+                sum(r.params.max_tokens for r in plan.requests), priority, state.client.stats())
+    if "x-ratelimit-remaining-requests" in request.state.response_headers:  # count this request too
+        request.state.response_headers = platform.limiter.headers(principal.account_id, served.model_id)
+    return adm
 
 
 def finish_admission(adm: Admission, states: list[ChoiceState], plan: Plan, completed: bool) -> None:

@@ -170,7 +170,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EmberError)
     async def _ember(request: Request, exc: EmberError) -> JSONResponse:
         status, _ = status_of(exc)
-        if status >= 500:
+        if status >= 500 and status != 503:
             log.error("%s: %s", type(exc).__name__, exc.message)
         if is_gateway(request):
             return gateway_response(request, status, exc.message, exc)

@@ -54,27 +54,31 @@ class Reservation:
 
 
 class RateLimiter:
-    def __init__(self, quotas: Quotas, refresh_s: float = 1.0) -> None:
+    def __init__(self, quotas: Quotas) -> None:
         self.quotas = quotas
-        self.refresh_s = refresh_s
         self._lock = threading.Lock()
         self._limits: dict[str, dict[str, int]] = {}
-        self._loaded = -1e9
+        self._stale = True
         self._buckets: dict[tuple[str, str, str], Bucket] = {}
 
     def limits(self, account_id: str) -> dict[str, int]:
-        """The account's enforced per-minute limits; a quota not set is absent (unlimited)."""
-        now = time.monotonic()
-        if now - self._loaded > self.refresh_s:
-            fresh = {a: {q: v.effective for q, v in qs.items() if v.effective is not None}
-                     for a, qs in self.quotas.all_accounts().items()}
-            with self._lock:
-                self._limits, self._loaded = fresh, now
+        """The account's enforced per-minute limits; a quota not set is absent (unlimited).
+
+        Read from memory: the platform's flusher thread refreshes them every second (quotas changed by
+        another process), and a change made here reloads them before the next request."""
+        if self._stale:
+            self.refresh()
         return self._limits.get(account_id, {})
+
+    def refresh(self) -> None:
+        fresh = {a: {q: v.effective for q, v in qs.items() if v.effective is not None}
+                 for a, qs in self.quotas.all_accounts().items()}
+        with self._lock:
+            self._limits, self._stale = fresh, False
 
     def invalidate(self) -> None:
         """A quota changed here: the next request reads it."""
-        self._loaded = -1e9
+        self._stale = True
 
     def reserve(self, account_id: str, model: str, prompt_tokens: int, generated_tokens: int) -> Reservation:
         limits = self.limits(account_id)
@@ -111,10 +115,11 @@ class RateLimiter:
         b = self._buckets.get((account_id, model, q))
         if b is None:
             b = self._buckets[(account_id, model, q)] = Bucket(per_minute, float(per_minute), now)
-        elif b.per_minute != per_minute:  # a changed quota applies from the next request
-            b.refill(now)
+        elif b.per_minute != per_minute:  # a changed quota applies from the next request,
+            b.refill(now)                 # keeping what was used in the current minute
+            used = b.per_minute - b.tokens
             b.per_minute = per_minute
-            b.tokens = min(b.tokens, float(per_minute))
+            b.tokens = max(0.0, per_minute - used)
         b.refill(now)
         return b
 

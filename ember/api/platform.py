@@ -23,6 +23,8 @@ class Platform:
     store: Store
     config: PlatformConfig
     static_keys: tuple[str, ...] = ()
+    max_running: int = 64
+    """The scheduler's max_num_seqs: how many admitted sequences run rather than wait."""
     accounts: Accounts = field(init=False)
     users: Users = field(init=False)
     keys: ApiKeys = field(init=False)
@@ -49,6 +51,11 @@ class Platform:
         self.meter.flush()
         self.keys.touch(self.auth.take_last_used())
 
+    def tick(self) -> None:
+        """Each second, off the request path: flush, and re-read quotas other processes may have changed."""
+        self.flush()
+        self.limiter.refresh()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="ember-platform-flush", daemon=True)
         self._thread.start()
@@ -56,7 +63,7 @@ class Platform:
     def _run(self) -> None:
         while not self._stop.wait(self.config.usage_flush_s):
             try:
-                self.flush()
+                self.tick()
             except Exception:  # noqa: BLE001 - kept in memory, retried next tick
                 log.exception("platform flush failed; retrying")
 

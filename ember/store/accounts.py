@@ -81,6 +81,8 @@ class Users:
         now = utcnow()
         try:
             with self.store.session() as s:
+                if s.get(Account, account_id) is None:
+                    raise ResourceNotFound(f"account {account_id!r} not found")
                 u = User(account_id=account_id, user_id=user_id, email=email, role=role,
                          display_name=display_name, service_account=service_account, created=now, updated=now)
                 s.add(u)

@@ -32,6 +32,8 @@ class Platform:
         """A new key of a (new or existing) user of `account_id`, made in the store like the CLI does."""
         store = open_store(StoreConfig(data_dir=self.data_dir))
         try:
+            if account_id not in [a.account_id for a in Accounts(store).list()]:
+                Accounts(store).create(account_id, f"ops@{account_id}.test")
             users = Users(store)
             try:
                 users.get(account_id, user_id)
