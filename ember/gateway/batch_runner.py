@@ -113,6 +113,7 @@ class BatchRunner:
         self.meter = meter
         self.runs: dict[tuple[str, str], JobRun] = {}
         self._wake = asyncio.Event()
+        self._endings: set[asyncio.Task] = set()
         # Its own threads for store writes and tokenizing: batch work never queues in front of an
         # interactive request's tokenization in the event loop's default executor.
         self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="ember-batch")
@@ -248,10 +249,14 @@ class BatchRunner:
                     break
                 try:
                     row = run.next_row()
-                except EmberError as e:  # the file changed under the job: a job-level failure
+                except (EmberError, OSError) as e:  # the file changed or broke under the job: job-level
                     run.exhausted = True
                     run.retry.clear()
-                    asyncio.create_task(self._fail_run(run, e.message))
+                    msg = e.message if isinstance(e, EmberError) else (
+                        f"cannot read the input file of {self._input_where(run.job)}: {e}")
+                    failing = asyncio.create_task(self._fail_run(run, msg))
+                    self._endings.add(failing)
+                    failing.add_done_callback(self._endings.discard)
                     runs.remove(run)
                     continue
                 if row is None:
