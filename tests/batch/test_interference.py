@@ -63,7 +63,7 @@ def test_interactive_requests_go_first_while_a_job_fills_the_engine(busy_env: Ba
                 before = steps[0]
                 r = h.post("/v1/completions", json={"model": MODEL_ID, "prompt": f"Interactive {i}:",
                                                      "max_tokens": 8, "temperature": 0, "ignore_eos": True})
-                total = steps[0] - before
+                total = steps[0] - before  # the HTTP round trip: 9-11 steps measured, not asserted
                 assert r.status_code == 200, r.text
                 assert r.json()["usage"]["completion_tokens"] == 8
                 (rid,) = [k for k in added if k not in seen]
@@ -71,6 +71,7 @@ def test_interactive_requests_go_first_while_a_job_fills_the_engine(busy_env: Ba
                 # In the engine: the step it arrived in, then one step per token. It never waited for a
                 # seat, the token budget or KV memory behind the batch rows.
                 assert finished[rid] - added[rid] <= 8 + 1, (finished[rid] - added[rid], total)
+                assert total >= finished[rid] - added[rid]
                 assert any(s.request.background for s in sched.running)  # the job was still running
                 job = c.batch_inference_jobs.get("busy")
                 assert job.state == "JOB_STATE_RUNNING"
