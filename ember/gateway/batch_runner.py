@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import deque
@@ -46,6 +48,9 @@ from ember.store.usage import BATCH, UsageMeter
 
 log = logging.getLogger("ember.batch")
 T = TypeVar("T")
+LEASE_S = 10.0
+"""How long a job stays with its runner without word from it: after a crash, another server (or the
+restarted one) resumes it this much later at most."""
 
 # inferenceParameters (camelCase) -> the completion body field it defaults.
 _PARAM_FIELDS = {"maxTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
@@ -112,6 +117,8 @@ class BatchRunner:
         self.served = served
         self.meter = meter
         self.runs: dict[tuple[str, str], JobRun] = {}
+        self.owner = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:40]
+        """This runner's name on the jobs it drives (see BatchJobs.claim)."""
         self._wake = asyncio.Event()
         self._endings: set[asyncio.Task] = set()
         # Its own threads for store writes and tokenizing: batch work never queues in front of an
@@ -132,6 +139,10 @@ class BatchRunner:
             await asyncio.gather(self._task, return_exceptions=True)
         for run in list(self.runs.values()):
             await self._drop(run)
+        try:
+            await self._io(self.b.jobs.release, self.owner)
+        except Exception:  # noqa: BLE001 - the leases then simply run out
+            log.exception("could not release batch job leases")
         self._pool.shutdown(wait=True)
 
     def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
@@ -158,7 +169,7 @@ class BatchRunner:
 
     # -- one pass over the active jobs ---------------------------------------------------------------
     async def tick(self) -> None:
-        jobs = await self._io(self.b.jobs.active)
+        jobs = await self._io(self._claim_jobs)
         active = {(j.account_id, j.job_id): j for j in jobs}
         for key, run in list(self.runs.items()):  # deleted under us (a finished job's row removed)
             if key not in active:
@@ -182,6 +193,14 @@ class BatchRunner:
         for run in list(self.runs.values()):
             if run.exhausted and not run.retry and not run.tasks:
                 await self._complete(run)
+
+    def _claim_jobs(self) -> list[BatchJob]:
+        """The active jobs this runner drives, oldest first: its own (their leases renewed) and any that
+        no live runner holds. Jobs another server drives are left to it."""
+        jobs = self.b.jobs.active()
+        self.b.jobs.renew(self.owner, LEASE_S)
+        return [j for j in jobs if j.owner == self.owner
+                or self.b.jobs.claim(j.account_id, j.job_id, self.owner, LEASE_S)]
 
     def _input_where(self, j: BatchJob) -> str:
         return f"input dataset {j.input_dataset_id!r}"

@@ -27,7 +27,7 @@ def make_job(store: Store, job_id: str = "j1", continued_from: str = "") -> Batc
                          output_dataset_id=f"{job_id}-out", params={}, continued_from=continued_from,
                          created=now, updated=now, expire_time=now + timedelta(hours=1), display_name="",
                          created_by="", key_id="k", status_code="OK", status_message="",
-                         precision="PRECISION_UNSPECIFIED", total_rows=3, api="fireworks", meta={}), None)
+                         precision="PRECISION_UNSPECIFIED", total_rows=3, api="fireworks", meta={}, owner=""), None)
     return jobs
 
 
@@ -80,3 +80,17 @@ def test_a_0001_database_upgrades_to_hold_datasets_and_jobs(store_config: StoreC
         assert Datasets(new).get("acme", "ds").state == "UPLOADING"
     finally:
         new.close()
+
+
+def test_one_runner_drives_a_job_until_its_lease_runs_out(store: Store) -> None:
+    jobs = make_job(store)
+    assert jobs.claim("acme", "j1", "server-a", 30)
+    assert jobs.claim("acme", "j1", "server-a", 30)  # its own: renewed
+    assert not jobs.claim("acme", "j1", "server-b", 30)  # another live runner holds it
+    jobs.release("server-a")
+    assert jobs.claim("acme", "j1", "server-b", -1)  # released: anyone may take it (here, a lapsed lease)
+    assert jobs.claim("acme", "j1", "server-a", 30)  # server-b's lease ran out (it died): taken over
+    jobs.renew("server-a", 30)
+    assert not jobs.claim("acme", "j1", "server-b", 30)
+    assert jobs.transition("acme", "j1", st.COMPLETED, st.ACTIVE)
+    assert not jobs.claim("acme", "j1", "server-b", 30)  # finished jobs are nobody's to drive
