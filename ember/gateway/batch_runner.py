@@ -17,7 +17,6 @@ it was, and a row that was in flight runs again but is stored once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -39,6 +38,7 @@ from ember.api.protocol import CompletionRequest
 from ember.api.translate import ChoiceState, to_engine_requests
 from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
+from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
 from ember.gateway.services import BatchServices
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE, Row, read_rows
@@ -51,33 +51,6 @@ T = TypeVar("T")
 LEASE_S = 10.0
 """How long a job stays with its runner without word from it: after a crash, another server (or the
 restarted one) resumes it this much later at most."""
-
-# inferenceParameters (camelCase) -> the completion body field it defaults.
-_PARAM_FIELDS = {"maxTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
-                 "n": "n"}
-
-
-def _dumps(obj: dict) -> str:
-    """One output line: UTF-8 as it is, unless something in it cannot be UTF-8 (then escaped)."""
-    text = json.dumps(obj, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = json.dumps(obj)
-    return text
-
-
-def row_defaults(params: dict) -> dict:
-    """The body defaults a job's inferenceParameters give: extraBody first, the named ones over it."""
-    out: dict = {}
-    extra = params.get("extraBody")
-    if extra:
-        out.update(json.loads(extra))
-    for k, v in params.items():
-        if k in _PARAM_FIELDS:
-            out[_PARAM_FIELDS[k]] = v
-    return out
-
 
 @dataclass
 class JobRun:
@@ -298,7 +271,7 @@ class BatchRunner:
             return
         except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
             log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
-            ok, line, usage = False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+            ok, line, usage = False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         tokens = ((usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
                    usage["completion_tokens"]) if usage else (0, 0, 0))
         # The commit runs to its end even if the job is cancelled meanwhile: whoever writes the output
@@ -324,52 +297,18 @@ class BatchRunner:
         if not write.cancelled() and write.exception() is None and write.result():
             self.meter.record(j.account_id, j.key_id, j.model, *tokens, usage_type=BATCH)
 
-    @staticmethod
-    def _error_line(j: BatchJob, custom_id: str, err: dict) -> str:
-        if j.api == "openai":  # OpenAI's BatchRequestOutput: a failed request has an error, no response
-            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": None,
-                   "error": {"code": err.get("code") or err.get("type"), "message": err.get("message")}}
-        else:
-            out = {"custom_id": custom_id, "error": err}
-        return _dumps(out)
-
-    @staticmethod
-    def _ok_line(j: BatchJob, custom_id: str, request_id: str, response: dict) -> str:
-        if j.api == "openai":
-            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
-                   "response": {"status_code": 200, "request_id": request_id, "body": response}, "error": None}
-        else:
-            out = {"custom_id": custom_id, "response": response}
-        return _dumps(out)
-
-    def _row_body(self, j: BatchJob, row: Row) -> dict:
-        """The row's body without its model, or InvalidRequest: a Fireworks row names no model (the job
-        does); an OpenAI line is a POST to /v1/completions naming the served model."""
-        body = dict(row.body)
-        if j.api == "openai":
-            if row.url != "/v1/completions" or (row.method or "").upper() != "POST":
-                raise InvalidRequest("each line must have \"method\": \"POST\" and \"url\": \"/v1/completions\"",
-                                     param="url")
-            model = body.pop("model", None)
-            if not isinstance(model, str) or not self.served.answers_to(model):
-                raise InvalidRequest(f"model {str(model)[:100]!r} is not served here; this server has "
-                                     f"{self.served.model_id!r}", param="model", code="model_not_found")
-        elif "model" in body:
-            raise InvalidRequest("model must not be set in a batch row: the job's model is used", param="model")
-        return body
-
     async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, dict | None]:
         """(ok, output line, usage); a row that is not a valid completion request is an error line."""
         j = run.job
         try:
-            own = self._row_body(j, row)
+            own = row_body(j, row, self.served)
         except InvalidRequest as e:
-            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+            return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         body = {**run.defaults, **own, "model": self.served.model_id, "stream": False}
         try:
             req = CompletionRequest.model_validate(body)
         except ValidationError as e:
-            return False, self._error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
+            return False, error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
         try:
             reject_unsupported(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
@@ -382,12 +321,12 @@ class BatchRunner:
         except Overloaded:
             raise
         except EmberError as e:
-            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+            return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         usage = usage_of(states, plan)
         response = {"id": engine_id, "object": "text_completion", "created": int(time.time()),
                     "model": self.served.model_id,
                     "choices": [choice_json(req, self.served, plan, s) for s in states], "usage": usage}
-        return True, self._ok_line(j, row.custom_id, engine_id, response), usage
+        return True, ok_line(j, row.custom_id, engine_id, response), usage
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:
