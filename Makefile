@@ -11,13 +11,14 @@ PYTEST ?=
 
 install: $(STAMP)
 
-# Services the tests start and stop themselves: a PostgreSQL server (Debian's package; the tests run it
-# as the unprivileged `postgres` user). Needs root or sudo once; skipped when already installed.
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# System packages the tests drive (installed once; needs root or sudo): Debian's postgresql (the store tests
+# start their own server as the unprivileged `postgres` user), chromium (the playground's browser tests,
+# through Playwright; no browser is ever downloaded) and curl (they run the page's "copy as curl" command).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 sysdeps:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
-		$(SUDO) apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q --no-install-recommends postgresql ; }
+	@{ ls /usr/lib/postgresql/*/bin/initdb && command -v chromium && command -v curl ; } >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+			--no-install-recommends postgresql chromium curl ; }
 
 # torch is pinned (a CPU wheel); constraints.txt keeps every later install from pulling another torch.
 $(STAMP): pyproject.toml constraints.txt

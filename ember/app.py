@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
-from ember.api import completions, health, models
+from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import install_error_handlers
 from ember.api.platform import Platform
+from ember.api.playground import mount_playground
 from ember.api.response_headers import StateHeaders
+from ember.api.responses import document_stream_models
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
@@ -47,6 +49,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
+        ProcessCollector(registry=registry)  # process_resident_memory_bytes: what a soak watches for leaks
         metrics = EngineMetrics(registry)
         client = await tt.run(build_client, config, lm, metrics)
         # llguidance's vocabulary view takes ~0.2 s to build: at start-up, not inside a first request.
@@ -54,7 +57,9 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         client.start(tt)
         served = ServedModel(lm.ref.model_id, lm.ref.aliases, lm.tokenizer, client.engine.max_model_len,
                              client.engine.grammars)
-        app.state.ember = AppState(client=client, model=served, platform=platform)
+        app.state.ember = AppState(client=client, model=served, platform=platform,
+                                   stall_timeout_s=config.server.stall_timeout_s,
+                                   max_request_timeout_s=config.server.max_request_timeout_s)
         # Datasets and batch jobs: the runner resumes every job the store holds as active.
         app.state.batch = await asyncio.to_thread(BatchServices.build, store, config.store.resolved_data_dir(),
                                                   config.batch)
@@ -76,10 +81,14 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(completions.router)
+    app.include_router(chat.router)
+    app.include_router(tokenize.router)
     app.include_router(models.router)
     app.include_router(health.router)
     for router in (accounts.router, usage.router, quotas.router, datasets.router, batch_jobs.router,
                    openai_batch.router):
         app.include_router(router)
     app.add_middleware(StateHeaders)
+    document_stream_models(app)
+    mount_playground(app)
     return app

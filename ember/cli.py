@@ -60,7 +60,10 @@ def _config(a: argparse.Namespace) -> Config:
                           enable_prefix_caching=not a.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens),
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
-                            api_keys=tuple(getattr(a, "api_key", None) or ())),
+                            api_keys=tuple(getattr(a, "api_key", None) or ()),
+                            drain_timeout_s=getattr(a, "drain_timeout", ServerConfig.drain_timeout_s),
+                            stall_timeout_s=getattr(a, "health_stall_timeout", ServerConfig.stall_timeout_s),
+                            max_request_timeout_s=getattr(a, "max_request_timeout", None)),
         speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
         store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
         platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
@@ -95,11 +98,10 @@ def refuse_open_exposure(config: Config) -> None:
 
 
 def serve(a: argparse.Namespace) -> int:
-    import uvicorn
-
     from ember.app import create_app
     from ember.engine.client import TorchThread
     from ember.model.loader import load_model
+    from ember.server import run_server
 
     config = _config(a)
     refuse_open_exposure(config)
@@ -109,8 +111,7 @@ def serve(a: argparse.Namespace) -> int:
     print(f"ember: serving {loaded.ref.model_id} on http://{config.server.host}:{config.server.port}/v1",
           file=sys.stderr)
     app = create_app(config, loaded, torch_thread)
-    uvicorn.run(app, host=config.server.host, port=config.server.port, log_level=a.log_level)
-    return 0
+    return run_server(app, config.server, a.log_level)
 
 
 def complete(a: argparse.Namespace) -> int:
@@ -147,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         from ember.bench import bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["soak"]:
+        from ember.soak import soak_main
+
+        return soak_main(argv[1:])
     parser = argparse.ArgumentParser(prog="ember", description="A Fireworks-compatible completion server.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="serve POST /v1/completions over HTTP")
@@ -165,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-upload-mb", type=int, default=BatchConfig.max_upload_mb,
                    help="largest dataset file :upload accepts (413 past it)")
     s.add_argument("--log-level", default="info")
+    s.add_argument("--drain-timeout", type=float, default=ServerConfig.drain_timeout_s,
+                   help="seconds requests in flight may run on after SIGTERM/SIGINT; a second signal exits at once")
+    s.add_argument("--health-stall-timeout", type=float, default=ServerConfig.stall_timeout_s,
+                   help="/health answers 503 when the engine has not stepped for this long with work pending")
+    s.add_argument("--max-request-timeout", type=float, default=None,
+                   help="cap on a request's total time in seconds (clients may ask for less: x-request-timeout)")
     c = sub.add_parser("complete", help="stream one completion to the terminal")
     _add_engine_flags(c)
     c.add_argument("prompt")
@@ -175,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
     add_admin_commands(sub)
     add_jobs_commands(sub)
+    sub.add_parser("soak", help="abuse a live server for a while, then check nothing leaked (`ember soak --help`)")
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

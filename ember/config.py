@@ -84,6 +84,24 @@ class ServerConfig:
     port: int = 8000
     api_keys: tuple[str, ...] = ()
     """When non-empty, requests must carry one of these as a Bearer token."""
+    stall_timeout_s: float = 30.0
+    """/health answers 503 once the engine loop has not stepped for this long while work is pending. A
+    step is milliseconds to a second or so (a 512-token prefill chunk on 2 CPU cores); 30 s is far past
+    any honest step and well inside what an orchestrator's liveness probe tolerates."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM/SIGINT: how long requests in flight may run on; those left then end with a 503-shaped
+    error (an error event in a stream) and the process exits 0."""
+    max_request_timeout_s: float | None = None
+    """Upper bound on a request's total time (queueing included); a client's `x-request-timeout` header may
+    ask for less. None: unbounded unless the client asks."""
+
+    def __post_init__(self) -> None:
+        if self.stall_timeout_s <= 0:
+            raise ValueError("stall_timeout_s must be positive")
+        if self.drain_timeout_s < 0:
+            raise ValueError("drain_timeout_s must not be negative")
+        if self.max_request_timeout_s is not None and self.max_request_timeout_s <= 0:
+            raise ValueError("max_request_timeout_s must be positive")
 
 
 AUTH_MODES = ("auto", "keys", "none")

@@ -71,6 +71,12 @@ class Overloaded(EmberError):
     code = "overloaded"
 
 
+class DeadlineExceeded(EmberError):
+    """The request's own deadline (`x-request-timeout`, or the server's cap) passed before it finished."""
+
+    code = "deadline_exceeded"
+
+
 class ModelLoadError(EmberError):
     """A model file is missing, unreadable or of an unsupported kind."""
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Annotated
 
 from fastapi import Depends, Request
 
 from ember.api.auth import Principal
+from ember.api.chat_template import ChatTemplate, chat_template_of
 from ember.api.platform import Platform
 from ember.engine.client import EngineClient
 from ember.engine.grammar import GrammarCompiler
@@ -26,6 +28,11 @@ class ServedModel:
     """Validates response_format grammars (the engine's own compiler, so each is compiled once)."""
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @cached_property
+    def chat_template(self) -> ChatTemplate | None:
+        """The model's chat template, compiled once; None when the checkpoint has none."""
+        return chat_template_of(self.tokenizer)
+
     def answers_to(self, name: str) -> bool:
         return name == self.model_id or name in self.aliases
 
@@ -35,6 +42,10 @@ class AppState:
     client: EngineClient
     model: ServedModel
     platform: Platform
+    stall_timeout_s: float = 30.0
+    max_request_timeout_s: float | None = None
+    draining: bool = False
+    """Set when shutdown has begun: /health answers 503 so that load balancers stop sending work."""
 
 
 def get_state(request: Request) -> AppState:
@@ -61,6 +72,7 @@ def gateway_principal(request: Request, account_id: str) -> Principal:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 InferenceAuth = Annotated[Principal, Depends(inference_principal)]
+InferenceDep = Depends(inference_principal)
 GatewayAuth = Annotated[Principal, Depends(gateway_principal)]
 
 

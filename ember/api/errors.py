@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ember.api.protocol import WIRE_FIELD_NAMES
 from ember.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     EmberError,
     FailedPrecondition,
     InvalidRequest,
@@ -41,6 +42,7 @@ _KINDS: tuple[tuple[type[EmberError], int, str], ...] = (
     (PermissionDenied, 403, "permission_error"),
     (NotFound, 404, "invalid_request_error"),
     (AlreadyExists, 409, "invalid_request_error"),
+    (DeadlineExceeded, 408, "timeout_error"),
     (RateLimited, 429, "rate_limit_error"),
     (Overloaded, 503, "overloaded_error"),
     (ModelLoadError, 500, "server_error"),
@@ -137,7 +139,7 @@ def validation_body(errors: list[dict]) -> dict:
     param = _param_for(first)
     text = str(first["msg"]).removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
-        text = "unknown field; the completions API does not accept it"
+        text = "unknown field; this endpoint does not accept it"
     # A union reports one error per branch; the first one names the field and says enough.
     msg = f"{param}: {text}" if param else text
     if first.get("type") == "json_invalid":

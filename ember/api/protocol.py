@@ -1,4 +1,4 @@
-"""Wire types of POST /v1/completions, exactly as the Fireworks spec shapes them.
+"""Wire types of POST /v1/completions and /v1/chat/completions, exactly as the Fireworks spec shapes them.
 
 Unknown fields are a 422 (the spec sets additionalProperties: false) except `stream_options`, which OpenAI
 clients send on their own. The spec writes most ranges only in prose; they are enforced here so a bad value
@@ -58,9 +58,10 @@ class PredictedOutput(WireModel):
 Prompt = str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
 
 
-class CompletionRequest(WireModel):
+class GenerationRequest(WireModel):
+    """The fields completions and chat share (model, sampling, output options); each endpoint adds its input."""
+
     model: str
-    prompt: Prompt
     user: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_isolation_key: str | None = None
@@ -100,17 +101,6 @@ class CompletionRequest(WireModel):
     reasoning_history: Literal["disabled", "interleaved", "preserved"] | None = None
     thinking: Annotated[ThinkingConfigEnabled | ThinkingConfigDisabled, Field(discriminator="type")] | None = None
     return_token_ids: StrictBool | None = False
-    images: list[str] | list[list[str]] | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_empty(cls, v: Prompt) -> Prompt:
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("prompt must not be an empty list")
-            if any(isinstance(x, list) and not x for x in v):
-                raise ValueError("a token-id prompt must not be empty")
-        return v
 
     @field_validator("stop")
     @classmethod
@@ -158,10 +148,136 @@ class CompletionRequest(WireModel):
         return [s for s in items if s]
 
 
+class CompletionRequest(GenerationRequest):
+    prompt: Prompt
+    images: list[str] | list[list[str]] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_empty(cls, v: Prompt) -> Prompt:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("prompt must not be an empty list")
+            if any(isinstance(x, list) and not x for x in v):
+                raise ValueError("a token-id prompt must not be empty")
+        return v
+
+
+# -- chat ---------------------------------------------------------------------------------------------
+
+class ImageURL(WireModel):
+    url: str
+    detail: str | None = None
+
+
+class VideoURL(WireModel):
+    url: str
+    detail: str | None = None
+    max_frames: StrictInt | None = None
+    spatial_limit: StrictInt | None = None
+    sample_fps: float | None = None
+
+
+class ContentPart(WireModel):
+    """One part of a message's content: text, or an image / video (refused while the model reads text only)."""
+
+    type: Literal["text", "image_url", "video_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+    video_url: VideoURL | None = None
+
+
+class ToolCallFunction(WireModel):
+    name: str
+    arguments: str
+
+
+class ToolCall(WireModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class ChatMessage(WireModel):
+    role: Literal["system", "user", "assistant", "tool", "developer", "function"]
+    content: str | list[ContentPart] | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The content as one string: text parts joined (non-text parts are refused before this is read)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class FunctionDef(WireModel):
+    name: str
+    description: str | None = None
+    parameters: dict | None = None
+    strict: StrictBool | None = None
+
+
+class ChatTool(WireModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    # Accepted by the schema so the refusal can name them (400) instead of a bare "unknown field".
+    tools: list[ChatTool] | None = None
+    tool_choice: Literal["auto", "none", "any", "required"] | dict | None = None
+    functions: list[FunctionDef] | None = None
+    function_call: Literal["auto", "none"] | dict | None = None
+    parallel_tool_calls: StrictBool | None = None
+    prompt_truncate_len: Annotated[StrictInt, Field(ge=1)] | None = None
+    safe_tokenization: StrictBool | None = None
+
+
+# -- /tokenize, /detokenize (vLLM's shapes) ----------------------------------------------------------
+
+class TokenizeCompletionRequest(WireModel):
+    model: str | None = None
+    prompt: str
+    add_special_tokens: StrictBool = True
+    return_token_strs: StrictBool = False
+
+
+class TokenizeChatRequest(WireModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    add_generation_prompt: StrictBool = True
+    """Ignored when the last message is the assistant's (it is continued, as chat does)."""
+    return_token_strs: StrictBool = False
+
+
+class TokenizeResponse(WireModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(WireModel):
+    model: str | None = None
+    tokens: list[Annotated[StrictInt, Field(ge=0)]]
+
+
+class DetokenizeResponse(WireModel):
+    prompt: str
+
+
 def _field_names(*models: type[BaseModel]) -> frozenset[str]:
     return frozenset(a.alias or n for m in models for n, a in m.model_fields.items())
 
 
-WIRE_FIELD_NAMES = _field_names(CompletionRequest, StreamOptions, ResponseFormat, ThinkingConfigEnabled,
+WIRE_FIELD_NAMES = _field_names(CompletionRequest, ChatCompletionRequest, ChatMessage, ContentPart, ChatTool,
+                                FunctionDef, TokenizeCompletionRequest, TokenizeChatRequest, DetokenizeRequest,
+                                StreamOptions, ResponseFormat, ThinkingConfigEnabled,
                                 PredictedOutput)
 """Every field name a request can hold; `ember.api.errors` names the faulty one from these."""

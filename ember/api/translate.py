@@ -1,8 +1,10 @@
 """The one module that knows both wire and engine types.
 
 Inward: a CompletionRequest becomes EngineRequests (tokenized prompts, n fan-out with choice index
-prompt_i * n + j, max_tokens fitted to the context). Outward: RequestOutputs become Choices and stream
-chunks, with legacy or new-style logprobs, echo and token ids.
+prompt_i * n + j, max_tokens fitted to the context); a ChatCompletionRequest is rendered through the
+model's chat template into a CompletionRequest over token ids, then takes the same way. Outward:
+RequestOutputs become Choices and stream chunks, with legacy or new-style logprobs, echo and token ids
+(shaped for the wire by api/responses.py).
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import hashlib
 import time
 from dataclasses import dataclass, field
 
-from ember.api.protocol import CompletionRequest
+from ember.api.chat_template import ChatTemplate
+from ember.api.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationRequest
 from ember.engine.grammar import GrammarCompiler, response_format_grammar
 from ember.engine.request import EngineRequest, RequestOutput, SamplingParams, TokenLogprob
 from ember.errors import ContextLengthExceeded, InvalidRequest
@@ -208,6 +211,111 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
             reqs.append(EngineRequest(f"{request_id}-{c}", tuple(prompt.token_ids), params,
                                       cache_salt=req.prompt_cache_isolation_key, arrival_time=now))
     return Plan(prompts, reqs, n)
+
+
+def reject_reasoning(req: GenerationRequest) -> None:
+    effort = req.reasoning_effort
+    if effort not in (None, False, "none"):
+        raise InvalidRequest("reasoning_effort is not supported by this model", param="reasoning_effort")
+    if req.thinking is not None and getattr(req.thinking, "type", "disabled") != "disabled":
+        raise InvalidRequest("thinking is not supported by this model", param="thinking")
+
+
+# -- chat -------------------------------------------------------------------------------------------
+
+_SHARED_FIELDS = frozenset(GenerationRequest.model_fields)
+
+
+def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
+    """What the served model cannot do yet is a 400 naming the field, never silently ignored."""
+    if req.tools:
+        raise InvalidRequest("tools are not supported: the served model has no tool-calling template and ember "
+                             "does not parse tool calls yet", param="tools")
+    if req.functions:
+        raise InvalidRequest("functions are not supported (nor tools): the served model has no tool-calling "
+                             "template", param="functions")
+    if req.tool_choice not in (None, "none", "auto"):
+        raise InvalidRequest("tool_choice needs tools, which are not supported by the served model",
+                             param="tool_choice")
+    if req.function_call not in (None, "none", "auto"):
+        raise InvalidRequest("function_call needs functions, which are not supported", param="function_call")
+    for i, m in enumerate(req.messages):
+        _reject_unsupported_message(i, m)
+    reject_reasoning(req)
+
+
+def _reject_unsupported_message(i: int, m: ChatMessage) -> None:
+    where = f"messages[{i}]"
+    if isinstance(m.content, list):
+        for part in m.content:
+            if part.type != "text":
+                raise InvalidRequest(f"{where}.content: {part.type} parts are not supported: the served model "
+                                     "reads text only", param="messages.content")
+            if part.text is None:
+                raise InvalidRequest(f"{where}.content: a text part needs `text`", param="messages.content")
+    if m.tool_calls or m.role in ("tool", "function") or m.tool_call_id is not None:
+        raise InvalidRequest(f"{where}: tool calls and tool results are not supported: the served model has no "
+                             "tool-calling template", param="messages.role")
+    if m.content is None:
+        raise InvalidRequest(f"{where}.content is required", param="messages.content")
+
+
+def _template_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    # "developer" is OpenAI's new name for the system role; templates know only "system".
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+
+
+def _render(template: ChatTemplate, messages: list[dict[str, str]], generation_prompt: bool,
+            safe: bool) -> tuple[str, list[int]]:
+    # A conversation ending with the assistant is a prefill: the model continues that message.
+    prefill = messages[-1]["role"] == "assistant"
+    r = template.encode(messages, add_generation_prompt=generation_prompt and not prefill,
+                        continue_final_message=prefill, safe=safe)
+    return r.text, r.token_ids
+
+
+def render_chat(req: ChatCompletionRequest, template: ChatTemplate,
+                generation_prompt: bool = True) -> tuple[str, list[int]]:
+    """The prompt text and ids; with prompt_truncate_len, the oldest turns go first (system messages and
+    the last message stay) until the prompt fits."""
+    messages = _template_messages(req)
+    safe = bool(req.safe_tokenization)
+    text, ids = _render(template, messages, generation_prompt, safe)
+    limit = req.prompt_truncate_len
+    while limit is not None and len(ids) > limit:
+        drop = next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
+        if drop is None:
+            break  # only system messages and the last one are left: the context check decides
+        del messages[drop]
+        text, ids = _render(template, messages, generation_prompt, safe)
+    return text, ids
+
+
+def chat_to_completion(req: ChatCompletionRequest, prompt_ids: list[int], max_model_len: int) -> CompletionRequest:
+    """The chat request in completion terms over the rendered prompt's token ids (fields already validated)."""
+    shared = {k: v for k, v in req if k in _SHARED_FIELDS and k in req.model_fields_set}
+    if req.max_tokens is None and req.max_completion_tokens is None:
+        # Chat has no small default as completions do (OpenAI and vLLM generate up to the context window):
+        # the model ends its turn itself.
+        room = max_model_len - len(prompt_ids)
+        if room > 0:
+            shared["max_tokens"] = room
+    return CompletionRequest.model_construct(**shared, prompt=prompt_ids)
+
+
+def chat_to_engine_requests(req: ChatCompletionRequest, template: ChatTemplate | None, tok: Tokenizer,
+                            max_model_len: int, request_id: str,
+                            grammars: GrammarCompiler | None = None) -> tuple[CompletionRequest, Plan]:
+    reject_invalid_text(req)
+    reject_unsupported_chat(req)
+    if template is None:
+        raise InvalidRequest("the served model has no chat template, so it cannot take chat messages; use "
+                             "/v1/completions with a prompt", param="messages", code="no_chat_template")
+    text, ids = render_chat(req, template)
+    creq = chat_to_completion(req, ids, max_model_len)
+    plan = to_engine_requests(creq, tok, max_model_len, request_id, grammars)
+    plan.prompts[0].text = text  # raw_output's prompt_fragments: the rendered conversation
+    return creq, plan
 
 
 # -- outward ---------------------------------------------------------------------------------------

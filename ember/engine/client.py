@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from ember.engine.engine import Engine, EngineStats
 from ember.engine.request import EngineRequest, FinishReason, RequestOutput
-from ember.errors import EmberError, Overloaded
+from ember.errors import DeadlineExceeded, EmberError, Overloaded
 
 log = logging.getLogger("ember.engine")
 T = TypeVar("T")
@@ -67,10 +67,15 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _FailAll:
+    err: BaseException
+
+
 class EngineClient:
     def __init__(self, engine: Engine, on_step: Callable[[Engine, float, list[RequestOutput]], None] | None = None):
         self.engine = engine
-        self._inbox: queue.Queue[_Add | _Abort | None] = queue.Queue()
+        self._inbox: queue.Queue[_Add | _Abort | _FailAll | None] = queue.Queue()
         self._streams: dict[str, tuple[_Add, int]] = {}
         self._thread: threading.Thread | None = None
         self._future: Future[None] | None = None
@@ -82,6 +87,16 @@ class EngineClient:
         self._fresh: list[str] = []
         """Requests admitted since the last step that completed: the suspects when a step fails."""
         self._failed_once = False
+        self._beat = time.monotonic()
+        """When the loop last finished a step or an idle wait (the watchdog's heartbeat). The idle wait
+        is at most 0.5 s, so a loop that is alive and idle never lets this age past that."""
+        self._working = False
+        """The loop is handling a message or stepping (not waiting for work): a stall may happen here
+        before any stream is registered, e.g. wedged while admitting the only request."""
+        self._died: BaseException | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        """Set once the loop has ended: a submission put in the inbox after that would wait forever."""
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self, torch_thread: TorchThread | None = None) -> None:
@@ -105,33 +120,66 @@ class EngineClient:
 
     @property
     def alive(self) -> bool:
+        if self._died is not None:
+            return False
         if self._future is not None:
             return not self._future.done()
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def died_of(self) -> BaseException | None:
+        """What ended the step loop, when something other than stop() did."""
+        return self._died
+
+    def stalled_for(self) -> float:
+        """Seconds since the loop last stepped while work is pending; 0.0 when nothing is pending.
+
+        Work is pending while the loop handles a message or steps, any submission is unfinished, or a
+        message waits in the inbox. A loop that is wedged (a kernel that never returns, a lock never
+        released) stops beating; an idle loop beats every 0.5 s, so idleness alone never reads as a
+        stall. Safe to call from any thread: it reads a float, a bool and the truth of a dict and a queue.
+        """
+        if not self._working and not self._streams and self._inbox.empty():
+            return 0.0
+        return max(0.0, time.monotonic() - self._beat)
 
     def stats(self) -> EngineStats:
         """A snapshot taken by the engine thread after its last step (safe to read from any thread)."""
         return self._stats
 
     # -- the async face --------------------------------------------------------------------------
-    async def generate(self, req: EngineRequest) -> AsyncIterator[RequestOutput]:
+    async def generate(self, req: EngineRequest, deadline: float | None = None) -> AsyncIterator[RequestOutput]:
         """Submit a request and yield its outputs; leaving early (or being cancelled) aborts it."""
-        async for _, out in self.generate_all([req]):
+        async for _, out in self.generate_all([req], deadline):
             yield out
 
-    async def generate_all(self, reqs: list[EngineRequest]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async def generate_all(self, reqs: list[EngineRequest],
+                           deadline: float | None = None) -> AsyncIterator[tuple[int, RequestOutput]]:
         """Submit requests together (same engine step) and yield (index, output) as they come.
 
-        Leaving early, being cancelled or any request failing aborts whatever still runs.
+        Leaving early, being cancelled or any request failing aborts whatever still runs. Past `deadline`
+        (time.monotonic()), waiting in the queue included, DeadlineExceeded is raised and the requests are
+        aborted; a consumer slower than the engine is checked between outputs.
         """
-        if self._stopping or not self.alive:
-            raise Overloaded("the engine is not running")
         out: asyncio.Queue[tuple[int, RequestOutput | BaseException]] = asyncio.Queue()
-        self._inbox.put(_Add(list(reqs), asyncio.get_running_loop(), out))
+        with self._lock:
+            if self._stopping or self._closed or not self.alive:
+                raise Overloaded("the engine is not running", retry_after=1.0)
+            self._inbox.put(_Add(list(reqs), asyncio.get_running_loop(), out))
         running = set(range(len(reqs)))
         try:
             while running:
-                i, item = await out.get()
+                if deadline is None:
+                    i, item = await out.get()
+                else:
+                    left = deadline - time.monotonic()
+                    try:
+                        if left <= 0:
+                            raise TimeoutError
+                        i, item = await asyncio.wait_for(out.get(), left)
+                    except TimeoutError:
+                        raise DeadlineExceeded("the request's deadline passed before it finished",
+                                               param="x-request-timeout") from None
                 if isinstance(item, BaseException):
                     raise item
                 if item.finished:
@@ -144,6 +192,10 @@ class EngineClient:
     def abort(self, request_id: str) -> None:
         self._inbox.put(_Abort(request_id))
 
+    def fail_all(self, err: BaseException) -> None:
+        """End every request in flight with `err` (a drain that ran out of time); the loop runs on."""
+        self._inbox.put(_FailAll(err))
+
     # -- the engine thread -----------------------------------------------------------------------
     def _deliver(self, add: _Add, i: int, item: RequestOutput | BaseException) -> None:
         try:
@@ -155,12 +207,18 @@ class EngineClient:
                 self._held.pop(req.request_id, None)
 
     def _admit(self, add: _Add) -> None:
-        """Add a submission's requests all or none: a refused one fails the whole submission."""
+        """Add a submission's requests all or none: a refused one fails the whole submission.
+
+        Any exception fails only this submission, never the loop: an unexpected one escaping here once
+        ended the engine thread, and every client then waited forever.
+        """
         added: list[str] = []
         for i, req in enumerate(add.reqs):
             try:
                 self.engine.add(req)
-            except EmberError as e:
+            except Exception as e:  # noqa: BLE001 - EmberError is the user's fault, anything else a bug
+                if not isinstance(e, EmberError):
+                    log.exception("admitting request %s failed", req.request_id)
                 for rid in added:
                     self.engine.abort(rid)
                     self._streams.pop(rid, None)
@@ -175,11 +233,14 @@ class EngineClient:
             msg = self._inbox.get(timeout=0.5) if block else self._inbox.get_nowait()
         except queue.Empty:
             return True
+        self._working = True
         while True:
             if msg is None:
                 return False
             if isinstance(msg, _Add):
                 self._admit(msg)
+            elif isinstance(msg, _FailAll):
+                self._fail_all(msg.err)
             else:
                 self.engine.abort(msg.request_id)
                 self._streams.pop(msg.request_id, None)
@@ -190,13 +251,32 @@ class EngineClient:
                 return True
 
     def _loop(self) -> None:
+        try:
+            self._run_loop()
+        except BaseException as e:
+            # Whatever ended the loop, nobody may be left waiting on it: fail them all, and say so in
+            # /health (alive turns false) so that an orchestrator restarts the process.
+            self._died = e
+            log.exception("the engine loop died")
+            self._fail_all(e)
+            self._close_inbox(e)
+            raise
+        err = Overloaded("the server is shutting down", retry_after=1.0)
+        self._fail_all(err)
+        self._close_inbox(err)
+
+    def _run_loop(self) -> None:
         while True:
+            self._beat = time.monotonic()
+            self._working = False
             if not self._drain(block=not self.engine.has_work):
                 break
+            self._beat = time.monotonic()
             if not self.engine.has_work:
                 self._stats = self.engine.stats()
                 continue
             t0 = time.monotonic()
+            self._working = True
             try:
                 outputs = self.engine.step()
             except Exception as e:  # a failed step must not hang every waiting client
@@ -223,7 +303,6 @@ class EngineClient:
             self._stats = self.engine.stats()
             if self._on_step is not None:
                 self._on_step(self.engine, time.monotonic() - t0, outputs)
-        self._fail_all(Overloaded("the server is shutting down"))
 
     def _fail_after_error(self, err: BaseException) -> None:
         """A step that worked before the newest arrivals and fails after them most likely fails because
@@ -243,7 +322,10 @@ class EngineClient:
 
     def _fail_all(self, err: BaseException) -> None:
         for rid, (add, i) in list(self._streams.items()):
-            self.engine.abort(rid)
+            try:
+                self.engine.abort(rid)
+            except Exception:  # noqa: BLE001 - a broken engine must not keep the rest from hearing
+                log.exception("aborting %s failed", rid)
             self._deliver(add, i, err)
         self._streams.clear()
         self._held.clear()
@@ -256,6 +338,18 @@ def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
                    new_text_offsets=a.new_text_offsets + b.new_text_offsets,
                    prompt_logprobs=a.prompt_logprobs if a.prompt_logprobs is not None else b.prompt_logprobs,
                    first_token_time=a.first_token_time if a.first_token_time is not None else b.first_token_time)
+
+    def _close_inbox(self, err: BaseException) -> None:
+        """Refuse further submissions and fail those that arrived but were never admitted."""
+        with self._lock:
+            self._closed = True
+            while True:
+                try:
+                    msg = self._inbox.get_nowait()
+                except queue.Empty:
+                    return
+                if isinstance(msg, _Add) and msg.reqs:
+                    self._deliver(msg, 0, err)
 
 
 __all__ = ["EngineClient", "FinishReason"]

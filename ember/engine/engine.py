@@ -34,6 +34,8 @@ class EngineStats:
     prefix_queries: int
     prefix_hits: int
     num_preemptions: int
+    kv_touched_bytes: int = 0
+    """KV cache bytes ever written (resident on CPU, where the cache is a lazily-filled memory map)."""
 
 
 class Engine:
@@ -45,6 +47,7 @@ class Engine:
         self.device = device
         self.max_model_len = max_model_len or model.args.max_seq_len
         per_block = ModelRunner.bytes_per_block(model.args, cache.block_size)
+        self.kv_bytes_per_block = per_block
         num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
         self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(sched, self.pool)
@@ -100,7 +103,7 @@ class Engine:
     def stats(self) -> EngineStats:
         return EngineStats(len(self.scheduler.running), self.scheduler.num_waiting, self.pool.num_used,
                            self.pool.num_free, self.pool.queries, self.pool.hits,
-                           self.scheduler.num_preemptions)
+                           self.scheduler.num_preemptions, self.pool.num_touched * self.kv_bytes_per_block)
 
     def step(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()

@@ -47,6 +47,11 @@ class BlockPool:
         self.cached: dict[bytes, int] = {}
         self.hits = 0
         self.queries = 0
+        self._touched = bytearray(num_blocks)
+        self.num_touched = 0
+        """Distinct blocks ever handed out. On CPU the cache is a lazily-filled memory map, so resident
+        memory grows by one block's bytes each time this does, up to the whole budget: growth a leak
+        watcher must not mistake for a leak."""
 
     @property
     def num_free(self) -> int:
@@ -72,6 +77,9 @@ class BlockPool:
                 block.key = None
                 block.token_ids = ()
             block.ref_count = 1
+            if not self._touched[bid]:
+                self._touched[bid] = 1
+                self.num_touched += 1
             out.append(bid)
         return out
 

@@ -19,6 +19,9 @@ class EngineMetrics:
         self.prefix_hit_rate = Gauge("ember_prefix_cache_hit_rate",
                                      "Cached prompt blocks found / full prompt blocks looked up", registry=registry)
         self.preemptions = Gauge("ember_preemptions", "Sequences preempted so far", registry=registry)
+        self.kv_touched = Gauge("ember_kv_cache_touched_bytes",
+                                "KV cache bytes written at least once (on CPU: resident, up to the budget)",
+                                registry=registry)
         self.generated = Counter("ember_generated_tokens", "Tokens generated", registry=registry)
         self.finished = Counter("ember_requests_finished", "Finished sequences", ["reason"], registry=registry)
         self.ttft = Histogram("ember_time_to_first_token_seconds", "Arrival to first token",
@@ -35,6 +38,7 @@ class EngineMetrics:
         self.kv_free.set(s.kv_blocks_free)
         self.prefix_hit_rate.set(s.prefix_hits / s.prefix_queries if s.prefix_queries else 0.0)
         self.preemptions.set(s.num_preemptions)
+        self.kv_touched.set(s.kv_touched_bytes)
 
     def on_step(self, engine: Engine, step_time: float, outputs: list[RequestOutput]) -> None:
         for o in outputs:

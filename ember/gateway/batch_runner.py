@@ -31,11 +31,12 @@ from typing import Any, BinaryIO, TypeVar
 
 from pydantic import ValidationError
 
-from ember.api.completions import choice_json, reject_unsupported, usage_of
+from ember.api.completions import reject_unsupported
 from ember.api.deps import ServedModel
 from ember.api.errors import error_payload, validation_body
 from ember.api.protocol import CompletionRequest
-from ember.api.translate import ChoiceState, to_engine_requests
+from ember.api.responses import Head, ResponseBuilder, to_json
+from ember.api.translate import to_engine_requests
 from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
 from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
@@ -315,18 +316,17 @@ class BatchRunner:
             plan = await self._io(to_engine_requests, req, self.served.tokenizer,
                                            self.served.max_model_len, engine_id, self.served.grammars)
             reqs = [replace(r, background=True) for r in plan.requests]
-            states = [ChoiceState(i) for i in range(len(reqs))]
+            builder = ResponseBuilder("completion", req, self.served.tokenizer, plan,
+                                      Head(engine_id, int(time.time()), self.served.model_id), time.monotonic())
             async for c, out in self.client.generate_all(reqs):
-                states[c].add(out)
+                builder.add(c, out)
         except Overloaded:
             raise
         except EmberError as e:
             return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
-        usage = usage_of(states, plan)
-        response = {"id": engine_id, "object": "text_completion", "created": int(time.time()),
-                    "model": self.served.model_id,
-                    "choices": [choice_json(req, self.served, plan, s) for s in states], "usage": usage}
-        return True, ok_line(j, row.custom_id, engine_id, response), usage
+        body, _ = builder.response()
+        response = to_json(body)
+        return True, ok_line(j, row.custom_id, engine_id, response), response["usage"]
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:

@@ -11,10 +11,13 @@ torch::Tensor rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor 
                             int64_t head_dim);
 torch::Tensor silu_mul(torch::Tensor gu);
 
+// The kernels touch no Python object, so they release the GIL as torch's own ops do: the engine runs on
+// its own thread, and holding the GIL through a forward pass stalled the event loop (HTTP, SSE writes).
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("paged_decode_attention", &paged_decode_attention, "decode attention over a paged KV cache");
+  using release = pybind11::call_guard<pybind11::gil_scoped_release>;
+  m.def("paged_decode_attention", &paged_decode_attention, "decode attention over a paged KV cache", release());
   m.def("add_rms_norm", &add_rms_norm, "h += delta; rmsnorm(h) * weight", pybind11::arg("h"),
-        pybind11::arg("delta"), pybind11::arg("weight"), pybind11::arg("eps"));
-  m.def("rope_write_kv", &rope_write_kv, "RoPE on q and k, k and v into the cache, rotated q out");
-  m.def("silu_mul", &silu_mul, "silu(gate) * up");
+        pybind11::arg("delta"), pybind11::arg("weight"), pybind11::arg("eps"), release());
+  m.def("rope_write_kv", &rope_write_kv, "RoPE on q and k, k and v into the cache, rotated q out", release());
+  m.def("silu_mul", &silu_mul, "silu(gate) * up", release());
 }

@@ -61,6 +61,17 @@ class Store:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, target)
 
+    @staticmethod
+    def head_revision() -> str:
+        """The newest migration this ember ships."""
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        assert head is not None
+        return head
+
     def revision(self) -> str | None:
         with self.engine.connect() as conn:
             try:

@@ -97,3 +97,51 @@ def test_a_step_failing_after_an_arrival_fails_only_that_arrival(tiny) -> None:
         client.stop()
     assert not engine.seqs
     assert engine.pool.num_free == engine.pool.num_blocks
+
+
+def test_an_unexpected_error_admitting_a_request_fails_it_alone(tiny) -> None:
+    """A non-EmberError raised while adding a request once escaped the loop: the engine thread ended and
+    every client, that one included, waited forever."""
+    engine = make_engine(tiny)
+    add = engine.add
+
+    def flaky_add(r) -> None:
+        if r.cache_salt == "bug":
+            raise KeyError("simulated bug")
+        add(r)
+
+    engine.add = flaky_add  # type: ignore[method-assign]
+    client = EngineClient(engine)
+    client.start()
+
+    async def collect(r) -> list[RequestOutput]:
+        return [o async for o in client.generate(r)]
+
+    async def main() -> None:
+        busy = asyncio.create_task(collect(req("busy", [1, 2, 3], greedy(60))))
+        await asyncio.sleep(0.05)
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(collect(req("bad", [4] * 8, greedy(5), salt="bug")), 30)
+        assert sum(len(o.new_token_ids) for o in await busy) == 60
+        after = await asyncio.wait_for(collect(req("after", [5] * 8, greedy(5))), 30)
+        assert after[-1].finished
+
+    try:
+        asyncio.run(main())
+    finally:
+        client.stop()
+    assert client.alive is False and client.died_of is None
+    assert engine.pool.num_free == engine.pool.num_blocks
+
+
+def test_submissions_after_the_loop_ended_are_refused_not_parked(tiny) -> None:
+    client = EngineClient(make_engine(tiny))
+    client.start()
+    client.stop()
+
+    async def main() -> None:
+        with pytest.raises(EmberError, match="not running"):
+            async for _ in client.generate(req("late", [1, 2], greedy(2))):
+                pass
+
+    asyncio.run(main())

@@ -121,9 +121,9 @@ def test_meter_concurrent_records_are_all_counted(store: Store) -> None:
 
 
 def test_migrations_are_idempotent_and_versioned(store: Store, store_config: StoreConfig) -> None:
-    assert store.revision() == "0002"
+    assert store.revision() == Store.head_revision() != "0001"
     again = open_store(store_config)  # a second start on the same database changes nothing
-    assert again.revision() == "0002"
+    assert again.revision() == Store.head_revision()
     with again.engine.connect() as c:
         assert c.execute(text("SELECT count(*) FROM accounts")).scalar() == 0
     again.close()
@@ -136,7 +136,6 @@ def test_older_database_upgrades_in_place(store_config: StoreConfig) -> None:
     Accounts(old).create("acme", "ops@acme.test")
     old.close()
     new = open_store(store_config)
-    head = new.revision()
-    assert head is not None and head >= "0001"
+    assert new.revision() == Store.head_revision()
     assert [a.account_id for a in Accounts(new).list()] == ["acme"]
     new.close()

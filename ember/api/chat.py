@@ -1,0 +1,43 @@
+"""POST /v1/chat/completions: render the model's chat template, then the completions path (api/serving.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ember.api.deps import InferenceAuth, StateDep, resolve_served
+from ember.api.protocol import ChatCompletionRequest
+from ember.api.responses import (
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    Head,
+    ResponseBuilder,
+    sse_content,
+)
+from ember.api.serving import admit_plan, request_deadline, respond
+from ember.api.translate import chat_to_engine_requests
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+             responses=sse_content(ChatCompletionChunk))
+async def create_chat_completion(body: ChatCompletionRequest, request: Request, state: StateDep,
+                                 principal: InferenceAuth) -> Response:
+    t0 = time.monotonic()
+    served = resolve_served(state, body.model)
+    deadline = request_deadline(request, t0, state.max_request_timeout_s)
+    engine_id = f"chatcmpl-{uuid.uuid4().hex}"
+    # As on completions: the client's x-request-id names the response, never the engine's requests.
+    rid = request.headers.get("x-request-id") or engine_id
+    # Rendering, tokenizing and compiling a schema are CPU work: off the event loop.
+    creq, plan = await asyncio.to_thread(chat_to_engine_requests, body, served.chat_template, served.tokenizer,
+                                         served.max_model_len, engine_id, served.grammars)
+    adm = admit_plan(request, state, principal, served, plan, body.service_tier == "priority")
+    head = Head(rid, int(time.time()), served.model_id)
+    builder = ResponseBuilder("chat", creq, served.tokenizer, plan, head, t0)
+    return await respond(request, state.client, plan, builder, rid, adm, deadline)

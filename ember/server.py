@@ -1,0 +1,95 @@
+"""uvicorn under ember's shutdown contract: drain on the first signal, exit at once on the second.
+
+    SIGTERM / SIGINT  ->  stop accepting (uvicorn closes the listeners and idle keep-alive connections)
+                          /health answers 503 "draining"
+                          requests in flight run on for up to drain_timeout_s
+                          then those left end with a clear 503-shaped error (an error event in a stream)
+                          lifespan shutdown stops the engine loop; the process exits 0
+    second signal     ->  exit now (status 128 + signal), nothing more is waited for
+
+uvicorn's own handler re-raises the signal after a graceful shutdown (the process then dies of it, not 0)
+and only lets a second SIGINT, not a second SIGTERM, cut the wait short; both are replaced here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from collections.abc import Generator
+from types import FrameType
+
+import uvicorn
+from fastapi import FastAPI
+
+from ember.api.deps import AppState
+from ember.config import ServerConfig
+from ember.errors import Overloaded
+
+log = logging.getLogger("ember")
+
+CUT_GRACE_S = 5.0
+"""After the drain timeout has failed what was left, how long uvicorn waits for those error responses to
+be written before it cancels the handlers outright."""
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.drain_timeout_s = drain_timeout_s
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        sigs = (signal.SIGINT, signal.SIGTERM)
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in sigs}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            os.write(2, f"ember: second {signal.Signals(sig).name}: exiting now\n".encode())
+            os._exit(128 + sig)
+        log.info("%s: draining requests in flight (up to %.0f s); a second signal exits at once",
+                 signal.Signals(sig).name, self.drain_timeout_s)
+        self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        state: AppState | None = getattr(self.app.state, "ember", None)  # None when start-up failed
+        timer = None
+        if state is not None:
+            state.draining = True
+            timer = asyncio.get_running_loop().call_later(self.drain_timeout_s, self._cut, state)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        for h in logging.getLogger().handlers:
+            h.flush()
+
+    def _cut(self, state: AppState) -> None:
+        n = len(self.server_state.tasks)
+        log.warning("drain timeout (%.0f s): ending %d request(s) still in flight", self.drain_timeout_s, n)
+        state.client.fail_all(Overloaded("the server is shutting down", retry_after=1.0))
+
+
+def run_server(app: FastAPI, server: ServerConfig, log_level: str = "info") -> int:
+    """Serve until a signal; the exit status: 0 after a drained shutdown, 1 when start-up failed."""
+    config = uvicorn.Config(app, host=server.host, port=server.port, log_level=log_level,
+                            timeout_graceful_shutdown=server.drain_timeout_s + CUT_GRACE_S)
+    s = DrainingServer(config, app, server.drain_timeout_s)
+    s.run()
+    sys.stderr.flush()
+    return 0 if s.started else 1

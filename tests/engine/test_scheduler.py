@@ -1,0 +1,182 @@
+"""The scheduler on its own, with small pools: token budget, max_num_seqs, chunked prefill, preemption order.
+
+No model runs here: `step()` plays the engine's part (record the computed tokens, append one sampled token
+to every sequence that caught up), so each test pins exactly what one schedule() hands out.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from ember.config import SchedulerConfig
+from ember.engine.detokenizer import Detokenizer
+from ember.engine.kv_cache import BlockPool
+from ember.engine.request import EngineRequest, FinishReason, SamplingParams
+from ember.engine.scheduler import ScheduledBatch, Scheduler
+from ember.engine.sequence import Sequence, SequenceStatus
+from ember.model.loader import LoadedModel
+
+BS = 4
+
+
+@pytest.fixture(scope="module")
+def detok(tiny: LoadedModel) -> Detokenizer:
+    return Detokenizer(tiny.tokenizer)
+
+
+def make(num_blocks: int, max_num_seqs: int = 8, budget: int = 64, prefix: bool = True) -> Scheduler:
+    return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget),
+                     BlockPool(num_blocks, BS, prefix))
+
+
+def seq(detok: Detokenizer, name: str, prompt_len: int, first: int = 1, max_tokens: int = 100) -> Sequence:
+    ids = tuple(first + i for i in range(prompt_len))
+    r = EngineRequest(name, ids, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+    return Sequence(request=r, detok=detok.new_state(ids, ()))
+
+
+def step(s: Scheduler) -> ScheduledBatch:
+    b = s.schedule()
+    for q, n in zip(b.seqs, b.num_tokens, strict=True):
+        s.on_computed(q, n)
+        if q.num_computed_tokens == q.num_tokens:
+            q.token_ids.append(7)  # the sampled token: one behind again, i.e. decoding
+    return b
+
+
+def plan(b: ScheduledBatch) -> dict[str, int]:
+    return {q.request_id: n for q, n in zip(b.seqs, b.num_tokens, strict=True)}
+
+
+def check_blocks(s: Scheduler) -> None:
+    """Every running sequence holds exactly the blocks its computed tokens need; waiting ones hold none."""
+    for q in s.running:
+        assert len(q.block_ids) >= -(-q.num_computed_tokens // BS)
+    for q in s.waiting:
+        assert q.block_ids == [] and q.num_computed_tokens == 0
+    held = sum(len(q.block_ids) for q in s.running)
+    assert s.pool.num_used <= held  # shared prefix blocks count once in the pool
+
+
+def test_token_budget_is_filled_decodes_first_then_prompts_in_order(detok) -> None:
+    s = make(num_blocks=200, budget=32)
+    a, b, c = seq(detok, "a", 20), seq(detok, "b", 20, first=100), seq(detok, "c", 20, first=200)
+    for q in (a, b, c):
+        s.add(q)
+    assert plan(step(s)) == {"a": 20, "b": 12}  # b is chunked to what the budget leaves; c waits
+    batch = step(s)
+    assert plan(batch) == {"a": 1, "b": 8, "c": 20}  # 29 of 32: c's whole prompt fit the rest
+    assert batch.seqs[0] is a and batch.num_tokens[0] == 1  # single-token rows lead the batch
+    assert plan(step(s)) == {"a": 1, "b": 1, "c": 1}
+    assert not s.waiting and [q.request_id for q in s.running] == ["a", "b", "c"]
+    check_blocks(s)
+
+
+def test_budget_never_exceeded_and_max_num_seqs_caps_the_batch(detok) -> None:
+    s = make(num_blocks=400, max_num_seqs=3, budget=16)
+    qs = [seq(detok, f"s{i}", 10, first=10 * i + 1, max_tokens=5) for i in range(6)]
+    for q in qs:
+        s.add(q)
+    order: list[str] = []
+    for _ in range(200):
+        if not s.has_work:
+            break
+        b = step(s)
+        assert 0 < b.total_tokens <= 16
+        assert len(s.running) <= 3 and len(b.seqs) <= 3
+        for q in list(s.running):
+            if q.num_output_tokens >= q.params.max_tokens:
+                order.append(q.request_id)
+                s.finish(q, FinishReason.LENGTH)
+        check_blocks(s)
+    assert not s.has_work
+    assert order == [f"s{i}" for i in range(6)]  # first come, first served
+    assert s.pool.num_free == s.pool.num_blocks
+
+
+def test_chunked_prefill_grows_blocks_with_each_chunk(detok) -> None:
+    s = make(num_blocks=100, budget=16)
+    q = seq(detok, "long", 50)
+    s.add(q)
+    chunks = []
+    while q.num_computed_tokens < 50:
+        b = step(s)
+        chunks.append(b.num_tokens[0])
+        # Only the blocks the computed tokens need are taken, chunk by chunk.
+        assert len(q.block_ids) == -(-q.num_computed_tokens // BS)
+    assert chunks == [16, 16, 16, 2]
+    assert q.num_tokens == 51  # the last chunk's logits gave the first token
+    assert plan(step(s)) == {"long": 1}
+    assert len(q.block_ids) == -(-51 // BS)
+
+
+def test_a_decode_never_waits_behind_a_long_prompt(detok) -> None:
+    s = make(num_blocks=200, budget=8)
+    short = seq(detok, "short", 3)
+    s.add(short)
+    step(s)
+    s.add(seq(detok, "long", 60, first=50))
+    for _ in range(5):
+        assert plan(step(s)) == {"short": 1, "long": 7}
+
+
+def test_preemption_takes_the_newest_first_and_requeues_it_at_the_head(detok) -> None:
+    # 9 blocks of 4: three 8-token prompts take 2 blocks each, a third each once they decode past 8.
+    s = make(num_blocks=9, budget=64, prefix=False)
+    a, b, c = (seq(detok, n, 8, first=f, max_tokens=12) for n, f in (("a", 1), ("b", 20), ("c", 40)))
+    late = seq(detok, "late", 4, first=60, max_tokens=12)
+    for q in (a, b, c):
+        s.add(q)
+    assert plan(step(s)) == {"a": 8, "b": 8, "c": 8}
+    s.add(late)
+    assert plan(step(s)) == {"a": 1, "b": 1, "c": 1}  # the pool's last 3 blocks; none left for `late`
+    assert s.pool.num_free == 0 and list(s.waiting) == [late]
+    for _ in range(3):
+        assert plan(step(s)) == {"a": 1, "b": 1, "c": 1}  # up to 12 tokens: still 3 blocks each
+    b6 = step(s)  # a needs a 4th block: c, the newest, is preempted for it, then b takes c's second
+    assert [q.request_id for q in b6.preempted] == ["c"]
+    assert c.status is SequenceStatus.WAITING and c.block_ids == [] and c.num_computed_tokens == 0
+    assert list(s.waiting) == [c, late]  # back at the head, ahead of a request that came later
+    assert plan(b6) == {"a": 1, "b": 1}  # and no waiting sequence starts in a step that preempted
+    assert s.num_preemptions == 1 and c.num_preemptions == 1
+    check_blocks(s)
+    # From here on, whatever is preempted is always younger than whatever keeps running.
+    for _ in range(300):
+        if not s.has_work:
+            break
+        age = {q: i for i, q in enumerate(s.running)}
+        bb = step(s)
+        survivors = [age[q] for q in s.running if q in age]
+        for v in bb.preempted:
+            assert all(age[v] > k for k in survivors), (v.request_id, [q.request_id for q in s.running])
+        assert a not in bb.preempted
+        for q in list(s.running):
+            if q.num_output_tokens >= q.params.max_tokens:
+                s.finish(q, FinishReason.LENGTH)
+        check_blocks(s)
+    assert not s.has_work
+    assert all(q.num_output_tokens >= 12 for q in (a, b, c, late))
+    assert s.pool.num_free == s.pool.num_blocks
+
+
+def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks(detok) -> None:
+    s = make(num_blocks=6, budget=64)
+    donor = seq(detok, "donor", 12)
+    s.add(donor)
+    step(s)  # 3 blocks, all full and keyed
+    s.add(seq(detok, "hog", 4, first=90))
+    step(s)  # donor grows to 4 blocks, hog takes 1
+    twin = seq(detok, "twin", 20)  # shares donor's 12 prompt tokens: 3 cached blocks, then needs 2 more
+    s.add(twin)
+    b = step(s)  # hog's decode takes the last free block, so twin cannot start
+    assert "twin" not in plan(b) and list(s.waiting) == [twin]
+    assert twin.block_ids == [] and twin.num_computed_tokens == 0  # it holds nothing while it waits
+    assert [s.pool.blocks[i].ref_count for i in donor.block_ids] == [1, 1, 1, 1]
+    assert s.pool.num_used == 6
+    for q in list(s.running):  # donor's blocks go back to the free list still keyed
+        s.finish(q, FinishReason.LENGTH)
+    step(s)
+    assert twin.status is SequenceStatus.RUNNING and twin.num_prefix_hit_tokens == 12
+    for q in list(s.running):
+        s.finish(q, FinishReason.ABORT)
+    assert s.pool.num_free == s.pool.num_blocks and not s.has_work
