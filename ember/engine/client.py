@@ -330,15 +330,6 @@ class EngineClient:
         self._streams.clear()
         self._held.clear()
 
-
-def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
-    """Two consecutive outputs of one request as one: deltas joined, totals and finish from the later."""
-    return replace(b, new_token_ids=a.new_token_ids + b.new_token_ids, new_text=a.new_text + b.new_text,
-                   new_logprobs=a.new_logprobs + b.new_logprobs,
-                   new_text_offsets=a.new_text_offsets + b.new_text_offsets,
-                   prompt_logprobs=a.prompt_logprobs if a.prompt_logprobs is not None else b.prompt_logprobs,
-                   first_token_time=a.first_token_time if a.first_token_time is not None else b.first_token_time)
-
     def _close_inbox(self, err: BaseException) -> None:
         """Refuse further submissions and fail those that arrived but were never admitted."""
         with self._lock:
@@ -350,6 +341,15 @@ def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
                     return
                 if isinstance(msg, _Add) and msg.reqs:
                     self._deliver(msg, 0, err)
+
+
+def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
+    """Two consecutive outputs of one request as one: deltas joined, totals and finish from the later."""
+    return replace(b, new_token_ids=a.new_token_ids + b.new_token_ids, new_text=a.new_text + b.new_text,
+                   new_logprobs=a.new_logprobs + b.new_logprobs,
+                   new_text_offsets=a.new_text_offsets + b.new_text_offsets,
+                   prompt_logprobs=a.prompt_logprobs if a.prompt_logprobs is not None else b.prompt_logprobs,
+                   first_token_time=a.first_token_time if a.first_token_time is not None else b.first_token_time)
 
 
 __all__ = ["EngineClient", "FinishReason"]
