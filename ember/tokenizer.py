@@ -147,7 +147,10 @@ class Tokenizer:
     # -- use -----------------------------------------------------------------------------------------
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids: list[int] = self.hf.encode(text, add_special_tokens=False).ids
+        # encode_batch releases the GIL while it works (encode holds it): a 5 MB prompt took 5 s, and the
+        # event loop, every other request and uvicorn's keep-alive timers stood still for all of it.
+        # Same ids; no slower on short text (14 us against 19 us).
+        ids: list[int] = self.hf.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens and self.add_bos and self.bos_id is not None:
             ids.insert(0, self.bos_id)
         if add_special_tokens and self.add_eos and self.eos_id is not None:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ember.engine.engine import Engine, EngineStats
@@ -82,6 +82,8 @@ class EngineClient:
         self._stopping = False
         self._on_step = on_step
         self._stats = engine.stats()
+        self._held: dict[str, RequestOutput] = {}
+        """Outputs of background requests so far, delivered merged when they finish."""
         self._fresh: list[str] = []
         """Requests admitted since the last step that completed: the suspects when a step fails."""
         self._failed_once = False
@@ -202,6 +204,7 @@ class EngineClient:
             for req in add.reqs:
                 self.engine.abort(req.request_id)
                 self._streams.pop(req.request_id, None)
+                self._held.pop(req.request_id, None)
 
     def _admit(self, add: _Add) -> None:
         """Add a submission's requests all or none: a refused one fails the whole submission.
@@ -241,6 +244,7 @@ class EngineClient:
             else:
                 self.engine.abort(msg.request_id)
                 self._streams.pop(msg.request_id, None)
+                self._held.pop(msg.request_id, None)
             try:
                 msg = self._inbox.get_nowait()
             except queue.Empty:
@@ -285,6 +289,14 @@ class EngineClient:
                 entry = self._streams.get(o.request_id)
                 if entry is None:
                     continue
+                held = self._held.pop(o.request_id, None)
+                if held is not None:
+                    o = merge_outputs(held, o)
+                if not o.finished and entry[0].reqs[entry[1]].background:
+                    # A batch row's reader wants the whole result, not tokens as they come: one delivery
+                    # per row instead of one per token keeps the event loop free for interactive traffic.
+                    self._held[o.request_id] = o
+                    continue
                 if o.finished:
                     del self._streams[o.request_id]
                 self._deliver(entry[0], entry[1], o)
@@ -301,6 +313,7 @@ class EngineClient:
         if suspects and not self._failed_once:
             self._failed_once = True
             for rid in suspects:
+                self._held.pop(rid, None)
                 add, i = self._streams.pop(rid)
                 self.engine.abort(rid)
                 self._deliver(add, i, err)
@@ -315,6 +328,7 @@ class EngineClient:
                 log.exception("aborting %s failed", rid)
             self._deliver(add, i, err)
         self._streams.clear()
+        self._held.clear()
 
     def _close_inbox(self, err: BaseException) -> None:
         """Refuse further submissions and fail those that arrived but were never admitted."""
@@ -327,6 +341,15 @@ class EngineClient:
                     return
                 if isinstance(msg, _Add) and msg.reqs:
                     self._deliver(msg, 0, err)
+
+
+def merge_outputs(a: RequestOutput, b: RequestOutput) -> RequestOutput:
+    """Two consecutive outputs of one request as one: deltas joined, totals and finish from the later."""
+    return replace(b, new_token_ids=a.new_token_ids + b.new_token_ids, new_text=a.new_text + b.new_text,
+                   new_logprobs=a.new_logprobs + b.new_logprobs,
+                   new_text_offsets=a.new_text_offsets + b.new_text_offsets,
+                   prompt_logprobs=a.prompt_logprobs if a.prompt_logprobs is not None else b.prompt_logprobs,
+                   first_token_time=a.first_token_time if a.first_token_time is not None else b.first_token_time)
 
 
 __all__ = ["EngineClient", "FinishReason"]

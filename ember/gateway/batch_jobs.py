@@ -28,7 +28,7 @@ from ember.store.tables import BatchJob, Dataset
 router = APIRouter(tags=["gateway"])
 _BASE = "/v1/accounts/{account_id}/batchInferenceJobs"
 _FIELDS = ("name", "displayName", "state", "model", "createTime", "updateTime", "inputDatasetId",
-           "outputDatasetId", "create_time", "createdBy")
+           "outputDatasetId", "createdBy")
 CANCEL_WAIT_S = 5.0
 
 
@@ -169,7 +169,7 @@ def create_job(account_id: str, body: BatchJobBody, request: Request, state: Sta
                    status_message="", model=served.model_id, input_dataset_id=input_id, output_dataset_id=out_id,
                    params=params, precision=body.precision or "PRECISION_UNSPECIFIED",
                    continued_from=parent.job_id if parent else "", total_rows=0, created=now, updated=now,
-                   expire_time=now + timedelta(hours=b.config.job_ttl_h), api="fireworks", meta={})
+                   expire_time=now + timedelta(hours=b.config.job_ttl_h), api="fireworks", meta={}, owner="")
     b.jobs.create(job, out_ds)
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:

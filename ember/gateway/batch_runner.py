@@ -17,14 +17,17 @@ it was, and a row that was in flight runs again but is stored once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import BinaryIO
+from functools import partial
+from typing import Any, BinaryIO, TypeVar
 
 from pydantic import ValidationError
 
@@ -36,6 +39,7 @@ from ember.api.responses import Head, ResponseBuilder, to_json
 from ember.api.translate import to_engine_requests
 from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
+from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
 from ember.gateway.services import BatchServices
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE, Row, read_rows
@@ -44,23 +48,10 @@ from ember.store.tables import BatchJob
 from ember.store.usage import BATCH, UsageMeter
 
 log = logging.getLogger("ember.batch")
-
-# inferenceParameters (camelCase) -> the completion body field it defaults.
-_PARAM_FIELDS = {"maxTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
-                 "n": "n"}
-
-
-def row_defaults(params: dict) -> dict:
-    """The body defaults a job's inferenceParameters give: extraBody first, the named ones over it."""
-    out: dict = {}
-    extra = params.get("extraBody")
-    if extra:
-        out.update(json.loads(extra))
-    for k, v in params.items():
-        if k in _PARAM_FIELDS:
-            out[_PARAM_FIELDS[k]] = v
-    return out
-
+T = TypeVar("T")
+LEASE_S = 10.0
+"""How long a job stays with its runner without word from it: after a crash, another server (or the
+restarted one) resumes it this much later at most."""
 
 @dataclass
 class JobRun:
@@ -100,7 +91,13 @@ class BatchRunner:
         self.served = served
         self.meter = meter
         self.runs: dict[tuple[str, str], JobRun] = {}
+        self.owner = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:40]
+        """This runner's name on the jobs it drives (see BatchJobs.claim)."""
         self._wake = asyncio.Event()
+        self._endings: set[asyncio.Task] = set()
+        # Its own threads for store writes and tokenizing: batch work never queues in front of an
+        # interactive request's tokenization in the event loop's default executor.
+        self._pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="ember-batch")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
 
@@ -116,6 +113,14 @@ class BatchRunner:
             await asyncio.gather(self._task, return_exceptions=True)
         for run in list(self.runs.values()):
             await self._drop(run)
+        try:
+            await self._io(self.b.jobs.release, self.owner)
+        except Exception:  # noqa: BLE001 - the leases then simply run out
+            log.exception("could not release batch job leases")
+        self._pool.shutdown(wait=True)
+
+    def _io(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+        return asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
 
     def wake_soon(self) -> None:
         """Look at the store now rather than at the next tick (callable from any thread)."""
@@ -138,7 +143,7 @@ class BatchRunner:
 
     # -- one pass over the active jobs ---------------------------------------------------------------
     async def tick(self) -> None:
-        jobs = await asyncio.to_thread(self.b.jobs.active)
+        jobs = await self._io(self._claim_jobs)
         active = {(j.account_id, j.job_id): j for j in jobs}
         for key, run in list(self.runs.items()):  # deleted under us (a finished job's row removed)
             if key not in active:
@@ -162,6 +167,14 @@ class BatchRunner:
         for run in list(self.runs.values()):
             if run.exhausted and not run.retry and not run.tasks:
                 await self._complete(run)
+
+    def _claim_jobs(self) -> list[BatchJob]:
+        """The active jobs this runner drives, oldest first: its own (their leases renewed) and any that
+        no live runner holds. Jobs another server drives are left to it."""
+        jobs = self.b.jobs.active()
+        self.b.jobs.renew(self.owner, LEASE_S)
+        return [j for j in jobs if j.owner == self.owner
+                or self.b.jobs.claim(j.account_id, j.job_id, self.owner, LEASE_S)]
 
     def _input_where(self, j: BatchJob) -> str:
         return f"input dataset {j.input_dataset_id!r}"
@@ -194,25 +207,25 @@ class BatchRunner:
 
     async def _validate(self, j: BatchJob) -> None:
         try:
-            _, total = await asyncio.to_thread(self._todo, j)
+            _, total = await self._io(self._todo, j)
         except EmberError as e:
             await self._finish(j, st.FAILED, "INVALID_ARGUMENT", e.message, (st.VALIDATING,))
             return
-        await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.PENDING, (st.VALIDATING,),
+        await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.PENDING, (st.VALIDATING,),
                                 total_rows=total)
 
     async def _open(self, j: BatchJob) -> None:
         """Start (or resume, after a restart) a job: the rows still to run are read lazily from its file."""
         try:
-            skip, total = await asyncio.to_thread(self._todo, j)
-            path, name = await asyncio.to_thread(self._input_path, j)
+            skip, total = await self._io(self._todo, j)
+            path, name = await self._io(self._input_path, j)
             f = open(path, "rb")  # noqa: SIM115 - held while the job runs, closed by _drop
         except (EmberError, OSError) as e:
             msg = e.message if isinstance(e, EmberError) else f"cannot open the input file of {self._input_where(j)}"
             await self._finish(j, st.FAILED, "INVALID_ARGUMENT", msg, (st.PENDING, st.RUNNING))
             return
         if j.state == st.PENDING:
-            moved = await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.RUNNING,
+            moved = await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.RUNNING,
                                             (st.PENDING,), run_start=utcnow(), total_rows=total)
             if not moved:
                 f.close()
@@ -229,10 +242,14 @@ class BatchRunner:
                     break
                 try:
                     row = run.next_row()
-                except EmberError as e:  # the file changed under the job: a job-level failure
+                except (EmberError, OSError) as e:  # the file changed or broke under the job: job-level
                     run.exhausted = True
                     run.retry.clear()
-                    asyncio.create_task(self._fail_run(run, e.message))
+                    msg = e.message if isinstance(e, EmberError) else (
+                        f"cannot read the input file of {self._input_where(run.job)}: {e}")
+                    failing = asyncio.create_task(self._fail_run(run, msg))
+                    self._endings.add(failing)
+                    failing.add_done_callback(self._endings.discard)
                     runs.remove(run)
                     continue
                 if row is None:
@@ -255,18 +272,25 @@ class BatchRunner:
             return
         except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
             log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
-            ok, line, usage = False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+            ok, line, usage = False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         tokens = ((usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
                    usage["completion_tokens"]) if usage else (0, 0, 0))
         # The commit runs to its end even if the job is cancelled meanwhile: whoever writes the output
         # files waits for run.writes first, so the files hold every row the store holds.
-        write = asyncio.ensure_future(asyncio.to_thread(
+        write = asyncio.ensure_future(self._io(
             self.b.jobs.record, j.account_id, j.job_id, row.custom_id, ok, line, *tokens))
         run.writes.add(write)
         write.add_done_callback(run.writes.discard)
         if usage is not None:
             write.add_done_callback(lambda w: self._meter(j, tokens, w))
-        await asyncio.shield(write)
+        try:
+            await asyncio.shield(write)
+        except Exception:  # noqa: BLE001 - the store refused the write: the row is not done, run it again
+            log.exception("storing the result of row %s of %s failed; it will run again",
+                          row.custom_id[:80], j.job_id)
+            await asyncio.sleep(1.0)
+            run.retry.append(row)
+            return
         run.ran += 1
 
     def _meter(self, j: BatchJob, tokens: tuple[int, int, int], write: asyncio.Future) -> None:
@@ -274,56 +298,22 @@ class BatchRunner:
         if not write.cancelled() and write.exception() is None and write.result():
             self.meter.record(j.account_id, j.key_id, j.model, *tokens, usage_type=BATCH)
 
-    @staticmethod
-    def _error_line(j: BatchJob, custom_id: str, err: dict) -> str:
-        if j.api == "openai":  # OpenAI's BatchRequestOutput: a failed request has an error, no response
-            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id, "response": None,
-                   "error": {"code": err.get("code") or err.get("type"), "message": err.get("message")}}
-        else:
-            out = {"custom_id": custom_id, "error": err}
-        return json.dumps(out, ensure_ascii=False)
-
-    @staticmethod
-    def _ok_line(j: BatchJob, custom_id: str, request_id: str, response: dict) -> str:
-        if j.api == "openai":
-            out = {"id": f"batch_req_{uuid.uuid4().hex}", "custom_id": custom_id,
-                   "response": {"status_code": 200, "request_id": request_id, "body": response}, "error": None}
-        else:
-            out = {"custom_id": custom_id, "response": response}
-        return json.dumps(out, ensure_ascii=False)
-
-    def _row_body(self, j: BatchJob, row: Row) -> dict:
-        """The row's body without its model, or InvalidRequest: a Fireworks row names no model (the job
-        does); an OpenAI line is a POST to /v1/completions naming the served model."""
-        body = dict(row.body)
-        if j.api == "openai":
-            if row.url != "/v1/completions" or (row.method or "").upper() != "POST":
-                raise InvalidRequest("each line must have \"method\": \"POST\" and \"url\": \"/v1/completions\"",
-                                     param="url")
-            model = body.pop("model", None)
-            if not isinstance(model, str) or not self.served.answers_to(model):
-                raise InvalidRequest(f"model {str(model)[:100]!r} is not served here; this server has "
-                                     f"{self.served.model_id!r}", param="model", code="model_not_found")
-        elif "model" in body:
-            raise InvalidRequest("model must not be set in a batch row: the job's model is used", param="model")
-        return body
-
     async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, dict | None]:
         """(ok, output line, usage); a row that is not a valid completion request is an error line."""
         j = run.job
         try:
-            own = self._row_body(j, row)
+            own = row_body(j, row, self.served)
         except InvalidRequest as e:
-            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+            return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         body = {**run.defaults, **own, "model": self.served.model_id, "stream": False}
         try:
             req = CompletionRequest.model_validate(body)
         except ValidationError as e:
-            return False, self._error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
+            return False, error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
         try:
             reject_unsupported(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
-            plan = await asyncio.to_thread(to_engine_requests, req, self.served.tokenizer,
+            plan = await self._io(to_engine_requests, req, self.served.tokenizer,
                                            self.served.max_model_len, engine_id, self.served.grammars)
             reqs = [replace(r, background=True) for r in plan.requests]
             builder = ResponseBuilder("completion", req, self.served.tokenizer, plan,
@@ -333,10 +323,10 @@ class BatchRunner:
         except Overloaded:
             raise
         except EmberError as e:
-            return False, self._error_line(j, row.custom_id, error_payload(e)["error"]), None
+            return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         body, _ = builder.response()
         response = to_json(body)
-        return True, self._ok_line(j, row.custom_id, engine_id, response), response["usage"]
+        return True, ok_line(j, row.custom_id, engine_id, response), response["usage"]
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:
@@ -355,27 +345,27 @@ class BatchRunner:
     async def _complete(self, run: JobRun) -> None:
         j = run.job
         await self._drop(run)
-        if not await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.WRITING, (st.RUNNING,)):
+        if not await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.WRITING, (st.RUNNING,)):
             return
         await self._write_results(j)
 
     async def _write_results(self, j: BatchJob) -> None:
-        await asyncio.to_thread(self._write_files, j)
-        p = await asyncio.to_thread(self.b.jobs.progress, j.account_id, j.job_id)
+        await self._io(self._write_files, j)
+        p = await self._io(self.b.jobs.progress, j.account_id, j.job_id)
         if p.processed and not p.succeeded:
-            await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.FAILED, (st.WRITING,),
+            await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.FAILED, (st.WRITING,),
                                     "INVALID_ARGUMENT", "no row of the input was a valid completion request; "
                                     "see error-data in the output dataset")
         else:
-            await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, st.COMPLETED, (st.WRITING,))
+            await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.COMPLETED, (st.WRITING,))
 
     async def _finish(self, j: BatchJob, to: str, code: str, message: str, from_states: tuple[str, ...]) -> None:
         """End a job early: stop its rows, write what is done, then move it to `to`."""
         run = self.runs.get((j.account_id, j.job_id))
         if run is not None:
             await self._drop(run)
-        await asyncio.to_thread(self._write_files, j)
-        await asyncio.to_thread(self.b.jobs.transition, j.account_id, j.job_id, to, from_states, code, message)
+        await self._io(self._write_files, j)
+        await self._io(self.b.jobs.transition, j.account_id, j.job_id, to, from_states, code, message)
 
     def _write_files(self, j: BatchJob) -> None:
         """The output dataset's two files from the committed rows (atomic; safe to redo after a crash)."""

@@ -163,7 +163,7 @@ def create_batch(body: CreateBatchBody, request: Request, state: StateDep, b: Ba
                    state=st.VALIDATING, status_code="OK", status_message="", model=state.model.model_id,
                    input_dataset_id=d.dataset_id, output_dataset_id=out_id, params={},
                    precision="PRECISION_UNSPECIFIED", continued_from="", total_rows=0, created=now, updated=now,
-                   expire_time=now + timedelta(hours=24), api="openai", meta=dict(body.metadata or {}))
+                   expire_time=now + timedelta(hours=24), api="openai", meta=dict(body.metadata or {}), owner="")
     b.jobs.create(job, out_ds)
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from ember.errors import AlreadyExists, ResourceNotFound
-from ember.store.datasets import UPLOADING
 from ember.store.db import Store
 from ember.store.ids import utcnow
 from ember.store.tables import BatchJob, BatchResult, Dataset
@@ -105,6 +104,30 @@ class BatchJobs:
                                                    BatchJob.state.in_(from_states)).values(**values))
             return bool(res.rowcount)  # type: ignore[attr-defined]
 
+    def claim(self, account_id: str, job_id: str, owner: str, lease_s: float) -> bool:
+        """Drive this active job unless another live runner does: take it when it is unowned, already
+        ours, or its owner's lease ran out (that server stopped or died). Several servers on one database
+        then share the jobs without running one twice."""
+        now = utcnow()
+        with self.store.session() as s:
+            res = s.execute(update(BatchJob).where(
+                BatchJob.account_id == account_id, BatchJob.job_id == job_id, BatchJob.state.in_(ACTIVE),
+                or_(BatchJob.owner == "", BatchJob.owner == owner, BatchJob.lease_until.is_(None),
+                    BatchJob.lease_until < now)).values(owner=owner, lease_until=now + timedelta(seconds=lease_s)))
+            return bool(res.rowcount)  # type: ignore[attr-defined]
+
+    def renew(self, owner: str, lease_s: float) -> None:
+        """Extend the lease of every active job `owner` drives (one statement per tick)."""
+        with self.store.session() as s:
+            s.execute(update(BatchJob).where(BatchJob.owner == owner, BatchJob.state.in_(ACTIVE))
+                      .values(lease_until=utcnow() + timedelta(seconds=lease_s)))
+
+    def release(self, owner: str) -> None:
+        """Give up `owner`'s jobs (a server stopping cleanly): another server, or the next start, takes them
+        at once instead of after the lease."""
+        with self.store.session() as s:
+            s.execute(update(BatchJob).where(BatchJob.owner == owner).values(owner="", lease_until=None))
+
     def delete(self, account_id: str, job_id: str) -> None:
         with self.store.session() as s:
             s.execute(delete(BatchResult).where(BatchResult.account_id == account_id, BatchResult.job_id == job_id))
@@ -119,8 +142,10 @@ class BatchJobs:
             account_id=account_id, job_id=job_id, custom_id=custom_id, ok=ok, line=line,
             prompt_tokens=prompt_tokens, cached_tokens=cached_tokens, completion_tokens=completion_tokens,
             created=utcnow()).on_conflict_do_nothing(index_elements=["account_id", "job_id", "custom_id"])
+        # RETURNING says whether this call inserted (psycopg's rowcount does not, for DO NOTHING).
+        stmt = stmt.returning(BatchResult.custom_id)
         with self.store.session() as s:
-            return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+            return s.execute(stmt).first() is not None
 
     def progress(self, account_id: str, job_id: str) -> Progress:
         q = select(func.coalesce(func.sum(case((BatchResult.ok, 1), else_=0)), 0),
@@ -165,8 +190,3 @@ class BatchJobs:
             for _cid, line in page:
                 yield line
             last = page[-1][0]
-
-    def input_uploading(self, account_id: str, dataset_id: str) -> bool:
-        with self.store.session() as s:
-            d = s.get(Dataset, (account_id, dataset_id))
-        return d is not None and d.state == UPLOADING

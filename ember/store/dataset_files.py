@@ -44,7 +44,7 @@ class DatasetFiles:
         return self.root / check_id(account_id, "account_id") / check_id(dataset_id, "datasetId")
 
     def path_of(self, account_id: str, dataset_id: str, filename: str) -> Path:
-        if safe_filename(filename, "") != filename:
+        if not filename or safe_filename(filename, "") != filename:
             raise ResourceNotFound("no such file")
         return self.dir_of(account_id, dataset_id) / filename
 
@@ -115,6 +115,14 @@ def _decode(raw: bytes, line_no: int, where: str) -> str | None:
     return text if text.strip() else None
 
 
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_rows(f: BinaryIO, where: str) -> Iterator[Row]:
     """The rows of a batch input file, structurally checked: each non-blank line one JSON object with a
     string `custom_id` and an object `body`. Raises InvalidRequest naming `where` and the line."""
@@ -140,6 +148,9 @@ def read_rows(f: BinaryIO, where: str) -> Iterator[Row]:
         if not isinstance(cid, str) or not cid or len(cid) > MAX_CUSTOM_ID:
             raise InvalidRequest(f"{where}:{line_no}: custom_id must be a non-empty string of at most "
                                  f"{MAX_CUSTOM_ID} characters", param="file")
+        if not _is_text(cid):
+            raise InvalidRequest(f"{where}:{line_no}: custom_id holds a lone UTF-16 surrogate; it must be "
+                                 "valid Unicode", param="file")
         body = obj.get("body")
         if not isinstance(body, dict):
             raise InvalidRequest(f"{where}:{line_no}: body must be a JSON object", param="file")
@@ -148,17 +159,23 @@ def read_rows(f: BinaryIO, where: str) -> Iterator[Row]:
                   url if isinstance(url, str) else None)
 
 
-def scan_batch_file(path: Path, where: str, count_tokens: Callable[[dict], int]) -> ScanResult:
-    """Check a whole uploaded file: structure, unique custom_ids, at least one row; count rows and tokens."""
+def scan_batch_file(path: Path, where: str, count_tokens: Callable[[list[dict]], int],
+                    chunk: int = 512) -> ScanResult:
+    """Check a whole uploaded file: structure, unique custom_ids, at least one row; count rows and tokens
+    (bodies go to `count_tokens` in chunks, so a tokenizer can work on many at once)."""
     seen: set[str] = set()
     tokens = 0
+    bodies: list[dict] = []
     with open(path, "rb") as f:
         for row in read_rows(f, where):
             if row.custom_id in seen:
                 raise InvalidRequest(f"{where}:{row.line_no}: custom_id {row.custom_id[:80]!r} is repeated",
                                      param="file")
             seen.add(row.custom_id)
-            tokens += count_tokens(row.body)
+            bodies.append(row.body)
+            if len(bodies) >= chunk:
+                tokens += count_tokens(bodies)
+                bodies = []
     if not seen:
         raise InvalidRequest(f"{where}: the file holds no rows (one JSON object per line)", param="file")
-    return ScanResult(len(seen), tokens)
+    return ScanResult(len(seen), tokens + (count_tokens(bodies) if bodies else 0))

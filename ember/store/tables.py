@@ -134,6 +134,9 @@ class BatchJob(Base):
     """"fireworks" (Gateway batchInferenceJobs) or "openai" (/v1/batches): the row and output formats."""
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     """OpenAI batch metadata, kept as given."""
+    owner: Mapped[str] = mapped_column(String(40), default="")
+    """The job runner (one per server process) driving the job while its lease lasts."""
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     __table_args__ = (ForeignKeyConstraint(["account_id"], ["accounts.account_id"], ondelete="CASCADE"),
                       Index("ix_batch_jobs_state", "state", "created"))
 

@@ -56,6 +56,8 @@ def test_crlf_bom_and_blank_lines_are_accepted(env: BatchEnv) -> None:
     (b'{"custom_id": "a", "body": "x"}\n', 1),
     (b'{"custom_id": "a", "body": {}}\n\n{"custom_id": "a", "body": {}}\n', 3),
     (b'{"custom_id": "a", "body": {}}\n\xff\xfe\n', 2),
+    (b'{"custom_id": "\\ud800", "body": {}}\n', 1),
+    (b'{"custom_id": "a", "body": {}}\n' + b"[" * 100000 + b"\n", 2),
     (b"", None),
     (b"\n\n\r\n", None),
 ])

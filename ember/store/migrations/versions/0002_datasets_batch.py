@@ -58,6 +58,8 @@ def upgrade() -> None:
         sa.Column("end_time", sa.DateTime, nullable=True),
         sa.Column("api", sa.String(16), nullable=False),
         sa.Column("meta", sa.JSON, nullable=False),
+        sa.Column("owner", sa.String(40), nullable=False),
+        sa.Column("lease_until", sa.DateTime, nullable=True),
         sa.ForeignKeyConstraint(["account_id"], ["accounts.account_id"], ondelete="CASCADE"),
     )
     op.create_index("ix_batch_jobs_state", "batch_jobs", ["state", "created"])
