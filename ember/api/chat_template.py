@@ -91,8 +91,29 @@ class ChatTemplate:
             raise InvalidRequest(f"the model's chat template failed on these messages: {e}",
                                  param="messages") from e
         if continue_final_message:
-            text = _cut_after_final_message(text, messages[-1].get("content") or "")
+            text = self._cut_after_final(text, messages, add_generation_prompt)
         return text
+
+    def _cut_after_final(self, text: str, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+        """The prompt up to the end of the final message's content, so the model continues it.
+
+        Where the content starts is found by rendering once more with the content replaced by a marker no
+        user can guess: a search for the content itself could land in what the template writes after it
+        (a final message "<" matched the "<" of "<|im_end|>", and the prompt gained a character)."""
+        content = messages[-1].get("content") or ""
+        marker = f"\ue000{secrets.token_hex(8)}\ue001"
+        try:
+            marked = self._template.render(messages=[*messages[:-1], dict(messages[-1], content=marker)],
+                                           add_generation_prompt=add_generation_prompt, **self._special)
+        except (TemplateRaised, jinja2.TemplateError, TypeError, ValueError):
+            marked = ""
+        at = marked.find(marker)
+        if at >= 0 and text.startswith(marked[:at]):
+            rest = text[at:]
+            for c in (content, content.strip()):
+                if c and rest.startswith(c):
+                    return text[:at] + c
+        return _cut_after_final_message(text, content)
 
     def encode(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool,
                continue_final_message: bool = False, safe: bool = False) -> Rendered:

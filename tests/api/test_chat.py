@@ -386,3 +386,16 @@ def test_any_conversation_is_answered_never_a_500(smol_server, messages: list[di
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
     else:
         assert r.text.rstrip().endswith("data: [DONE]") and '"error"' not in r.text
+
+
+def test_prefill_ending_like_the_templates_own_text(smol_server) -> None:
+    """A final assistant message "<" is continued right after it: the cut is not found by searching for
+    "<" (which the template's "<|im_end|>" also holds; the prompt once gained a character), with or
+    without safe_tokenization. Found by test_any_conversation_is_answered_never_a_500."""
+    tok = smol_server.engine.tokenizer
+    for safe in (False, True):
+        r = post(smol_server, messages=[{"role": "user", "content": "Open a tag"}, {"role": "assistant", "content": "<"}],
+                 max_tokens=1, temperature=0, safe_tokenization=safe, return_token_ids=True)
+        assert r.status_code == 200, r.text
+        prompt = tok.decode(r.json()["prompt_token_ids"])
+        assert prompt.endswith("assistant\n<") and not prompt.endswith("<<"), prompt
