@@ -44,7 +44,7 @@ class Platform:
         self.quotas = Quotas(self.store)
         self.auth = Authenticator(self.keys, self.accounts, self.config, self.static_keys)
         self.limiter = RateLimiter(self.quotas, self.buckets)
-        self.meter = UsageMeter(self.store, self.config.usage_flush_s)
+        self.meter = UsageMeter(self.store)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

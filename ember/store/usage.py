@@ -1,8 +1,8 @@
 """Usage metering: counted in memory on the hot path, flushed to the store every second.
 
-`record()` is a dict update under a lock (no database work per request). A flusher thread writes the
-accumulated counters as additive upserts, so several processes sharing one database each add their own
-share. A process killed with -9 loses at most what it counted since its last flush (one interval).
+`record()` is a dict update under a lock (no database work per request). The platform's flush thread
+(api/platform.py) writes the accumulated counters as additive upserts, so several processes sharing one
+database each add their own share. A process killed with -9 loses at most what it counted since its last flush (one interval).
 """
 
 from __future__ import annotations
@@ -40,14 +40,11 @@ COUNTERS = ("requests", "prompt_tokens", "cached_prompt_tokens", "completion_tok
 
 
 class UsageMeter:
-    def __init__(self, store: Store, flush_interval_s: float = 1.0) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.interval = flush_interval_s
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._pending: dict[UsageKey, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def record(self, account_id: str, key_id: str, model: str, prompt_tokens: int, cached_prompt_tokens: int,
                completion_tokens: int, usage_type: str = TEXT_COMPLETION, requests: int = 1) -> None:
@@ -89,23 +86,6 @@ class UsageMeter:
         )
         with self.store.session() as s:
             s.execute(stmt, rows)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="ember-usage-flush", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 - logged in flush; the next tick retries
-                pass
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.flush()
 
 
 @dataclass(frozen=True)
@@ -181,5 +161,4 @@ def usage_totals(store: Store, account_id: str, start: datetime, end: datetime) 
 
 def next_day(day: datetime) -> datetime:
     """Local midnight after `day` (a DST day is 23 or 25 hours long)."""
-    nxt = (day.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=day.tzinfo)
-    return nxt
+    return (day.replace(tzinfo=None) + timedelta(days=1)).replace(tzinfo=day.tzinfo)
