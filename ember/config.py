@@ -70,12 +70,27 @@ class SchedulerConfig:
     """Most sequences in one running batch."""
     max_num_batched_tokens: int = 512
     """Per-step token budget: decodes take one each, prefills are chunked to fit what is left."""
+    background_tokens_when_busy: int = 4
+    """Most tokens batch-job rows get in one step while interactive work is present (see busy_linger_steps).
+    A step's time grows with its rows (a CPU matmul works in blocks of a few rows), so this bounds how
+    much slower each interactive step gets; at least 1, so batch rows always advance."""
+    background_seqs_when_busy: int = 4
+    """Most batch-job rows in one step while interactive work is present; the other running rows keep their
+    KV blocks and seats (until an interactive request needs them) and wait."""
+    busy_linger_steps: int = 8
+    """Steps the interactive-work caps outlast the last interactive sequence: a client sending its next
+    request a few milliseconds after the last one ended then finds a small step, not a full batch step."""
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be at least 1")
         if self.max_num_batched_tokens < self.max_num_seqs:
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs so every decode fits a step")
+        if self.background_tokens_when_busy < 1 or self.background_seqs_when_busy < 1:
+            raise ValueError("background_tokens_when_busy and background_seqs_when_busy must be at least 1 "
+                             "(batch rows would starve)")
+        if self.busy_linger_steps < 0:
+            raise ValueError("busy_linger_steps must not be negative")
 
 
 @dataclass(frozen=True)

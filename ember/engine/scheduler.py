@@ -12,7 +12,11 @@ back to the head of the waiting queue, to be recomputed later (its prefix may st
 Two priorities: interactive requests, and background ones (batch-job rows). Interactive sequences are
 served first, running then waiting; background ones get only the budget, seats and memory left over, are
 admitted only when no interactive sequence waits, and are the first preempted when an interactive one
-needs room.
+needs room. While interactive work is present (running, waiting, or within `busy_linger_steps` steps of
+it), background rows also take at most `background_tokens_when_busy` tokens and
+`background_seqs_when_busy` rows per step, oldest first: an interactive step stays about as small as it
+is on an idle server, and batch rows still advance every step. With no interactive work they take the
+whole step.
 """
 
 from __future__ import annotations
@@ -38,6 +42,22 @@ class ScheduledBatch:
         return sum(self.num_tokens)
 
 
+@dataclass
+class _Allowance:
+    """What one priority may still take in the step being built."""
+
+    tokens: int
+    seats: int
+
+    @property
+    def open(self) -> bool:
+        return self.tokens > 0 and self.seats > 0
+
+    def take(self, n: int) -> None:
+        self.tokens -= n
+        self.seats -= 1
+
+
 class Scheduler:
     def __init__(self, cfg: SchedulerConfig, pool: BlockPool) -> None:
         self.cfg = cfg
@@ -48,6 +68,8 @@ class Scheduler:
         """Batch-job rows waiting: admitted only when no interactive sequence waits."""
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._steps_without_interactive = cfg.busy_linger_steps + 1
+        """Schedules since one last found interactive work; within busy_linger_steps, background is capped."""
 
     def add(self, seq: Sequence) -> None:
         self._queue_of(seq).append(seq)
@@ -104,33 +126,46 @@ class Scheduler:
         an interactive sequence never waits for a batch row, and evicts batch rows when it needs their
         memory or their seat in the batch."""
         out = ScheduledBatch()
-        budget = [self.cfg.max_num_batched_tokens]
+        cfg = self.cfg
+        busy = self._interactive_busy()
+        interactive = _Allowance(cfg.max_num_batched_tokens, cfg.max_num_seqs)
         chosen: dict[Sequence, int] = {}
-        stalled = self._step_running(False, budget, chosen, out)
+        stalled = self._step_running(False, interactive, chosen, out)
         if not stalled:
-            stalled = self._admit(self.waiting, budget, chosen, out)
+            stalled = self._admit(self.waiting, interactive, chosen, out)
+        background = _Allowance(interactive.tokens, cfg.max_num_seqs)
+        if busy:
+            background = _Allowance(min(interactive.tokens, cfg.background_tokens_when_busy),
+                                    cfg.background_seqs_when_busy)
         if not stalled:
-            stalled = self._step_running(True, budget, chosen, out)
+            stalled = self._step_running(True, background, chosen, out)
         if not stalled and not self.waiting:
-            self._admit(self.waiting_background, budget, chosen, out)
+            self._admit(self.waiting_background, background, chosen, out)
         pairs = sorted(chosen.items(), key=lambda c: c[1] != 1)  # single-token rows first (batched decode)
         out.seqs = [s for s, _ in pairs]
         out.num_tokens = [n for _, n in pairs]
         return out
 
-    def _step_running(self, background: bool, budget: list[int], chosen: dict[Sequence, int],
+    def _interactive_busy(self) -> bool:
+        """Whether background rows are capped in this step: interactive work is present now or was within
+        the last busy_linger_steps schedules (called once per schedule)."""
+        present = bool(self.waiting) or any(not s.request.background for s in self.running)
+        self._steps_without_interactive = 0 if present else self._steps_without_interactive + 1
+        return self._steps_without_interactive <= self.cfg.busy_linger_steps
+
+    def _step_running(self, background: bool, budget: _Allowance, chosen: dict[Sequence, int],
                       out: ScheduledBatch) -> bool:
         """Give running sequences of one kind their next tokens, oldest first; True when memory ran out
         for this kind (a sequence of it was preempted), so nothing newer may be admitted this step."""
         pressure = False
         for seq in [s for s in self.running if s.request.background is background]:
-            if budget[0] <= 0:
+            if not budget.open:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop to make room for an older one
-            if seq.draft and 1 + len(seq.draft) > budget[0]:
-                del seq.draft[max(0, budget[0] - 1):]  # a draft is verified whole or not at all
-            n = min(seq.num_uncomputed, budget[0])
+            if seq.draft and 1 + len(seq.draft) > budget.tokens:
+                del seq.draft[max(0, budget.tokens - 1):]  # a draft is verified whole or not at all
+            n = min(seq.num_uncomputed, budget.tokens)
             while not self._grow(seq, n):
                 victim = self._victim(seq, chosen.keys())  # type: ignore[arg-type]
                 self._preempt(victim)
@@ -139,14 +174,14 @@ class Scheduler:
                 if victim is seq:
                     return True
             chosen[seq] = n
-            budget[0] -= n
+            budget.take(n)
         return pressure
 
-    def _admit(self, queue: deque[Sequence], budget: list[int], chosen: dict[Sequence, int],
+    def _admit(self, queue: deque[Sequence], budget: _Allowance, chosen: dict[Sequence, int],
                out: ScheduledBatch) -> bool:
         """Start waiting sequences first-come first-served while budget, seats and memory last.
         An interactive one evicts batch rows not yet scheduled this step when seats or memory are short."""
-        while queue and budget[0] > 0:
+        while queue and budget.open:
             seq = queue[0]
             interactive = not seq.request.background
             if len(self.running) >= self.cfg.max_num_seqs:
@@ -155,7 +190,7 @@ class Scheduler:
                 return False
             if not seq.block_ids and not seq.wants_prompt_logprobs:
                 self._match_prefix(seq)
-            n = min(seq.num_uncomputed, budget[0])
+            n = min(seq.num_uncomputed, budget.tokens)
             if not self._grow(seq, n):
                 # Hand back any prefix blocks it took: a waiting sequence holds no KV memory.
                 self.pool.free_blocks(seq.block_ids)
@@ -169,7 +204,7 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             chosen[seq] = n
-            budget[0] -= n
+            budget.take(n)
         return False
 
     def _evict_background(self, chosen: dict[Sequence, int], out: ScheduledBatch) -> bool:
