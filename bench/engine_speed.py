@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from ember.config import CacheConfig, ModelConfig, SchedulerConfig
+from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig
 from ember.engine.engine import Engine
 from ember.engine.request import EngineRequest, SamplingParams
 from ember.model.loader import load_model
@@ -37,8 +37,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(2)
     lm = load_model(ModelConfig(quantization=a.quantization))
-    engine = Engine(lm.model, lm.tokenizer, CacheConfig(kv_cache_mb=1024, enable_prefix_caching=False),
-                    SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=512), lm.device)
+    engine = Engine(lm, Config(model=ModelConfig(quantization=a.quantization),
+                               cache=CacheConfig(kv_cache_mb=1024, enable_prefix_caching=False),
+                               scheduler=SchedulerConfig(max_num_seqs=64, max_num_batched_tokens=512)))
     rng = random.Random(0)
     vocab = lm.args.vocab_size
     run(engine, [[rng.randrange(1000, vocab) for _ in range(16)]], 4)  # warm-up

@@ -32,9 +32,7 @@ log = logging.getLogger("ember")
 
 
 def build_client(config: Config, loaded: LoadedModel, metrics: EngineMetrics) -> EngineClient:
-    engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
-                    config.model.max_model_len, config.speculative, native_kernels=config.model.native_kernels)
-    return EngineClient(engine, on_step=metrics.on_step)
+    return EngineClient(Engine(loaded, config), on_step=metrics.on_step)
 
 
 def create_app(config: Config, loaded: LoadedModel | None = None,

@@ -134,18 +134,22 @@ def complete(a: argparse.Namespace) -> int:
 
     config = _config(a)
     loaded = load_model(config.model)
-    engine = Engine(loaded.model, loaded.tokenizer, config.cache, config.scheduler, loaded.device,
-                    config.model.max_model_len, native_kernels=config.model.native_kernels)
-    client = EngineClient(engine)
+    client = EngineClient(Engine(loaded, config))
     client.start()
     params = SamplingParams(max_tokens=a.max_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
     req = EngineRequest("cli-0", tuple(loaded.tokenizer.encode(a.prompt)), params)
 
     async def run() -> None:
+        last = None
         async for out in client.generate(req):
             sys.stdout.write(out.new_text)
             sys.stdout.flush()
+            last = out
         sys.stdout.write("\n")
+        if a.stats and last is not None:  # each output carries the request's totals so far
+            print(f"ember: {last.num_prompt_tokens} prompt tokens, {last.num_output_tokens} generated, "
+                  f"{last.num_draft_tokens} draft tokens proposed, {last.num_accepted_draft_tokens} accepted",
+                  file=sys.stderr)
 
     try:
         asyncio.run(run())
@@ -212,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--temperature", type=float, default=0.0)
     c.add_argument("--top-p", type=float, default=1.0)
     c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--stats", action="store_true",
+                   help="after the text, one line on stderr: tokens in and out, draft tokens proposed and accepted")
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
     add_admin_commands(sub)
     add_jobs_commands(sub)

@@ -39,10 +39,9 @@ class SpeculativeConfig:
     ngram_lookup: bool = False
     """Draft from the request's own prompt and output (prompt lookup) when it brings no prediction."""
     num_draft_tokens: int = 3
-    """Draft tokens verified per step for one sequence; 2k+1 after a draft was accepted whole. torch's
-    CPU int4 kernel works in blocks of 4 rows (a 1536x576 projection: 0.041 ms at 1 row, 0.068 at 4,
-    0.111 at 5, 0.119 at 8), so the last token plus 3 drafts fill one block and 7 fill two; a fixed 3 gave
-    1.92x on the rewrite bench, a fixed 7 1.86x, 3 growing to 7 2.19x."""
+    """Draft tokens verified per step for one sequence; 2k+1 after a draft was accepted whole (a prediction
+    that held is likely to hold on). The CPU int4 matmul works in blocks of 4 rows, so the default's
+    verify row (the last token plus 3 drafts) fills one block and the longer one (7 drafts) two."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_draft_tokens <= 64:

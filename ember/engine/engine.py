@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from ember.config import CacheConfig, SchedulerConfig, SpeculativeConfig
+from ember.config import Config
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.grammar import GrammarCompiler, apply_masks
 from ember.engine.kv_cache import BlockPool
@@ -18,8 +19,9 @@ from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
 from ember.engine.speculative import PredictionIndex, can_speculate, propose, verify
 from ember.errors import ContextLengthExceeded, InvalidRequest
-from ember.model.llama import Llama
-from ember.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from ember.model.loader import LoadedModel
 
 NGRAM_WINDOW = 1024
 """Tokens of its own text a sequence searches for prompt-lookup drafts."""
@@ -39,19 +41,22 @@ class EngineStats:
 
 
 class Engine:
-    def __init__(self, model: Llama, tokenizer: Tokenizer, cache: CacheConfig, sched: SchedulerConfig,
-                 device: torch.device, max_model_len: int | None = None,
-                 spec: SpeculativeConfig | None = None, native_kernels: bool = True) -> None:
+    """Built only from a loaded model and the whole Config (every caller: the server, `ember complete`,
+    tests, benches), so no entry point can drop a setting such as the speculative ones."""
+
+    def __init__(self, loaded: LoadedModel, config: Config) -> None:
+        model, tokenizer, cache = loaded.model, loaded.tokenizer, config.cache
         self.tokenizer = tokenizer
-        self.spec = spec or SpeculativeConfig()
-        self.device = device
-        self.max_model_len = max_model_len or model.args.max_seq_len
+        self.spec = config.speculative
+        self.device = loaded.device
+        self.max_model_len = config.model.max_model_len or model.args.max_seq_len
         per_block = ModelRunner.bytes_per_block(model.args, cache.block_size)
         self.kv_bytes_per_block = per_block
         num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
         self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
-        self.scheduler = Scheduler(sched, self.pool)
-        self.runner = ModelRunner(model, num_blocks, cache.block_size, device, native=native_kernels)
+        self.scheduler = Scheduler(config.scheduler, self.pool)
+        self.runner = ModelRunner(model, num_blocks, cache.block_size, self.device,
+                                  native=config.model.native_kernels)
         self.sampler = Sampler()
         self.grammars = GrammarCompiler(tokenizer)
         self.detok = Detokenizer(tokenizer)
@@ -111,8 +116,8 @@ class Engine:
             return []
         result = self.runner.run(batch)
         self._record_prompt_logprobs(batch, result)
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
-            if i not in result.verify_logits:  # a verified draft's KV counts only as far as it is accepted
+        for seq, n, k in zip(batch.seqs, batch.num_tokens, batch.num_draft, strict=True):
+            if not k:  # a verify row's KV counts only as far as its draft is accepted (_verify_and_emit)
                 self.scheduler.on_computed(seq, n)
         outputs = self._sample_and_emit(batch, result)
         outputs += self._verify_and_emit(batch, result)
@@ -126,8 +131,8 @@ class Engine:
     def _draft(self, seq: Sequence) -> None:
         # Accepted tokens plus the model's own must fit in max_tokens and the context window.
         room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
-        # A prediction that just held whole is likely right for a while: verify two int4 row blocks
-        # (2k+1 drafts) instead of one; after a miss, one block again. 1.88x -> 2.19x on the rewrite bench.
+        # After a draft held whole the next may be 2k+1 long (see SpeculativeConfig.num_draft_tokens);
+        # after a miss, k again.
         k = self.spec.num_draft_tokens
         k = min(2 * k + 1 if seq.draft_streak else k, room)
         if seq.spec_source is not None:

@@ -9,7 +9,6 @@ import torch
 
 from ember import kernels
 from ember.engine.scheduler import ScheduledBatch
-from ember.engine.sequence import Sequence
 from ember.model.attention import (
     DECODE_PAD,
     ForwardBatch,
@@ -29,7 +28,9 @@ class RunResult:
     prompt_logits: dict[int, tuple[int, torch.Tensor]]
     """Batch position -> (first position covered, logits for every row of its chunk) for echo logprobs."""
     verify_logits: dict[int, torch.Tensor]
-    """Batch position -> logits [len(draft) + 1, vocab] of a sequence verifying a draft."""
+    """Batch position -> logits [num_draft + 1, vocab] of each verify row."""
+    row_offsets: list[int]
+    """First row of each scheduled sequence in the forward pass (its rows follow contiguously)."""
 
 
 def zeroed_cache(slots: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -59,8 +60,6 @@ class ModelRunner:
             a.n_heads, a.n_kv_heads, a.head_dim, self.decode_pad, device, dtype)
         """Whether a decode row's attention is the same in any batch; if not, draft rows are re-attended
         over their own length so that verification reproduces plain decoding."""
-        self.row_start: list[int] = []
-        """First row of each scheduled sequence in the last built batch."""
         self.kv_caches = [(zeroed_cache(slots, width, dtype, device), zeroed_cache(slots, width, dtype, device))
                           for _ in range(a.n_layers)]
 
@@ -78,11 +77,7 @@ class ModelRunner:
     def _padded(self, n: int) -> int:
         return -(-n // self.decode_pad) * self.decode_pad
 
-    @staticmethod
-    def _is_verify(seq: Sequence, n: int) -> bool:
-        return bool(seq.draft) and n == 1 + len(seq.draft) and seq.num_computed_tokens == seq.num_tokens - 1
-
-    def build(self, batch: ScheduledBatch) -> ForwardBatch:
+    def build(self, batch: ScheduledBatch) -> tuple[ForwardBatch, list[int]]:
         """Rows: every single-token decode and every draft position first (the batched decode path), then
         prefill chunks. A draft of k tokens becomes k+1 decode rows over the same block table, with
         contexts one longer each. Decode contexts are padded to a multiple of `decode_pad`, which makes a
@@ -90,7 +85,8 @@ class ModelRunner:
         is attended exactly as plain decoding attends it, so a verified draft reproduces plain decoding
         bit for bit, and a seeded request samples the same tokens whatever shares its batch. With the
         native kernel a prefill chunk's rows are such rows too (each over its own context length), so
-        chunking and prefix-cache hits do not change a prompt's numbers either."""
+        chunking and prefix-cache hits do not change a prompt's numbers either. Returns the batch and the
+        first row of each scheduled sequence."""
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_parts: list[torch.Tensor] = []
@@ -98,16 +94,16 @@ class ModelRunner:
         decode_lens: list[int] = []
         prefills: list[PrefillSlice] = []
         exact: list[tuple[int, int]] = []
-        self.row_start = [0] * len(batch.seqs)
+        row_offsets = [0] * len(batch.seqs)
         pairs = list(enumerate(zip(batch.seqs, batch.num_tokens, strict=True)))
-        decode_like = [n == 1 or self._is_verify(s, n) for _, (s, n) in pairs]
+        decode_like = [n == 1 or k > 0 for n, k in zip(batch.num_tokens, batch.num_draft, strict=True)]
         order = [p for p, d in zip(pairs, decode_like, strict=True) if d]
         order += [p for p, d in zip(pairs, decode_like, strict=True) if not d]
         row = 0
         for i, (seq, n) in order:
             start = seq.num_computed_tokens
             end = start + n
-            self.row_start[i] = row
+            row_offsets[i] = row
             ids.extend(seq.input_token_ids[start:end])
             positions.append(torch.arange(start, end))
             if decode_like[i] or self.native:  # the kernel attends prefill rows one by one as well
@@ -131,7 +127,7 @@ class ModelRunner:
             native=self.native,
         )
         if not decode_ctx:
-            return fb
+            return fb, row_offsets
         # Native rows need their contexts' blocks; torch rows need them up to the padded length.
         max_len = max(decode_lens) if self.native else self._padded(max(decode_lens))
         table = self._row_tables(decode_ctx, -(-max_len // self.block_size))
@@ -148,7 +144,7 @@ class ModelRunner:
             fb.decode_slots = slots.to(self.device)
             fb.decode_head_rows = decode_head_rows(fb.decode_slots, self.model.args.n_kv_heads)
             fb.decode_mask = mask.view(rows, 1, 1, max_len).to(self.device)
-        return fb
+        return fb, row_offsets
 
     @staticmethod
     def _row_tables(seqs: list[tuple[list[int], int]], nb: int) -> torch.Tensor:
@@ -161,22 +157,21 @@ class ModelRunner:
 
     @torch.inference_mode()
     def run(self, batch: ScheduledBatch) -> RunResult:
-        fb = self.build(batch)
+        fb, row_offsets = self.build(batch)
         hidden = self.model(fb, self.kv_caches)
         sample_rows: list[int] = []
         sample_index: list[int] = []
         prompt_logits: dict[int, tuple[int, torch.Tensor]] = {}
         verify_logits: dict[int, torch.Tensor] = {}
-        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_tokens, strict=True)):
-            row = self.row_start[i]
+        for i, (seq, n, k) in enumerate(zip(batch.seqs, batch.num_tokens, batch.num_draft, strict=True)):
+            row = row_offsets[i]
             start = seq.num_computed_tokens
-            k = len(seq.draft)
-            if k and start + n == seq.num_tokens + k:
-                verify_logits[i] = self.model.logits(hidden[row + n - 1 - k : row + n])
+            if k:
+                verify_logits[i] = self.model.logits(hidden[row : row + n])
             elif start + n == seq.num_tokens:
                 sample_rows.append(row + n - 1)
                 sample_index.append(i)
             if seq.wants_prompt_logprobs and start < seq.num_prompt_tokens:
                 prompt_logits[i] = (start, self.model.logits(hidden[row : row + n]))
         logits = self.model.logits(hidden[sample_rows]) if sample_rows else hidden.new_empty(0, 0)
-        return RunResult(logits, sample_index, prompt_logits, verify_logits)
+        return RunResult(logits, sample_index, prompt_logits, verify_logits, row_offsets)

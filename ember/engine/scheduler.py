@@ -35,6 +35,10 @@ class ScheduledBatch:
     seqs: list[Sequence] = field(default_factory=list)
     num_tokens: list[int] = field(default_factory=list)
     """New tokens to compute for each of seqs; single-token ones come first."""
+    num_draft: list[int] = field(default_factory=list)
+    """Draft tokens each row verifies: k > 0 makes it a verify row of num_tokens == 1 + k (the last
+    sampled token, then the draft), whose logits at all k + 1 positions go to the verifier and whose KV
+    counts only as far as the draft is accepted; 0 is a plain row. Decided here and nowhere else."""
     preempted: list[Sequence] = field(default_factory=list)
 
     @property
@@ -144,6 +148,7 @@ class Scheduler:
         pairs = sorted(chosen.items(), key=lambda c: c[1] != 1)  # single-token rows first (batched decode)
         out.seqs = [s for s, _ in pairs]
         out.num_tokens = [n for _, n in pairs]
+        out.num_draft = [len(s.draft) for s, _ in pairs]
         return out
 
     def _interactive_busy(self) -> bool:
@@ -166,6 +171,9 @@ class Scheduler:
             if seq.draft and 1 + len(seq.draft) > budget.tokens:
                 del seq.draft[max(0, budget.tokens - 1):]  # a draft is verified whole or not at all
             n = min(seq.num_uncomputed, budget.tokens)
+            # Drafts exist only one token behind (the engine drafts then; preemption drops them), so a
+            # sequence with a draft is given exactly its last token plus the draft.
+            assert not seq.draft or n == 1 + len(seq.draft)
             while not self._grow(seq, n):
                 victim = self._victim(seq, chosen.keys())  # type: ignore[arg-type]
                 self._preempt(victim)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
-from ember.config import CacheConfig, SchedulerConfig
+from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig, SpeculativeConfig
 from ember.engine.engine import Engine
 from ember.engine.request import EngineRequest, RequestOutput, SamplingParams
 from ember.model.loader import LoadedModel
@@ -22,11 +20,13 @@ class Result:
 
 
 def make_engine(lm: LoadedModel, kv_cache_mb: int = 64, block_size: int = 16, max_num_seqs: int = 32,
-                max_num_batched_tokens: int = 256, prefix: bool = True, native: bool = True) -> Engine:
-    return Engine(lm.model, lm.tokenizer, CacheConfig(block_size=block_size, kv_cache_mb=kv_cache_mb,
-                                                      enable_prefix_caching=prefix),
-                  SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
-                  torch.device("cpu"), native_kernels=native)
+                max_num_batched_tokens: int = 256, prefix: bool = True, native: bool = True,
+                spec: SpeculativeConfig | None = None) -> Engine:
+    return Engine(lm, Config(
+        model=ModelConfig(native_kernels=native),
+        cache=CacheConfig(block_size=block_size, kv_cache_mb=kv_cache_mb, enable_prefix_caching=prefix),
+        scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens),
+        speculative=spec or SpeculativeConfig()))
 
 
 def run_all(engine: Engine, reqs: list[EngineRequest], max_steps: int = 10_000) -> dict[str, Result]:

@@ -67,9 +67,7 @@ def test_verify_sampling_keeps_the_distribution() -> None:
 
 
 def _engine(lm: LoadedModel, ngram: bool = False):
-    e = make_engine(lm)
-    e.spec = SpeculativeConfig(ngram_lookup=ngram, num_draft_tokens=6)
-    return e
+    return make_engine(lm, spec=SpeculativeConfig(ngram_lookup=ngram, num_draft_tokens=6))
 
 
 def test_greedy_output_is_identical_with_any_prediction(tiny: LoadedModel) -> None:
