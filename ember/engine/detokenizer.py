@@ -11,7 +11,7 @@ max(len(stop)) - 1 characters are held back because they could be the start of a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ember.tokenizer import Tokenizer
 
@@ -28,8 +28,6 @@ class DetokenizerState:
     """Completion text decoded so far (truncated at a stop string once one is found)."""
     emitted: int = 0
     """Characters of `text` already handed out."""
-    token_offsets: list[int] = field(default_factory=list)
-    """For each output token: the character offset in `text` where its text starts."""
     stopped: bool = False
 
     @property
@@ -50,7 +48,6 @@ class Detokenizer:
 
     def append(self, st: DetokenizerState, token_id: int) -> bool:
         """Add one generated token; returns True when a stop string has just been found."""
-        st.token_offsets.append(len(st.text))
         if st.stopped:
             return True
         st.ids.append(token_id)

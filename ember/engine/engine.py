@@ -99,7 +99,7 @@ class Engine:
     def abort(self, request_id: str) -> None:
         seq = self.seqs.pop(request_id, None)
         if seq is not None:
-            self.scheduler.finish(seq, FinishReason.ABORT)
+            self.scheduler.finish(seq)
 
     @property
     def has_work(self) -> bool:
@@ -261,7 +261,7 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: FinishReason, toks: tuple[int, ...],
                 recs: tuple[TokenLogprob, ...], now: float, offsets: tuple[int, ...] = ()) -> RequestOutput:
-        self.scheduler.finish(seq, reason)
+        self.scheduler.finish(seq)
         self.seqs.pop(seq.request_id, None)
         seq.status = SequenceStatus.FINISHED
         return self._output(seq, toks, recs, reason, offsets)

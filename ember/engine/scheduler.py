@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 from ember.config import SchedulerConfig
 from ember.engine.kv_cache import BlockPool
-from ember.engine.request import FinishReason
 from ember.engine.sequence import Sequence, SequenceStatus
 
 
@@ -246,7 +245,7 @@ class Scheduler:
                 seq.request.cache_salt)
             seq.num_cached_blocks = full
 
-    def finish(self, seq: Sequence, reason: FinishReason) -> None:
+    def finish(self, seq: Sequence) -> None:
         """End a sequence wherever it is and give its blocks back at once."""
         if seq.status is SequenceStatus.FINISHED:
             return
@@ -260,4 +259,3 @@ class Scheduler:
         self.pool.free_blocks(seq.block_ids)
         seq.block_ids = []
         seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason

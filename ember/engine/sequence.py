@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ember.engine.detokenizer import DetokenizerState
-from ember.engine.request import EngineRequest, FinishReason, SamplingParams, TokenLogprob
+from ember.engine.request import EngineRequest, SamplingParams, TokenLogprob
 from ember.engine.speculative import PredictionIndex
 
 
@@ -32,7 +32,6 @@ class Sequence:
     last_block_key: bytes | None = None
     num_prefix_hit_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
-    finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
     prompt_logprobs_sent: bool = False

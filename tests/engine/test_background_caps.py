@@ -8,7 +8,7 @@ import pytest
 from ember.config import SchedulerConfig
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.kv_cache import BlockPool
-from ember.engine.request import EngineRequest, FinishReason, SamplingParams
+from ember.engine.request import EngineRequest, SamplingParams
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence
 from tests.engine.test_scheduler import BS, check_blocks, step
@@ -40,7 +40,7 @@ def split(b: ScheduledBatch) -> tuple[dict[str, int], dict[str, int]]:
 def finish_done(s: Scheduler) -> list[str]:
     done = [q for q in s.running if q.num_output_tokens >= q.params.max_tokens]
     for q in done:
-        s.finish(q, FinishReason.LENGTH)
+        s.finish(q)
     return [q.request_id for q in done]
 
 

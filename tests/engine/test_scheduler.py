@@ -11,7 +11,7 @@ import pytest
 from ember.config import SchedulerConfig
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.kv_cache import BlockPool
-from ember.engine.request import EngineRequest, FinishReason, SamplingParams
+from ember.engine.request import EngineRequest, SamplingParams
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
 from ember.model.loader import LoadedModel
@@ -87,7 +87,7 @@ def test_budget_never_exceeded_and_max_num_seqs_caps_the_batch(detok) -> None:
         for q in list(s.running):
             if q.num_output_tokens >= q.params.max_tokens:
                 order.append(q.request_id)
-                s.finish(q, FinishReason.LENGTH)
+                s.finish(q)
         check_blocks(s)
     assert not s.has_work
     assert order == [f"s{i}" for i in range(6)]  # first come, first served
@@ -152,7 +152,7 @@ def test_preemption_takes_the_newest_first_and_requeues_it_at_the_head(detok) ->
         assert a not in bb.preempted
         for q in list(s.running):
             if q.num_output_tokens >= q.params.max_tokens:
-                s.finish(q, FinishReason.LENGTH)
+                s.finish(q)
         check_blocks(s)
     assert not s.has_work
     assert all(q.num_output_tokens >= 12 for q in (a, b, c, late))
@@ -174,9 +174,9 @@ def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks(detok
     assert [s.pool.blocks[i].ref_count for i in donor.block_ids] == [1, 1, 1, 1]
     assert s.pool.num_used == 6
     for q in list(s.running):  # donor's blocks go back to the free list still keyed
-        s.finish(q, FinishReason.LENGTH)
+        s.finish(q)
     step(s)
     assert twin.status is SequenceStatus.RUNNING and twin.num_prefix_hit_tokens == 12
     for q in list(s.running):
-        s.finish(q, FinishReason.ABORT)
+        s.finish(q)
     assert s.pool.num_free == s.pool.num_blocks and not s.has_work

@@ -149,3 +149,24 @@ def test_draft_grows_after_a_fully_accepted_one(tiny: LoadedModel) -> None:
             whole = drafted[i - 1] > 0 and kept[i - 1] == drafted[i - 1] + 1
             assert drafted[i] == (2 * k + 1 if whole else k), (name, i, drafted, kept)
         assert 2 * k + 1 in drafted
+
+
+def test_the_batch_names_verify_rows_and_the_runner_returns_row_offsets(tiny: LoadedModel) -> None:
+    """The scheduled batch says which rows verify a draft and how long it is; the runner lays decode and
+    verify rows first (batch order), then prompt chunks, each sequence's rows contiguous, and says where."""
+    prompt = tuple(range(100, 140))
+    plain = run_all(make_engine(tiny), [EngineRequest("p", prompt, greedy(20))])["p"].token_ids
+    e = make_engine(tiny)
+    e.add(EngineRequest("v", prompt, greedy(20, speculation=tuple(plain))))
+    e.add(EngineRequest("d", tuple(range(200, 230)), greedy(20)))
+    e.step()  # both prompts; v then drafts from its prediction
+    e.add(EngineRequest("f", tuple(range(300, 350)), greedy(4)))
+    batch = e.scheduler.schedule()
+    k = e.spec.num_draft_tokens
+    rows = {s.request_id: (n, d) for s, n, d in zip(batch.seqs, batch.num_tokens, batch.num_draft, strict=True)}
+    assert rows == {"d": (1, 0), "v": (1 + k, k), "f": (50, 0)}
+    result = e.runner.run(batch)
+    at = {s.request_id: i for i, s in enumerate(batch.seqs)}
+    assert [result.row_offsets[at[r]] for r in ("d", "v", "f")] == [0, 1, 2 + k]
+    assert list(result.verify_logits) == [at["v"]] and result.verify_logits[at["v"]].shape[0] == k + 1
+    assert sorted(result.sample_index) == sorted([at["d"], at["f"]])
