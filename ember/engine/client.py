@@ -36,10 +36,9 @@ T = TypeVar("T")
 class TorchThread:
     """The one thread that runs a server's torch work: loading, KV allocation, then the step loop.
 
-    Measured on 2 cores: a model loaded on the main thread and stepped on another decoded at 27 ms per
-    token against 14.5 ms when one thread did both. Each OpenMP master thread keeps its own team of
-    workers, and the loading thread's idle team competes with the stepping thread's; one thread for all
-    torch work keeps one team.
+    Each OpenMP master thread keeps its own team of workers, and an idle team of another thread (the one
+    that loaded the model, say) competes with the stepping thread's: on 2 cores that about doubles the
+    time per token. One thread for all torch work keeps one team.
     """
 
     def __init__(self, name: str = "ember-engine") -> None:

@@ -35,8 +35,8 @@ class RunResult:
 
 def zeroed_cache(slots: int, width: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A [slots, width] zero tensor. On CPU it lives in an anonymous memory map, which the kernel hands
-    out as zero pages on first touch: the budget costs neither start-up time (torch.zeros wrote 1 GiB
-    in ~1.1 s) nor resident memory until blocks are used."""
+    out as zero pages on first touch: the budget costs neither start-up time (no writing of zeros) nor
+    resident memory until blocks are used."""
     if device.type != "cpu":
         return torch.zeros(slots, width, dtype=dtype, device=device)
     nbytes = slots * width * torch.empty((), dtype=dtype).element_size()

@@ -35,8 +35,7 @@ def propose(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> 
 
 NEAR_WINDOW = {1: 8, 2: 16}
 """How far from where the prediction was expected to continue a 1- or 2-token match may be and still
-count: a common token or pair ("the", "for the") a sentence away is no evidence of where the text is
-(after "for the" replaced "for silver", the earlier "budget for the coming year" drew drafts back)."""
+count: a common token or pair ("the", "for the") a sentence away is no evidence of where the text is."""
 
 
 class PredictionIndex:
@@ -44,7 +43,7 @@ class PredictionIndex:
 
     A prediction is consumed roughly in order, so of several places where the output's last tokens occur
     the one nearest the expected position is the likeliest; the latest one, which prompt lookup uses, can
-    sit a paragraph away (a repeated "The" sent the first draft of a copied passage to its last sentence).
+    sit a paragraph away.
     """
 
     def __init__(self, source: Seq[int], max_ngram: int = 3) -> None:
