@@ -149,8 +149,11 @@ def test_errors_and_headers_pass_through(server: ClusterServer) -> None:
     assert r.headers.get("x-ember-replica")
     r = complete(server.url, {"prompt": "x", "max_tokens": 1, "temperature": -1})
     assert r.status_code == 422, r.text  # ember's own status for a body that fails validation
-    r = complete(server.url, {"prompt": "hello", "max_tokens": 2})
+    r = complete(server.url, {"prompt": "hello", "max_tokens": 2}, {"x-request-id": "client-chose-this"})
     assert r.status_code == 200
+    assert r.headers.get_list("x-request-id") == ["client-chose-this"]  # once: not again from Serve's proxy
+    ids = complete(server.url, {"prompt": "hello", "max_tokens": 1}).headers.get_list("x-request-id")
+    assert len(ids) == 1 and ids[0], ids  # one generated for a client that sent none
     assert r.headers["fireworks-prompt-tokens"] == str(r.json()["usage"]["prompt_tokens"])
     assert "x-ratelimit-limit-tokens-generated" in r.headers
 

@@ -61,3 +61,31 @@ def test_two_replicas_on_a_local_ray(tmp_path) -> None:  # noqa: ANN001
         os.kill(pid, signal.SIGKILL)
     assert left == [], "Ray processes left behind"
     assert port_released(port)
+
+
+def test_sqlite_with_a_cluster_address_off_this_machine_is_refused(tmp_path) -> None:  # noqa: ANN001
+    args = [sys.executable, "-m", "ember", "serve", "--replicas", "2", "--address", "10.9.8.7:6380",
+            "--data-dir", str(tmp_path)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=node_env())
+    assert out.returncode == 2, out.stderr
+    assert "refusing to share the SQLite store" in out.stderr and "--db postgresql" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "ember.db").exists()  # refused before anything was opened or connected
+
+
+def test_which_clusters_may_share_a_sqlite_file() -> None:
+    from ember.config import StoreConfig
+    from ember.serve.deployment import check_nodes_share_sqlite, is_loopback_address
+
+    assert is_loopback_address("127.0.0.1:6380") and is_loopback_address("localhost:6380")
+    assert is_loopback_address("ray://127.0.0.2:10001") and is_loopback_address("[::1]:6380")
+    assert not is_loopback_address("10.0.0.5:6380") and not is_loopback_address("head.example:6380")
+    assert not is_loopback_address("auto")
+    sqlite, pg = StoreConfig(data_dir="/tmp/x"), StoreConfig(url="postgresql+psycopg://u:p@db/ember")
+    local = [{"NodeManagerAddress": "127.0.0.1", "Alive": True}] * 3
+    remote = [*local, {"NodeManagerAddress": "10.0.0.7", "Alive": True}]
+    check_nodes_share_sqlite(sqlite, local)
+    check_nodes_share_sqlite(sqlite, [*local, {"NodeManagerAddress": "10.0.0.7", "Alive": False}])  # gone
+    check_nodes_share_sqlite(pg, remote)
+    with pytest.raises(ValueError, match="10.0.0.7"):
+        check_nodes_share_sqlite(sqlite, remote)
