@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, replace
 
@@ -189,7 +190,7 @@ def shared_store(config: Config, cluster: ClusterConfig) -> Config:
 # the local file system's; on NFS they are unreliable, and a replica on another machine would open a
 # different, empty file of the same path). Only a head on a loopback address guarantees that every node
 # is this machine: no other machine can join a cluster it reaches at 127.0.0.1. So SQLite is refused for
-# any other address, and once connected every node present must be on loopback too; anything else needs
+# any other address, and once connected every node present must be this machine too; anything else needs
 # PostgreSQL. (A local Ray, without --address, is always one machine.)
 
 
@@ -214,14 +215,28 @@ def sqlite_refusal(store: StoreConfig, why: str) -> str:
             "or run every node on this machine with the head on 127.0.0.1 (`ember cluster up --head`).")
 
 
+def is_this_machine(ip: str) -> bool:
+    """Whether `ip` is one of this machine's own addresses (Ray reports a node started with
+    --node-ip-address=127.0.0.1 under the host's primary address): only a local address can be bound."""
+    if ip == "localhost":
+        return True
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+        with socket.socket(family) as s:
+            s.bind((ip, 0))
+        return True
+    except (ValueError, OSError):
+        return False
+
+
 def check_nodes_share_sqlite(store: StoreConfig, nodes: list[dict]) -> None:
-    """After connecting: with SQLite, every live Ray node must be on loopback (see is_loopback_address)."""
+    """After connecting: with SQLite, every live Ray node must be this machine."""
     if not is_sqlite(store):
         return
-    remote = sorted({n.get("NodeManagerAddress", "?") for n in nodes if n.get("Alive")} - {"localhost"})
-    remote = [a for a in remote if not is_loopback_address(a + ":0")]
+    remote = sorted({n.get("NodeManagerAddress", "?") for n in nodes if n.get("Alive")})
+    remote = [a for a in remote if not is_this_machine(a)]
     if remote:
-        raise ValueError(sqlite_refusal(store, f"Ray nodes at {', '.join(remote)} are not this machine's loopback"))
+        raise ValueError(sqlite_refusal(store, f"Ray nodes at {', '.join(remote)} are not this machine"))
 
 
 def use_token_auth_like_ray_start() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,10 +83,21 @@ def test_which_clusters_may_share_a_sqlite_file() -> None:
     assert not is_loopback_address("10.0.0.5:6380") and not is_loopback_address("head.example:6380")
     assert not is_loopback_address("auto")
     sqlite, pg = StoreConfig(data_dir="/tmp/x"), StoreConfig(url="postgresql+psycopg://u:p@db/ember")
-    local = [{"NodeManagerAddress": "127.0.0.1", "Alive": True}] * 3
-    remote = [*local, {"NodeManagerAddress": "10.0.0.7", "Alive": True}]
+    own = outgoing_address()  # Ray names a node of this host by this address, even one started on 127.0.0.1
+    local = [{"NodeManagerAddress": "127.0.0.1", "Alive": True}, {"NodeManagerAddress": own, "Alive": True}]
+    remote = [*local, {"NodeManagerAddress": "203.0.113.7", "Alive": True}]
     check_nodes_share_sqlite(sqlite, local)
-    check_nodes_share_sqlite(sqlite, [*local, {"NodeManagerAddress": "10.0.0.7", "Alive": False}])  # gone
+    check_nodes_share_sqlite(sqlite, [*local, {"NodeManagerAddress": "203.0.113.7", "Alive": False}])  # gone
     check_nodes_share_sqlite(pg, remote)
-    with pytest.raises(ValueError, match="10.0.0.7"):
+    with pytest.raises(ValueError, match="203.0.113.7"):
         check_nodes_share_sqlite(sqlite, remote)
+
+
+def outgoing_address() -> str:
+    """This machine's address on its default route, found as Ray finds it (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        try:
+            u.connect(("192.0.2.123", 9))
+        except OSError:  # no route at all: loopback is all there is
+            return "127.0.0.1"
+        return u.getsockname()[0]
