@@ -114,6 +114,13 @@ class RayCluster:
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sessions.add(self.nodes[name].pid)
 
+    def active_nodes(self) -> int:
+        """Nodes the head counts alive (`ray status`)."""
+        out = subprocess.run([ray_executable(), "status", f"--address={self.address}"], env=node_env(),
+                             capture_output=True, text=True, timeout=60).stdout
+        active = out.split("Active:", 1)[-1].split("Pending:", 1)[0] if "Active:" in out else ""
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
     def replica_processes(self, name: str) -> list[int]:
         """Serve replica actors running on node `name` (Ray renames an actor's process
         `ray::ServeReplica:<app>:<deployment>`)."""
@@ -175,8 +182,10 @@ def ray_cluster() -> Iterator[RayCluster]:
     c.sessions.add(c.nodes["head"].pid)
     try:
         _wait_for(lambda: os.path.exists(os.path.join(temp_dir, "ray_current_cluster")), 60, "the Ray head")
-        for name in WORKERS:
+        for n, name in enumerate(WORKERS, start=2):
+            # one at a time: two `ray start` of one host joining at once, the second exits with status 1
             c.add_worker(name)
+            _wait_for(lambda n=n: c.active_nodes() >= n, 90, f"Ray node {name}")
         yield c
     finally:
         c.shutdown()
