@@ -5,7 +5,9 @@ machine), then runs the same multi-session workload twice in one run: each sessi
 its own plus short turns, sent one turn after another, several sessions at once.
 
     affinity  every turn carries `x-session-affinity: <session>`: the session's owner on the ring
-    random    no key: Serve's power-of-two-choices pick, so a session's turns land on either replica
+    random    a fresh random key on every turn: a uniformly random replica (keyless requests would not
+              do: with both replicas idle Serve's least-loaded pick breaks the tie the same way, so
+              sequential keyless turns all land on one replica, a pseudo-affinity)
 
 Each phase gets prefixes of its own (a prefix the other phase cached never helps). The KV cache is sized
 so that one replica holds half the sessions' prefixes but not all of them: what affinity is for.
@@ -93,8 +95,8 @@ async def run_phase(url: str, name: str, affinity: bool, a: argparse.Namespace, 
                 history = prefixes[s]
                 for t in range(a.turns):
                     history += f"\nTurn {t}: " + " ".join(rng.choice(WORDS) for _ in range(8))
-                    await turn(http, url, history, f"{name}-session-{s}" if affinity else None, phase, s,
-                               a.max_tokens)
+                    key = f"{name}-session-{s}" if affinity else f"{name}-{rng.getrandbits(64):x}"
+                    await turn(http, url, history, key, phase, s, a.max_tokens)
 
         await asyncio.gather(*(session(s) for s in range(a.sessions)))
     return phase
@@ -111,10 +113,10 @@ def wait_for_two_replicas(url: str, proc: subprocess.Popen, timeout: float) -> N
     while time.monotonic() < deadline:
         assert proc.poll() is None, "ember serve exited"
         seen = set()
-        for i in range(8):
+        for i in range(16):  # a key each: spread over the ring (keyless sequential requests hit one replica)
             try:
                 r = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": f"warm {i}", "max_tokens": 1},
-                               timeout=30)
+                               headers={"x-session-affinity": f"warm-{i}"}, timeout=30)
                 if r.status_code == 200:
                     seen.add(r.headers.get("x-ember-replica"))
             except httpx.HTTPError:
