@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
+from ember.api.draining import RefuseWhileDraining
 from ember.api.errors import install_error_handlers
 from ember.api.limits import Buckets
 from ember.api.platform import Platform
@@ -90,6 +91,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
                    openai_batch.router):
         app.include_router(router)
     app.add_middleware(StateHeaders)
+    app.add_middleware(RefuseWhileDraining)
     document_stream_models(app)
     mount_playground(app)
     return app

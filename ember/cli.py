@@ -64,7 +64,8 @@ def _config(a: argparse.Namespace) -> Config:
                             api_keys=tuple(getattr(a, "api_key", None) or ()),
                             drain_timeout_s=getattr(a, "drain_timeout", ServerConfig.drain_timeout_s),
                             stall_timeout_s=getattr(a, "health_stall_timeout", ServerConfig.stall_timeout_s),
-                            max_request_timeout_s=getattr(a, "max_request_timeout", None)),
+                            max_request_timeout_s=getattr(a, "max_request_timeout", None),
+                            keep_alive_timeout_s=getattr(a, "keep_alive_timeout", ServerConfig.keep_alive_timeout_s)),
         speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
         store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
         platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="/health answers 503 when the engine has not stepped for this long with work pending")
     s.add_argument("--max-request-timeout", type=float, default=None,
                    help="cap on a request's total time in seconds (clients may ask for less: x-request-timeout)")
+    s.add_argument("--keep-alive-timeout", type=float, default=ServerConfig.keep_alive_timeout_s,
+                   help="seconds an idle keep-alive connection stays open (longer than clients' pool expiry)")
     s.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray Serve behind one endpoint (needs ember[cluster]); 1: no Ray")
     s.add_argument("--address", default=None,

@@ -108,6 +108,11 @@ class ServerConfig:
     max_request_timeout_s: float | None = None
     """Upper bound on a request's total time (queueing included); a client's `x-request-timeout` header may
     ask for less. None: unbounded unless the client asks."""
+    keep_alive_timeout_s: float = 75.0
+    """How long an idle keep-alive connection stays open. It must outlast the idle expiry of the clients'
+    pools (httpx and Node: 5 s, aiohttp: 15 s, a cloud load balancer: 60 s): a server that closes first
+    races the client's next request on that connection, which then fails with a reset and no status line.
+    uvicorn's own 5 s equals httpx's, which is how a soak lost 3 requests in 2,789. 75 s as nginx."""
 
     def __post_init__(self) -> None:
         if self.stall_timeout_s <= 0:
@@ -116,6 +121,8 @@ class ServerConfig:
             raise ValueError("drain_timeout_s must not be negative")
         if self.max_request_timeout_s is not None and self.max_request_timeout_s <= 0:
             raise ValueError("max_request_timeout_s must be positive")
+        if self.keep_alive_timeout_s <= 0:
+            raise ValueError("keep_alive_timeout_s must be positive")
 
 
 AUTH_MODES = ("auto", "keys", "none")

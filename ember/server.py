@@ -1,9 +1,11 @@
 """uvicorn under ember's shutdown contract: drain on the first signal, exit at once on the second.
 
-    SIGTERM / SIGINT  ->  stop accepting (uvicorn closes the listeners and idle keep-alive connections)
-                          /health answers 503 "draining"
+    SIGTERM / SIGINT  ->  /health answers 503 {"status": "draining"}; any new request a retryable 503
+                          (ember.api.draining); the listener stays open while requests are in flight, so
+                          that a load balancer's probe sees the drain instead of a refused connection
                           requests in flight run on for up to drain_timeout_s
                           then those left end with a clear 503-shaped error (an error event in a stream)
+                          then uvicorn closes the listeners and idle keep-alive connections
                           lifespan shutdown stops the engine loop; the process exits 0
     second signal     ->  exit now (status 128 + signal), nothing more is waited for
 
@@ -32,6 +34,9 @@ from ember.config import ServerConfig
 from ember.errors import Overloaded
 
 log = logging.getLogger("ember")
+
+POLL_S = 0.05
+"""How often the drain looks whether requests are still in flight."""
 
 CUT_GRACE_S = 5.0
 """After the drain timeout has failed what was left, how long uvicorn waits for those error responses to
@@ -71,6 +76,7 @@ class DrainingServer(uvicorn.Server):
         if state is not None:
             state.draining = True
             timer = asyncio.get_running_loop().call_later(self.drain_timeout_s, self._cut, state)
+            await self._serve_while_in_flight(self.drain_timeout_s + CUT_GRACE_S)
         try:
             await super().shutdown(sockets)
         finally:
@@ -79,17 +85,29 @@ class DrainingServer(uvicorn.Server):
         for h in logging.getLogger().handlers:
             h.flush()
 
+    async def _serve_while_in_flight(self, limit_s: float) -> None:
+        """Keep listening while any request is in flight (each is a task of uvicorn's; a probe's own
+        task ends within milliseconds), at most `limit_s`: the drain timer has failed what was left by
+        then."""
+        deadline = asyncio.get_running_loop().time() + limit_s
+        while self.server_state.tasks and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(POLL_S)
+
     def _cut(self, state: AppState) -> None:
         n = len(self.server_state.tasks)
         log.warning("drain timeout (%.0f s): ending %d request(s) still in flight", self.drain_timeout_s, n)
         state.client.fail_all(Overloaded("the server is shutting down", retry_after=1.0))
 
 
+def uvicorn_config(app: FastAPI, server: ServerConfig, log_level: str = "info") -> uvicorn.Config:
+    return uvicorn.Config(app, host=server.host, port=server.port, log_level=log_level,
+                          timeout_keep_alive=server.keep_alive_timeout_s,
+                          timeout_graceful_shutdown=server.drain_timeout_s + CUT_GRACE_S)
+
+
 def run_server(app: FastAPI, server: ServerConfig, log_level: str = "info") -> int:
     """Serve until a signal; the exit status: 0 after a drained shutdown, 1 when start-up failed."""
-    config = uvicorn.Config(app, host=server.host, port=server.port, log_level=log_level,
-                            timeout_graceful_shutdown=server.drain_timeout_s + CUT_GRACE_S)
-    s = DrainingServer(config, app, server.drain_timeout_s)
+    s = DrainingServer(uvicorn_config(app, server, log_level), app, server.drain_timeout_s)
     s.run()
     sys.stderr.flush()
     return 0 if s.started else 1

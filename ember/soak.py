@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import sys
@@ -95,6 +96,9 @@ class SoakConfig:
     sample_every_s: float = 2.0
     seed: int = 0
     api_key: str | None = None
+    server_pid: int | None = None
+    """The server's process, for its peak resident memory (VmHWM); None = the process listening on the
+    URL's port, when it runs on this machine (any server: ember, llama-server)."""
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.duration_s <= 0:
@@ -482,7 +486,9 @@ class Soak:
             await sampler
             idle = await self.wait_idle(http)
             again = await self.record_canaries(http)
-        return self.report(load_end, idle, again)
+        report = self.report(load_end, idle, again)
+        report["server_memory"] = server_memory(cfg)
+        return report
 
     async def wait_ready(self, http: httpx.AsyncClient, timeout: float = 300.0) -> None:
         """Wait for a server that is still starting (loading its model) to answer /health 200."""
@@ -562,6 +568,54 @@ class Soak:
         }
 
 
+def server_memory(cfg: SoakConfig) -> dict[str, Any] | None:
+    """The server process's peak and current resident memory (the kernel's VmHWM / VmRSS, MiB): the
+    figure to hold against another server's under the same soak. None when it cannot be read (a server on
+    another machine, or another user's process)."""
+    pid = cfg.server_pid or listening_pid(httpx.URL(cfg.base_url).port or 80)
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        with open(f"/proc/{pid}/comm") as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    kib = {k: int(fields[k].split()[0]) for k in ("VmHWM", "VmRSS") if k in fields}
+    return {"pid": pid, "process": name, "peak_rss_mb": kib.get("VmHWM", 0) / 1024,
+            "rss_mb": kib.get("VmRSS", 0) / 1024}
+
+
+def listening_pid(port: int) -> int | None:
+    """The process of this machine holding a socket that listens on `port` (/proc/net/tcp{,6}: state 0A)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{cols[9]}]")
+    if not inodes:
+        return None
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return int(pid)
+            except OSError:
+                continue
+    return None
+
+
 def strict_json(text: str) -> dict:
     def refuse(name: str) -> None:
         raise Malformed(f"non-standard JSON constant {name}")
@@ -593,6 +647,10 @@ def format_report(r: dict[str, Any]) -> str:
                  f"{fmt(m['last_window_max'])} (KV cache filled {fmt(m['kv_touched_first'])} -> "
                  f"{fmt(m['kv_touched_last'])}), growth beyond the KV cache {fmt(m['growth_beyond_kv'])}; "
                  f"KV blocks peak {r['kv_blocks_used_peak']}, at idle {r['idle']['kv_used']}")
+    mem = r.get("server_memory")
+    if mem:
+        lines.append(f"server process {mem['pid']} ({mem['process']}): peak RSS {mem['peak_rss_mb']:.1f} MB "
+                     f"(VmHWM, since it started), now {mem['rss_mb']:.1f} MB")
     for k, ok in r["checks"].items():
         lines.append(f"  [{'ok' if ok else 'FAIL'}] {k}")
     for f in r["failures"][:5]:
@@ -618,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-rss-growth-mb", type=float, default=d.max_rss_growth_mb)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default=None)
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="the server's process for its peak RSS (default: whichever listens on the URL's port)")
     p.add_argument("--json", default=None, help="write the full report here")
     return p
 
@@ -631,7 +691,7 @@ def soak_main(argv: list[str] | None = None) -> int:
                          max_tokens=a.max_tokens, request_deadline_s=a.request_deadline,
                          disconnect_fraction=a.disconnect_fraction, slow_fraction=a.slow_fraction,
                          context_tokens=a.context_tokens, max_rss_growth_mb=a.max_rss_growth_mb, seed=a.seed,
-                         api_key=a.api_key)
+                         api_key=a.api_key, server_pid=a.server_pid)
     except ValueError as e:
         parser.error(str(e))
     report = asyncio.run(Soak(cfg).run())

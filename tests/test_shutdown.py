@@ -131,15 +131,32 @@ def refused(url: str, within: float = 10.0) -> bool:
     return False
 
 
+def wait_for_draining(url: str, within: float = 10.0) -> httpx.Response:
+    deadline = time.monotonic() + within
+    while True:
+        r = httpx.get(url + "/health", timeout=5)
+        if r.status_code != 200 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.05)
+
+
 def test_sigterm_drains_16_streams_and_exits_0(server_factory) -> None:
     s = server_factory("--drain-timeout", "300")
     results, threads = open_streams(s.url, 16, max_tokens=64)
     assert all(r.error is None and not r.done for r in results)  # all 16 are mid-stream
     s.proc.send_signal(signal.SIGTERM)
-    assert refused(s.url)  # the listener closes while the streams run on
+    # While the streams run on, the drain is observable over HTTP: a load balancer's probe reads it, and
+    # a new request is turned away at once with a retryable 503 (not a refused or dropped connection).
+    health = wait_for_draining(s.url)
+    assert health.status_code == 503 and health.json()["status"] == "draining", health.text
+    r = httpx.post(s.url + "/v1/completions", json={"model": MODEL_ID, "prompt": "late", "max_tokens": 4},
+                   timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert r.json()["error"]["code"] == "overloaded" and r.headers["connection"] == "close"
     assert not all(r.done for r in results)
     for t in threads:
         t.join(timeout=300)
+    assert refused(s.url, within=30)  # nothing left in flight: the listener closes
     assert s.proc.wait(timeout=300) == 0, "".join(s.log)
     for r in results:
         assert r.error is None and r.done
@@ -220,3 +237,45 @@ def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_aft
     assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
     assert r.json()["error"]["code"] == "overloaded"
     sock.close()
+
+
+def test_an_idle_keep_alive_connection_outlasts_the_clients_pool_expiry(tiny) -> None:
+    """ember keeps an idle connection open past httpx's (and Node's) 5 s pool expiry. With uvicorn's own
+    5 s the two expire together: a client that picks the connection at 4.99 s sends its request into a
+    socket the server is closing, and gets a reset with no status line (the soak's unexplained ReadErrors)."""
+    import socket
+
+    from ember.app import create_app
+    from ember.config import CacheConfig, Config, ServerConfig
+    from ember.server import DrainingServer, uvicorn_config
+
+    cfg = Config(cache=CacheConfig(kv_cache_mb=4))
+    assert cfg.server.keep_alive_timeout_s >= 15  # past httpx / Node (5 s) and aiohttp (15 s)
+    app = create_app(cfg, tiny)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    ucfg = uvicorn_config(app, ServerConfig(), "warning")
+    assert ucfg.timeout_keep_alive == cfg.server.keep_alive_timeout_s
+    server = DrainingServer(ucfg, app, 1.0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            time.sleep(0.02)
+        request = b"GET /health HTTP/1.1\r\nhost: ember\r\n\r\n"
+        with socket.create_connection(sock.getsockname(), timeout=10) as c:
+            for _ in range(2):
+                c.sendall(request)
+                got = b""
+                while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+                    chunk = c.recv(4096)
+                    assert chunk, "the server closed the idle keep-alive connection"
+                    got += chunk
+                assert got.startswith(b"HTTP/1.1 200"), got[:200]
+                time.sleep(6.0)  # idle past uvicorn's default keep-alive (5 s)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -46,6 +46,27 @@ def test_a_short_soak_loses_and_leaks_nothing(tiny_server) -> None:
     assert set(report["by_kind"]["bad"]) == {"rejected"}, report["by_kind"]["bad"]
     assert report["idle"]["kv_used"] == 0 and report["idle"]["running"] == 0
     assert len(BAD_BODIES) >= 15
+    mem = report["server_memory"]  # the server is this process (uvicorn in a thread): found by its port
+    assert mem["pid"] == os.getpid() and mem["peak_rss_mb"] >= mem["rss_mb"] > 50, mem
+    assert "peak RSS" in text
+
+
+def test_the_server_process_is_found_by_its_listening_port() -> None:
+    import socket
+
+    from ember.soak import listening_pid, server_memory
+
+    with socket.socket() as listener, socket.socket() as bound_only:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        bound_only.bind(("127.0.0.1", 0))
+        assert listening_pid(listener.getsockname()[1]) == os.getpid()
+        assert listening_pid(bound_only.getsockname()[1]) is None  # bound, not listening: no server
+        mem = server_memory(SoakConfig(base_url=f"http://127.0.0.1:{listener.getsockname()[1]}"))
+    assert mem is not None and mem["pid"] == os.getpid() and mem["peak_rss_mb"] > 0
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+    assert abs(mem["peak_rss_mb"] - hwm_kib / 1024) < 64
 
 
 def test_the_harness_catches_a_leaked_block(tiny_server) -> None:

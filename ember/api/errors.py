@@ -161,6 +161,16 @@ def _headers(request: Request, exc: BaseException | None = None) -> dict[str, st
     return h
 
 
+def ember_error_response(request: Request, exc: EmberError) -> JSONResponse:
+    """The response for an EmberError, in the shape of the path's API (OpenAI's or the Gateway's)."""
+    status, _ = status_of(exc)
+    if status >= 500 and status != 503:
+        log.error("%s: %s", type(exc).__name__, exc.message)
+    if is_gateway(request):
+        return gateway_response(request, status, exc.message, exc)
+    return JSONResponse(error_payload(exc), status_code=status, headers=_headers(request, exc))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -171,12 +181,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(EmberError)
     async def _ember(request: Request, exc: EmberError) -> JSONResponse:
-        status, _ = status_of(exc)
-        if status >= 500 and status != 503:
-            log.error("%s: %s", type(exc).__name__, exc.message)
-        if is_gateway(request):
-            return gateway_response(request, status, exc.message, exc)
-        return JSONResponse(error_payload(exc), status_code=status, headers=_headers(request, exc))
+        return ember_error_response(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -8,9 +8,11 @@ Only this module, ember.serve.router and ember.serve.proxy import Ray; `ember se
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, replace
 
@@ -19,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ember.api.deps import AppState
 from ember.api.health import health_status
-from ember.config import ClusterConfig, Config
+from ember.config import ClusterConfig, Config, StoreConfig
 from ember.serve.affinity import REPLICA_HEADER
 from ember.serve.proxy import CALLBACK_PATH
 
@@ -178,11 +180,63 @@ def shared_store(config: Config, cluster: ClusterConfig) -> Config:
     store = config.store
     if store.url is None:
         store = replace(store, data_dir=os.path.abspath(store.resolved_data_dir()))
-        if cluster.address:
-            log.warning("replicas share the SQLite file %s: right only when every Ray node is this machine; "
-                        "a multi-machine cluster needs --db postgresql+psycopg://...", store.database_url())
+    if cluster.address and is_sqlite(store) and not is_loopback_address(cluster.address):
+        raise ValueError(sqlite_refusal(store, f"the Ray cluster at {cluster.address} may span machines"))
     open_store(store).close()
     return replace(config, store=store)
+
+
+# SQLite with --address: a SQLite file is shared safely only by processes of one machine (its locks are
+# the local file system's; on NFS they are unreliable, and a replica on another machine would open a
+# different, empty file of the same path). Only a head on a loopback address guarantees that every node
+# is this machine: no other machine can join a cluster it reaches at 127.0.0.1. So SQLite is refused for
+# any other address, and once connected every node present must be this machine too; anything else needs
+# PostgreSQL. (A local Ray, without --address, is always one machine.)
+
+
+def is_sqlite(store: StoreConfig) -> bool:
+    return store.database_url().startswith("sqlite")
+
+
+def is_loopback_address(address: str) -> bool:
+    """Whether a Ray address (HOST:PORT, optionally ray://) names this machine's loopback interface."""
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def sqlite_refusal(store: StoreConfig, why: str) -> str:
+    return (f"refusing to share the SQLite store {store.database_url()} between replicas: {why}, and "
+            "replicas on other machines cannot share a SQLite file. Pass --db postgresql+psycopg://..., "
+            "or run every node on this machine with the head on 127.0.0.1 (`ember cluster up --head`).")
+
+
+def is_this_machine(ip: str) -> bool:
+    """Whether `ip` is one of this machine's own addresses (Ray reports a node started with
+    --node-ip-address=127.0.0.1 under the host's primary address): only a local address can be bound."""
+    if ip == "localhost":
+        return True
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(ip).version == 6 else socket.AF_INET
+        with socket.socket(family) as s:
+            s.bind((ip, 0))
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def check_nodes_share_sqlite(store: StoreConfig, nodes: list[dict]) -> None:
+    """After connecting: with SQLite, every live Ray node must be this machine."""
+    if not is_sqlite(store):
+        return
+    remote = sorted({n.get("NodeManagerAddress", "?") for n in nodes if n.get("Alive")})
+    remote = [a for a in remote if not is_this_machine(a)]
+    if remote:
+        raise ValueError(sqlite_refusal(store, f"Ray nodes at {', '.join(remote)} are not this machine"))
 
 
 def use_token_auth_like_ray_start() -> None:
@@ -208,6 +262,11 @@ def run_cluster(config: Config, cluster: ClusterConfig) -> int:
 
     if cluster.address:
         ray.init(address=cluster.address, namespace=NAMESPACE, runtime_env={"env_vars": PROXY_ENV})
+        try:
+            check_nodes_share_sqlite(config.store, ray.nodes())
+        except ValueError:
+            ray.shutdown()
+            raise
     else:
         ray.init(num_cpus=max(os.cpu_count() or 1, cluster.replicas * cluster.threads_per_replica),
                  include_dashboard=False, namespace=NAMESPACE)

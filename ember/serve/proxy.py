@@ -1,5 +1,5 @@
-"""The middleware every Ray Serve HTTP proxy runs before routing: it turns ember's affinity key into the
-session id Serve's router sees.
+"""The middlewares every Ray Serve HTTP proxy runs: AffinityKeyMiddleware turns ember's affinity key into
+the session id Serve's router sees; SingleRequestId keeps one `x-request-id` on each response.
 
 Serve's proxy hands the router only the request's headers (the body travels later, pulled by the
 replica), and takes the session id from one header (`x-session-id` unless RAY_SERVE_SESSION_ID_HEADER_KEY
@@ -68,5 +68,46 @@ class AffinityKeyMiddleware:
         await self.app(scope, replay if buffered else receive, send)
 
 
+class SingleRequestId:
+    """Exactly one `x-request-id` on every response.
+
+    Serve's own RequestIdMiddleware (always the innermost proxy middleware) puts the client's id, or one it
+    generates, on the request, and appends it to the response as well; the replica's ember app already
+    answers with that same id (it reads the header the proxy set), so the response would carry it twice.
+    Keep the first one: the replica's when it answered, Serve's when Serve answered alone (its own 503s)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def once(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = dedupe(message.get("headers", []), REQUEST_ID)
+            await send(message)
+
+        await self.app(scope, receive, once)
+
+
+REQUEST_ID = b"x-request-id"
+
+
+def dedupe(headers: list[tuple[bytes, bytes]], name: bytes) -> list[tuple[bytes, bytes]]:
+    """`headers` with only the first header called `name` (case-insensitive) kept."""
+    out, seen = [], False
+    for k, v in headers:
+        if k.lower() == name:
+            if seen:
+                continue
+            seen = True
+        out.append((k, v))
+    return out
+
+
 def middlewares() -> list[Middleware]:
-    return [Middleware(AffinityKeyMiddleware)]
+    # Serve wraps these in list order around its RequestIdMiddleware: the last is the outermost, so
+    # SingleRequestId sees the response after Serve has added its header.
+    return [Middleware(AffinityKeyMiddleware), Middleware(SingleRequestId)]

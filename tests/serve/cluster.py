@@ -38,9 +38,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def node_args(temp_dir: str) -> list[str]:
+def node_args(temp_dir: str, cpus: int = 1) -> list[str]:
     # Every port a node binds, chosen free: two nodes on one host would collide on Ray's fixed defaults.
-    return ["--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", "--num-cpus=1",
+    return ["--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
             f"--object-store-memory={100 * 2**20}", f"--temp-dir={temp_dir}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
@@ -114,6 +114,26 @@ class RayCluster:
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.sessions.add(self.nodes[name].pid)
 
+    def active_nodes(self) -> int:
+        """Nodes the head counts alive (`ray status`)."""
+        out = subprocess.run([ray_executable(), "status", f"--address={self.address}"], env=node_env(),
+                             capture_output=True, text=True, timeout=60).stdout
+        active = out.split("Active:", 1)[-1].split("Pending:", 1)[0] if "Active:" in out else ""
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+    def replica_processes(self, name: str) -> list[int]:
+        """Serve replica actors running on node `name` (Ray renames an actor's process
+        `ray::ServeReplica:<app>:<deployment>`)."""
+        pids = []
+        for pid in in_session(self.nodes[name].pid):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().startswith(b"ray::ServeReplica"):
+                        pids.append(pid)
+            except OSError:
+                pass
+        return pids
+
     def remove(self, name: str) -> None:
         p = self.nodes.pop(name)
         with _suppress():
@@ -145,20 +165,27 @@ def _suppress() -> Iterator[None]:
         pass
 
 
+WORKERS = ("worker-a", "worker-b")
+
+
 @contextmanager
 def ray_cluster() -> Iterator[RayCluster]:
-    """A head and one worker node, 1 CPU each: the two replicas land on different nodes."""
+    """A head with no CPUs for replicas (it runs Serve's controller and proxy, which need none) and two
+    worker nodes of 1 CPU each: one replica lands on each worker, as on a real multi-node cluster."""
     temp_dir = tempfile.mkdtemp(prefix="ember-ray-", dir="/tmp")  # short: Ray's unix sockets live here
     port = free_port()
     c = RayCluster(temp_dir, f"127.0.0.1:{port}")
     head = [ray_executable(), "start", "--head", f"--port={port}", "--include-dashboard=false",
-            f"--ray-client-server-port={free_port()}", *node_args(temp_dir)]
+            f"--ray-client-server-port={free_port()}", *node_args(temp_dir, cpus=0)]
     c.nodes["head"] = subprocess.Popen(head, env=node_env(), start_new_session=True,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     c.sessions.add(c.nodes["head"].pid)
     try:
         _wait_for(lambda: os.path.exists(os.path.join(temp_dir, "ray_current_cluster")), 60, "the Ray head")
-        c.add_worker("worker")
+        for n, name in enumerate(WORKERS, start=2):
+            # one at a time: two `ray start` of one host joining at once, the second exits with status 1
+            c.add_worker(name)
+            _wait_for(lambda n=n: c.active_nodes() >= n, 90, f"Ray node {name}")
         yield c
     finally:
         c.shutdown()

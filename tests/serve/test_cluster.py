@@ -1,11 +1,14 @@
-"""`ember serve --replicas 2 --address` on a two-node Ray cluster on 127.0.0.1, end to end through Serve's
-proxy: spread, affinity (header and body, isolation), streaming, disconnects, spill-over, errors and
-headers, a node lost and added back, and a clean teardown. Slow (Ray and two model loads on 2 CPUs)."""
+"""`ember serve --replicas 2 --address` on a three-node Ray cluster on 127.0.0.1 (a head and two workers, one
+replica on each worker), end to end through Serve's proxy: spread, affinity (header and body, isolation),
+streaming, disconnects, spill-over, errors and headers, a replica process killed and replaced, a node lost
+and added back, and a clean teardown. Slow (Ray and model loads on 2 CPUs)."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -45,9 +48,11 @@ def server(cluster: RayCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
     assert port_released(int(s.url.rsplit(":", 1)[1])), "Serve's proxy still holds the endpoint's port"
 
 
-def test_keyless_requests_spread_over_both_replicas(server: ClusterServer) -> None:
+def test_keyless_requests_spread_over_both_replicas(server: ClusterServer, cluster: RayCluster) -> None:
     seen = replicas_answering(server.url, 16)
     assert len(seen) == 2, seen
+    # one replica on each worker node, none on the head (it offers no CPUs)
+    assert [len(cluster.replica_processes(n)) for n in ("worker-a", "worker-b", "head")] == [1, 1, 0]
 
 
 @pytest.mark.parametrize("by", ["header", "body"])
@@ -149,8 +154,11 @@ def test_errors_and_headers_pass_through(server: ClusterServer) -> None:
     assert r.headers.get("x-ember-replica")
     r = complete(server.url, {"prompt": "x", "max_tokens": 1, "temperature": -1})
     assert r.status_code == 422, r.text  # ember's own status for a body that fails validation
-    r = complete(server.url, {"prompt": "hello", "max_tokens": 2})
+    r = complete(server.url, {"prompt": "hello", "max_tokens": 2}, {"x-request-id": "client-chose-this"})
     assert r.status_code == 200
+    assert r.headers.get_list("x-request-id") == ["client-chose-this"]  # once: not again from Serve's proxy
+    ids = complete(server.url, {"prompt": "hello", "max_tokens": 1}).headers.get_list("x-request-id")
+    assert len(ids) == 1 and ids[0], ids  # one generated for a client that sent none
     assert r.headers["fireworks-prompt-tokens"] == str(r.json()["usage"]["prompt_tokens"])
     assert "x-ratelimit-limit-tokens-generated" in r.headers
 
@@ -165,8 +173,34 @@ def test_metrics_show_every_replica(server: ClusterServer) -> None:
     assert replicas <= labelled, (replicas, labelled)
 
 
+def test_a_killed_replica_is_replaced(server: ClusterServer, cluster: RayCluster) -> None:
+    """The replica process on worker-a dies (SIGKILL: its engine with it). Serve's health check of that
+    replica fails (its actor is gone), Serve starts a new one where the CPU is free again, and requests,
+    keyed ones included, succeed again on two replicas, one of them new."""
+    before = replicas_answering(server.url, 16)
+    [victim] = cluster.replica_processes("worker-a")
+    os.kill(victim, signal.SIGKILL)
+    keys = [f"replaced-{i}" for i in range(4)]
+    t0 = time.monotonic()
+    while True:
+        try:
+            ok = all(complete(server.url, {"prompt": "still there?", "max_tokens": 2},
+                              {"x-session-affinity": k}, timeout=20).status_code == 200 for k in keys)
+        except httpx.HTTPError:
+            ok = False
+        now = replicas_answering(server.url, 8) if ok else set()
+        if len(now) == 2 and now != before:
+            break
+        assert time.monotonic() - t0 < 150, f"no replacement replica serving: {now} (before {before})"
+        time.sleep(1)
+    assert len(now & before) == 1, (now, before)  # the survivor kept its name; the other one is new
+    [replacement] = cluster.replica_processes("worker-a")
+    assert replacement != victim
+    print(f"a new replica serves {time.monotonic() - t0:.0f} s after the old one was killed")
+
+
 def test_a_lost_node_then_added_back(server: ClusterServer, cluster: RayCluster) -> None:
-    cluster.remove("worker")
+    cluster.remove("worker-b")
     keys = [f"failover-{i}" for i in range(4)]
     deadline = time.monotonic() + 90
     while True:  # Serve notices the dead replica: from then on everything lands on the survivor
@@ -181,7 +215,7 @@ def test_a_lost_node_then_added_back(server: ClusterServer, cluster: RayCluster)
         time.sleep(1)
     for k in keys:  # keyed ones too, every time
         assert complete(server.url, {"prompt": "again", "max_tokens": 2}, {"x-session-affinity": k}).status_code == 200
-    cluster.add_worker("worker")
+    cluster.add_worker("worker-b")
     t0 = time.monotonic()
     while len(replicas_answering(server.url, 8)) < 2:
         assert time.monotonic() - t0 < 120, "the replaced replica did not serve"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,3 +62,42 @@ def test_two_replicas_on_a_local_ray(tmp_path) -> None:  # noqa: ANN001
         os.kill(pid, signal.SIGKILL)
     assert left == [], "Ray processes left behind"
     assert port_released(port)
+
+
+def test_sqlite_with_a_cluster_address_off_this_machine_is_refused(tmp_path) -> None:  # noqa: ANN001
+    args = [sys.executable, "-m", "ember", "serve", "--replicas", "2", "--address", "10.9.8.7:6380",
+            "--data-dir", str(tmp_path)]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=120, env=node_env())
+    assert out.returncode == 2, out.stderr
+    assert "refusing to share the SQLite store" in out.stderr and "--db postgresql" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "ember.db").exists()  # refused before anything was opened or connected
+
+
+def test_which_clusters_may_share_a_sqlite_file() -> None:
+    from ember.config import StoreConfig
+    from ember.serve.deployment import check_nodes_share_sqlite, is_loopback_address
+
+    assert is_loopback_address("127.0.0.1:6380") and is_loopback_address("localhost:6380")
+    assert is_loopback_address("ray://127.0.0.2:10001") and is_loopback_address("[::1]:6380")
+    assert not is_loopback_address("10.0.0.5:6380") and not is_loopback_address("head.example:6380")
+    assert not is_loopback_address("auto")
+    sqlite, pg = StoreConfig(data_dir="/tmp/x"), StoreConfig(url="postgresql+psycopg://u:p@db/ember")
+    own = outgoing_address()  # Ray names a node of this host by this address, even one started on 127.0.0.1
+    local = [{"NodeManagerAddress": "127.0.0.1", "Alive": True}, {"NodeManagerAddress": own, "Alive": True}]
+    remote = [*local, {"NodeManagerAddress": "203.0.113.7", "Alive": True}]
+    check_nodes_share_sqlite(sqlite, local)
+    check_nodes_share_sqlite(sqlite, [*local, {"NodeManagerAddress": "203.0.113.7", "Alive": False}])  # gone
+    check_nodes_share_sqlite(pg, remote)
+    with pytest.raises(ValueError, match="203.0.113.7"):
+        check_nodes_share_sqlite(sqlite, remote)
+
+
+def outgoing_address() -> str:
+    """This machine's address on its default route, found as Ray finds it (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        try:
+            u.connect(("192.0.2.123", 9))
+        except OSError:  # no route at all: loopback is all there is
+            return "127.0.0.1"
+        return u.getsockname()[0]
