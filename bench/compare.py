@@ -213,6 +213,17 @@ def llama_cmd(binary: Path, gguf: Path, port: int, threads: int) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port)]
 
 
+LONG_CONTEXT = 8192
+"""Context of the long-prompt servers: llama-server runs one slot of it (`-np 1 -c 8192`), not the 32
+slots of 1,024 the other scenarios use, which could not hold a 7,000-token prompt."""
+LONG_PROMPTS = (2000, 4000, 7000)
+
+
+def llama_long_cmd(binary: Path, gguf: Path, port: int, threads: int) -> list[str]:
+    return [str(binary), "-m", str(gguf), "-c", str(LONG_CONTEXT), "-np", "1", "-t", str(threads),
+            "--host", "127.0.0.1", "--port", str(port)]
+
+
 def ember_cmd(ember: str, gguf: Path, port: int, extra: list[str]) -> list[str]:
     """`EMBER serve --model GGUF ...`; or, when --ember holds `{port}`, that whole command template.
 
@@ -287,6 +298,23 @@ async def scenario_prefix(base: BenchConfig, rounds: int) -> dict[str, Any]:
     }
 
 
+async def scenario_long(base: BenchConfig, lengths: tuple[int, ...] = LONG_PROMPTS) -> dict[str, Any]:
+    """Cold TTFT of one fresh prompt of each length (distinct words, so nothing comes from a prefix cache),
+    one at a time, one token generated: the prefill of the whole prompt."""
+    cfg = replace(base, concurrency=1, max_tokens=1, stream=True)
+    out: dict[str, Any] = {}
+    async with make_client(cfg) as client:
+        await send_request(client, cfg, make_words(random.Random("long-warm-up"), 64), 0)
+        for i, n in enumerate(lengths):
+            r = (await send_request(client, cfg, make_words(random.Random(f"long-scenario-{n}"), n), i + 1)).summary()
+            # The server's own prompt count when it reports one; the requested length otherwise.
+            tokens = r["prompt_tokens"] or n
+            r["prefill_tok_s"] = tokens / r["ttft_s"] if r["ok"] and r["ttft_s"] else None
+            r["failed"] = 0 if r["ok"] else 1
+            out[str(n)] = r
+    return out
+
+
 async def run_scenarios(url: str, model: str, plan: Plan, progress: bool,
                         on_step: Callable[[], None]) -> dict[str, Any]:
     base = BenchConfig(base_url=url, model=model, progress=progress, timeout_s=900)
@@ -320,6 +348,18 @@ def bench_server(server: ServerProcess, plan: Plan, progress: bool, startup_time
         server.sample_memory()
     return {"cmd": server.cmd, "model_id": model, "startup_s": startup_s,
             "peak_rss_bytes": server.peak_rss_bytes(), "scenarios": scenarios}
+
+
+def bench_long(server: ServerProcess, startup_timeout_s: float) -> dict[str, Any]:
+    """The long-prompt scenario on its own server (a context of LONG_CONTEXT tokens)."""
+    _say(f"starting {server.name} for long prompts: {shlex.join(server.cmd)}")
+    with running(server, startup_timeout_s):
+        model = server.model_id()
+        base = BenchConfig(base_url=server.url, model=model, progress=False, timeout_s=1800)
+        t0 = time.monotonic()
+        out = asyncio.run(scenario_long(base))
+        _say(f"  scenario long done in {time.monotonic() - t0:.1f} s")
+    return {"cmd": server.cmd, **out}
 
 
 # ------------------------------------------------------------------ report
@@ -364,6 +404,9 @@ ROWS: tuple[Row, ...] = (
         lambda x: x >= 1.0),
     Row("cached-prefix TTFT (900 + 12 tokens)", _dig("scenarios", "prefix", "cached_ttft_s"), _sec,
         "<= 1.5x", lambda x: x <= 1.5),
+    *(Row(f"cold prefill tok/s ({n:,}-token prompt, -np 1 -c {LONG_CONTEXT})",
+          _dig("long", str(n), "prefill_tok_s"), _tps, ">= 1.5x", lambda x: x >= 1.5) for n in LONG_PROMPTS),
+    *(Row(f"cold TTFT ({n:,}-token prompt)", _dig("long", str(n), "ttft_s"), _sec) for n in LONG_PROMPTS),
     Row("peak resident memory", _dig("peak_rss_bytes"), lambda v: f"{v / 2**30:.2f} GiB", "reported"),
     Row("cold TTFT (900-token prompt)", _dig("scenarios", "prefix", "cold_ttft_s"), _sec),
     Row("cached tokens reported", _dig("scenarios", "prefix", "cached_tokens"), lambda v: f"{v:.0f}"),
@@ -378,7 +421,11 @@ ROWS: tuple[Row, ...] = (
 
 
 def _failures(r: dict[str, Any]) -> int:
-    return sum(int(s.get("failed") or 0) for s in r.get("scenarios", {}).values())
+    n = sum(int(s.get("failed") or 0) for s in r.get("scenarios", {}).values())
+    long = r.get("long") or {}
+    if "error" in long:
+        return n + 1
+    return n + sum(int(v.get("failed") or 0) for v in long.values() if isinstance(v, dict))
 
 
 def markdown_table(results: dict[str, dict[str, Any]]) -> str:
@@ -424,6 +471,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="where JSON, markdown and logs go")
     p.add_argument("--startup-timeout", type=float, default=600, help="seconds to wait for /health")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-long", action="store_true",
+                   help=f"skip the long-prompt scenario ({', '.join(map(str, LONG_PROMPTS))}-token prompts on "
+                        f"a second start of each server with a {LONG_CONTEXT}-token context)")
     return p.parse_args(argv)
 
 
@@ -458,6 +508,22 @@ def main(argv: list[str] | None = None) -> int:
                 # One server failing must not cost the other's figures.
                 _say(f"{server.name} failed: {e}")
                 results[name] = {"cmd": cmd, "error": str(e)}
+                continue
+            if a.no_long:
+                continue
+            port = free_port()
+            if name == "llama":
+                cmd = llama_long_cmd(a.llama_server, gguf, port, a.llama_threads)
+            else:
+                templated = "{port}" in a.ember  # another server's own flags: add none of ember's
+                cmd = ember_cmd(a.ember, gguf, port,
+                                a.ember_arg if templated else [*a.ember_arg, "--max-model-len", str(LONG_CONTEXT)])
+            server = ServerProcess(LABELS[name], cmd, port, a.out / f"{name}-long-{stamp}.log")
+            try:
+                results[name]["long"] = bench_long(server, a.startup_timeout)
+            except (RuntimeError, TimeoutError, OSError, httpx.HTTPError, KeyError, ValueError) as e:
+                _say(f"{server.name} (long prompts) failed: {e}")
+                results[name]["long"] = {"cmd": cmd, "error": str(e)}
     except KeyboardInterrupt:
         _say("interrupted; servers stopped")
         return 130
