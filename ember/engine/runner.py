@@ -135,14 +135,14 @@ class ModelRunner:
         # Native rows need their contexts' blocks; torch rows need them up to the padded length.
         max_len = max(decode_lens) if self.native else self._padded(max(decode_lens))
         table = self._row_tables(decode_ctx, -(-max_len // self.block_size))
+        fb.decode_lens = torch.tensor(decode_lens, dtype=torch.long)
         if self.native:
             fb.decode_tables = table
-            fb.decode_lens = torch.tensor(decode_lens, dtype=torch.long)
             fb.block_size = self.block_size
         else:
             bs, rows = self.block_size, len(decode_lens)
             slots = (table.unsqueeze(2) * bs + torch.arange(bs)).view(rows, -1)[:, :max_len]
-            lens = torch.tensor(decode_lens).unsqueeze(1)
+            lens = fb.decode_lens.unsqueeze(1)
             mask = torch.zeros(rows, max_len)
             mask.masked_fill_(torch.arange(max_len).unsqueeze(0) >= lens, float("-inf"))
             fb.decode_slots = slots.to(self.device)

@@ -36,10 +36,12 @@ inline float dot(const float* a, const float* b, int64_t n) {
 }  // namespace
 
 // q: [B, H, D] float32, already scaled by 1/sqrt(D). k_cache, v_cache: [slots, KV * D] float32.
-// tables: [B, max_blocks] int64 block ids. lens: [B] int64 context lengths (>= 1). Returns [B, H, D].
+// tables: [B, max_blocks] int64 block ids. lens: [B] int64 context lengths (>= 1). window: 0 attends the
+// whole context; w > 0 attends only the last w positions (the query at position p = len - 1 sees keys
+// p - w + 1 .. p, Gemma's sliding layers). Returns [B, H, D].
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                      torch::Tensor tables, torch::Tensor lens, int64_t block_size,
-                                     int64_t n_kv_heads) {
+                                     int64_t n_kv_heads, int64_t window) {
   TORCH_CHECK(q.dtype() == torch::kFloat32 && k_cache.dtype() == torch::kFloat32 &&
               v_cache.dtype() == torch::kFloat32, "float32 only");
   TORCH_CHECK(tables.dtype() == torch::kInt64 && lens.dtype() == torch::kInt64, "int64 tables and lens");
@@ -51,6 +53,7 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t KV = n_kv_heads, G = H / KV, width = KV * D, max_blocks = tables.size(1);
   TORCH_CHECK(H % KV == 0 && k_cache.size(1) == width && v_cache.size(1) == width, "shape mismatch");
+  TORCH_CHECK(window >= 0, "window must be >= 0");
   const int64_t slots = k_cache.size(0);
   auto out = torch::empty_like(q);
   const float* qp = q.data_ptr<float>();
@@ -89,29 +92,32 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
       const int64_t tile = (i % 2 == 0) ? i / 2 : n_tiles - 1 - i / 2;
       const int64_t b0 = tile_start[tile], R = tile_start[tile + 1] - b0;
       const int64_t* table = tp + b0 * max_blocks;
-      // Row r of the tile has context lp[b0 + r]; its scores live at w[off[r] + h * len + t].
-      int64_t off[kTile];
-      int64_t max_len = 0, size = 0;
+      // Row r of the tile attends positions first[r] .. lp[b0 + r] - 1; its scores live at
+      // w[off[r] + h * n + t - first[r]], n its number of positions.
+      int64_t off[kTile], first[kTile];
+      int64_t max_len = 0, min_first = lp[b0], size = 0;
       for (int64_t r = 0; r < R; ++r) {
+        first[r] = window > 0 ? std::max<int64_t>(0, lp[b0 + r] - window) : 0;
         off[r] = size;
-        size += H * lp[b0 + r];
+        size += H * (lp[b0 + r] - first[r]);
         max_len = std::max(max_len, lp[b0 + r]);
+        min_first = std::min(min_first, first[r]);
       }
       w.resize(size);
-      for (int64_t t = 0; t < max_len; ++t) {
+      for (int64_t t = min_first; t < max_len; ++t) {
         const int64_t slot = table[t / block_size] * block_size + t % block_size;
         TORCH_CHECK(slot >= 0 && slot < slots, "block id outside the cache");
         const float* k = kp + slot * width;
         for (int64_t r = 0; r < R; ++r) {
-          const int64_t len = lp[b0 + r];
-          if (t >= len) continue;
+          const int64_t len = lp[b0 + r] - first[r];
+          if (t >= lp[b0 + r] || t < first[r]) continue;
           const float* qb = qp + (b0 + r) * H * D;
-          float* wr = w.data() + off[r];
+          float* wr = w.data() + off[r] - first[r];
           for (int64_t h = 0; h < H; ++h) wr[h * len + t] = dot(qb + h * D, k + (h / G) * D, D);
         }
       }
       for (int64_t r = 0; r < R; ++r) {
-        const int64_t len = lp[b0 + r];
+        const int64_t len = lp[b0 + r] - first[r];
         for (int64_t h = 0; h < H; ++h) {
           float* sc = w.data() + off[r] + h * len;
           const float m = *std::max_element(sc, sc + len);
@@ -122,13 +128,13 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
         }
       }
       std::fill(acc.begin(), acc.begin() + R * H * D, 0.f);
-      for (int64_t t = 0; t < max_len; ++t) {
+      for (int64_t t = min_first; t < max_len; ++t) {
         const int64_t slot = table[t / block_size] * block_size + t % block_size;
         const float* v = vp + slot * width;
         for (int64_t r = 0; r < R; ++r) {
-          const int64_t len = lp[b0 + r];
-          if (t >= len) continue;
-          const float* wr = w.data() + off[r];
+          const int64_t len = lp[b0 + r] - first[r];
+          if (t >= lp[b0 + r] || t < first[r]) continue;
+          const float* wr = w.data() + off[r] - first[r];
           float* ar = acc.data() + r * H * D;
           for (int64_t h = 0; h < H; ++h) {
             const float p = wr[h * len + t];

@@ -62,7 +62,8 @@ class ForwardBatch:
     """[num_decodes, max_blocks] int64 block tables, set (with decode_lens) instead of decode_slots when
     the native kernel attends decodes straight from the cache."""
     decode_lens: torch.Tensor | None = None
-    """[num_decodes] int64 context length of each decode row."""
+    """[num_decodes] int64 context length of each decode row (on both paths: a sliding-window layer masks
+    the positions before each row's window with it)."""
     block_size: int = 16
     native: bool = False
     """Run the fused native kernels (ember/kernels) for the layer's small steps and decode attention."""
@@ -127,10 +128,21 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: t
     v_cache.index_copy_(0, slots, v.reshape(v.shape[0], -1))
 
 
+def window_mask(lens: torch.Tensor, length: int, window: int) -> torch.Tensor:
+    """[rows, 1, 1, length] additive mask: -inf at the positions before each row's window (a row with
+    context `len` is the query at position len - 1 and sees keys len - window .. len - 1), else 0."""
+    pos = torch.arange(length, device=lens.device).unsqueeze(0)
+    mask = torch.zeros(lens.shape[0], length, device=lens.device)
+    mask.masked_fill_(pos < (lens.unsqueeze(1) - window), float("-inf"))
+    return mask.view(-1, 1, 1, length)
+
+
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, batch: ForwardBatch,
-                    n_kv_heads: int) -> torch.Tensor:
+                    n_kv_heads: int, window: int = 0) -> torch.Tensor:
     """q: [T, H, D], already scaled by 1/sqrt(D) -> [T, H, D], reading K/V for every row's context from
-    the cache."""
+    the cache. `window` > 0 makes this a sliding-window layer: the query at position p attends only the
+    keys at positions p - window + 1 .. p (Hugging Face's `kv_idx > q_idx - sliding_window`); 0 attends
+    the whole context."""
     T, H, D = q.shape
     group = H // n_kv_heads
     out = torch.empty_like(q)
@@ -139,7 +151,7 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         native = kernels.load()
         assert native is not None and batch.decode_lens is not None
         out[:nd] = native.paged_decode_attention(q[:nd], k_cache, v_cache, batch.decode_tables, batch.decode_lens,
-                                                 batch.block_size, n_kv_heads)
+                                                 batch.block_size, n_kv_heads, window)
     elif nd:
         assert batch.decode_slots is not None and batch.decode_mask is not None
         B, L = batch.decode_slots.shape
@@ -150,11 +162,15 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         k = k_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
         v = v_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
         qd = q[:nd].view(B, n_kv_heads, group, D)
-        o = decode_attention(qd, k, v, batch.decode_mask)
+        mask = batch.decode_mask
+        if window:
+            assert batch.decode_lens is not None
+            mask = mask + window_mask(batch.decode_lens.to(mask.device), L, window)
+        o = decode_attention(qd, k, v, mask)
         for r, length in batch.exact_decode_rows:
             if length < L:
                 o[r] = decode_attention(qd[r : r + 1], k[r : r + 1, :, :length], v[r : r + 1, :, :length],
-                                        batch.decode_mask[r : r + 1, ..., :length])[0]
+                                        mask[r : r + 1, ..., :length])[0]
         out[:nd] = o.reshape(B, H, D)
     for p in batch.prefills:
         ctx = p.context_slots.shape[0]
@@ -165,7 +181,10 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         vp = v.transpose(0, 1).repeat_interleave(group, dim=0).unsqueeze(0)
         # Query i sits at context position ctx - q_len + i and sees keys 0..that position.
         qpos = torch.arange(ctx - p.q_len, ctx, device=q.device).unsqueeze(1)
-        mask = torch.arange(ctx, device=q.device).unsqueeze(0) <= qpos
+        kpos = torch.arange(ctx, device=q.device).unsqueeze(0)
+        mask = kpos <= qpos
+        if window:
+            mask &= kpos > qpos - window
         o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, scale=1.0)
         out[p.start : p.start + p.q_len] = o.squeeze(0).transpose(0, 1)
     return out

@@ -65,11 +65,13 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, window: int = 0) -> None:
         super().__init__()
         hd = args.head_dim
         assert hd is not None
         self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, hd
+        self.window = window
+        """0: every query attends its whole context; w > 0: a sliding-window layer (the last w positions)."""
         self.qkv_proj = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * hd, bias=False)
         self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
 
@@ -86,7 +88,7 @@ class Attention(nn.Module):
             q, k = qk[:, :H], qk[:, H:]
             v = qkv[:, (H + KV) * D :].view(T, KV, D)
             write_kv(kv[0], kv[1], k, v, batch.slot_mapping)
-        o = paged_attention(q, kv[0], kv[1], batch, KV)
+        o = paged_attention(q, kv[0], kv[1], batch, KV, self.window)
         return self.o_proj.forward(o.reshape(T, H * D))
 
 
