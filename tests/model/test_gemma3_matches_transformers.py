@@ -132,12 +132,13 @@ def test_int8_embedding_reproduces_q8_0_rows_exactly(gemma_path: Any, gemma_serv
 @pytest.mark.parametrize("prompt", PROMPTS, ids=["france", "code", "story", "long"])
 def test_served_precision_close_to_transformers(gemma_served: Any, gemma_hf_model: Any, prompt: str) -> None:
     """Quantized kernels with bf16 activations (scales rounded to bf16, Q5_0/Q4_K/Q6_K requantized to
-    int4/int8 groups of 32) move logprobs by more than fp32 rounding; the bounds hold what was measured
-    with margin (max |logprob difference| ~0.35 to 0.6 on these prompts, top-1 agreement >= 90%)."""
+    int4/int8 groups of 32) move logprobs by more than fp32 rounding. Measured at the reference's top
+    token: max |logprob difference| 0.09 / 0.45 / 0.14 / 0.35 on these prompts, top-1 agreement 100% on
+    the short ones and 99.6% over the long one's 784 positions; the bounds leave margin above that."""
     ids = gemma_served.tokenizer.encode(prompt)
     ours, theirs = dense_logits(gemma_served, ids), hf_logits(gemma_hf_model, ids)
     lp_ours, lp_theirs = ours.log_softmax(-1), theirs.log_softmax(-1)
     chosen = theirs.argmax(-1, keepdim=True)  # the tokens that matter: the reference's likely ones
     lp_diff = (lp_ours.gather(1, chosen) - lp_theirs.gather(1, chosen)).abs().max().item()
     agree = (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
-    assert lp_diff <= 1.0 and agree >= 0.85, (lp_diff, agree)
+    assert lp_diff <= 0.75 and agree >= 0.97, (lp_diff, agree)
