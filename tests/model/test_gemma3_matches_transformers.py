@@ -76,8 +76,12 @@ def test_greedy_identical_through_the_engine(gemma: Any, gemma_hf_model: Any, pr
     last chunks and every decode step attend over a window that starts past position 0)."""
     ids = gemma.tokenizer.encode(prompt)
     expect = hf_greedy(gemma_hf_model, ids, 24)
-    got = run_all(make_engine(gemma), [req("g", ids, greedy(max_tokens=24))])["g"].token_ids
+    engine = make_engine(gemma)
+    got = run_all(engine, [req("g", ids, greedy(max_tokens=24))])["g"].token_ids
     assert got == expect, (gemma.tokenizer.decode(got), gemma.tokenizer.decode(expect))
+    # Again from the prefix cache (whole blocks, at least the last token recomputed), over the same window.
+    again = run_all(engine, [req("h", ids, greedy(max_tokens=24))])["h"]
+    assert again.cached_tokens == (len(ids) - 1) // 16 * 16 and again.token_ids == expect
 
 
 def test_echo_logprobs_through_http_match_transformers(gemma: Any, gemma_hf_model: Any) -> None:
