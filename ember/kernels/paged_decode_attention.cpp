@@ -1,36 +1,165 @@
-// Attention straight from the paged KV cache, one query row at a time, no gathered copy: every decode
-// row, and on this path every prefill row too (a prefill row is a query over its context's first
-// position+1 slots, exactly what a decode row at that position is).
+// Attention straight from the paged KV cache, no gathered copy: every decode row, and on this path every
+// prefill row too (a prefill row is a query over its context's first position+1 slots, exactly what a
+// decode row at that position is).
 //
-// The torch path gathers every row's context into a [B, KV, L, D] tensor (one full write and read of
-// the context per layer) and runs two batched GEMVs over it; at 32 sequences that gather and those
-// matmuls were a third of a decode step. Here each row walks its block table once for K and once for V.
-// Each row is computed alone, in a fixed order, whatever else is in the batch, however its prompt was
-// split into chunks and whether its prefix came from the cache; torch's flash attention rounds a row
-// differently depending on the chunk's length (tail rows and key blocks), which moved prompt logprobs by
-// up to 0.1 nats under load once bf16 activations amplified it. For prefill it is as fast as torch's.
+// Each row's numbers depend on nothing but the row: its query, its context length, its window and its
+// keys and values. Whatever else is in the batch, however its prompt was split into chunks and whether its
+// prefix came from the cache, it does the same operations in the same order. torch's flash attention
+// rounds a row differently depending on the chunk's length (tail rows and key blocks), which moved prompt
+// logprobs by up to 0.1 nats under load once bf16 activations amplified it.
+//
+// Keys are visited in blocks of kKeyBlock positions aligned to absolute positions (0, 32, 64, ...), with
+// an online softmax: a row keeps its running max, sum and weighted sum of values per head, and rescales
+// them at each block boundary it crosses. The boundaries are absolute, so a row's rescaling points are
+// the same in any tile. Consecutive rows of one sequence (a prefill chunk, a draft) form a tile that
+// walks the context block by block: a block's K and V rows are read from memory once per tile and reused
+// from cache by every row of it, and a row's scores never outgrow one block (the old whole-context score
+// buffer spilled out of cache on long prompts).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
 
-constexpr int kLanes = 8;
 constexpr int64_t kTile = 16;
+constexpr int64_t kKeyBlock = 32;
 
-// Eight partial sums, combined in a fixed order: vectorizes to one FMA stream, same result every call.
-inline float dot(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+// 16 floats: one AVX-512 register, two AVX2 ones (GCC vector extension, no intrinsics: any x86).
+typedef float v16 __attribute__((vector_size(64)));
+
+// Scores of N heads of one row against one block of keys: s[n][j] = sum_d q[n][d] * kt[d][j], kt the
+// block's keys of their shared KV head transposed to [D, kKeyBlock] (64-byte aligned). Each score is one
+// chain of multiply-adds over d in order, whatever N and whatever the other heads: lanes run over keys.
+template <int N>
+inline void block_scores(const float* q, const float* kt, int64_t D, float* s) {
+  v16 a[N][2] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const v16 k0 = *reinterpret_cast<const v16*>(kt + d * kKeyBlock);
+    const v16 k1 = *reinterpret_cast<const v16*>(kt + d * kKeyBlock + 16);
+    for (int n = 0; n < N; ++n) {
+      const float qd = q[n * D + d];
+      a[n][0] += qd * k0;
+      a[n][1] += qd * k1;
+    }
   }
-  float s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  for (; i < n; ++i) s += a[i] * b[i];
-  return s;
+  for (int n = 0; n < N; ++n) {
+    *reinterpret_cast<v16*>(s + n * kKeyBlock) = a[n][0];
+    *reinterpret_cast<v16*>(s + n * kKeyBlock + 16) = a[n][1];
+  }
+}
+
+inline v16 load16(const float* p) {
+  v16 x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+inline void store16(float* p, v16 x) { std::memcpy(p, &x, sizeof x); }
+
+// acc[n][d] += p[n][j] * v_j[d] for j = jlo..jhi-1 in order, for N heads sharing one KV head (vrows[j] + voff:
+// their values at block position j). Every element of acc is one chain of multiply-adds over j, kept in
+// registers for 64 (then 16, then 1) columns at a time.
+template <int N>
+inline void block_values(const float* p, const float* const* vrows, int64_t voff, int64_t jlo, int64_t jhi,
+                         int64_t D, float* acc) {
+  int64_t d0 = 0;
+  for (; d0 + 64 <= D; d0 += 64) {
+    v16 a[N][4];
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < 4; ++c) a[n][c] = load16(acc + n * D + d0 + 16 * c);
+    for (int64_t j = jlo; j < jhi; ++j) {
+      const float* v = vrows[j] + voff + d0;
+      const v16 v0 = load16(v), v1 = load16(v + 16), v2 = load16(v + 32), v3 = load16(v + 48);
+      for (int n = 0; n < N; ++n) {
+        const float pj = p[n * kKeyBlock + j];
+        a[n][0] += pj * v0;
+        a[n][1] += pj * v1;
+        a[n][2] += pj * v2;
+        a[n][3] += pj * v3;
+      }
+    }
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < 4; ++c) store16(acc + n * D + d0 + 16 * c, a[n][c]);
+  }
+  for (; d0 + 16 <= D; d0 += 16) {
+    v16 a[N];
+    for (int n = 0; n < N; ++n) a[n] = load16(acc + n * D + d0);
+    for (int64_t j = jlo; j < jhi; ++j) {
+      const v16 v = load16(vrows[j] + voff + d0);
+      for (int n = 0; n < N; ++n) a[n] += p[n * kKeyBlock + j] * v;
+    }
+    for (int n = 0; n < N; ++n) store16(acc + n * D + d0, a[n]);
+  }
+  for (; d0 < D; ++d0) {
+    for (int n = 0; n < N; ++n) {
+      float a = acc[n * D + d0];
+      for (int64_t j = jlo; j < jhi; ++j) a += p[n * kKeyBlock + j] * vrows[j][voff + d0];
+      acc[n * D + d0] = a;
+    }
+  }
+}
+
+// One block of keys for one row: updates the row's running max m[H], sum l[H] and weighted values
+// acc[H * D] with the keys of block positions jlo..jhi-1 (kt: the block's keys as [KV, D, kKeyBlock];
+// vrows[j]: the V cache row of block position j). s: [H, kKeyBlock] scratch, 64-byte aligned. `first`: the row's first block (nothing to rescale yet). Kept out of line so the
+// compiler cannot interleave rows: a row's instructions are the same whichever rows share its tile.
+__attribute__((noinline)) void row_block(const float* q, const float* kt, const float* const* vrows,
+                                         int64_t jlo, int64_t jhi, bool first, int64_t H, int64_t G, int64_t D,
+                                         float* m, float* l, float* acc, float* s) {
+  // Heads sharing a KV head go through the kernel together, four at most: how a row's heads are grouped
+  // depends on the model's shape only.
+  for (int64_t h = 0; h < H;) {
+    const int64_t n = std::min<int64_t>(4, G - h % G);
+    const float* k = kt + (h / G) * D * kKeyBlock;
+    float* sh = s + h * kKeyBlock;
+    switch (n) {
+      case 1: block_scores<1>(q + h * D, k, D, sh); break;
+      case 2: block_scores<2>(q + h * D, k, D, sh); break;
+      case 3: block_scores<3>(q + h * D, k, D, sh); break;
+      default: block_scores<4>(q + h * D, k, D, sh); break;
+    }
+    h += n;
+  }
+  for (int64_t h = 0; h < H; ++h) {
+    // Whole-block loops with the positions outside jlo..jhi neutralised: fixed trip counts, so exp and the
+    // sum vectorize the same way for every row.
+    float* sh = s + h * kKeyBlock;
+    for (int64_t j = 0; j < kKeyBlock; ++j) sh[j] = (j >= jlo && j < jhi) ? sh[j] : -3.0e38f;
+    float mb = sh[0];
+    for (int64_t j = 1; j < kKeyBlock; ++j) mb = std::max(mb, sh[j]);
+    const float mn = first ? mb : std::max(m[h], mb);
+    for (int64_t j = 0; j < kKeyBlock; ++j) sh[j] = std::exp(sh[j] - mn);
+    for (int64_t j = 0; j < kKeyBlock; ++j) sh[j] = (j >= jlo && j < jhi) ? sh[j] : 0.f;
+    float sum = 0.f;
+    for (int64_t j = 0; j < kKeyBlock; ++j) sum += sh[j];
+    float* a = acc + h * D;
+    if (first) {
+      l[h] = sum;
+      std::fill(a, a + D, 0.f);
+    } else {
+      const float scale = std::exp(m[h] - mn);
+      l[h] = l[h] * scale + sum;
+      for (int64_t d = 0; d < D; ++d) a[d] *= scale;
+    }
+    m[h] = mn;
+  }
+  for (int64_t h = 0; h < H;) {
+    const int64_t n = std::min<int64_t>(4, G - h % G);
+    const float* p = s + h * kKeyBlock;
+    const int64_t voff = (h / G) * D;
+    switch (n) {
+      case 1: block_values<1>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+      case 2: block_values<2>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+      case 3: block_values<3>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+      default: block_values<4>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+    }
+    h += n;
+  }
 }
 
 }  // namespace
@@ -66,10 +195,7 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
     TORCH_CHECK(lp[b] >= 1 && lp[b] <= max_blocks * block_size, "context length outside the block table");
   }
   // Work items are tiles of up to kTile consecutive rows over the same context (a prefill chunk's rows,
-  // or a draft's): each K and V row is read once per tile, not once per row. Within a tile every row
-  // still does exactly its own operations in its own order (the loops are only interchanged), so a
-  // row's result is the same in any tile, alone or not. All heads together: each position's K (then V)
-  // row of all heads is one contiguous read.
+  // or a draft's). Tiling only decides which rows share the reads of a key block (see row_block).
   std::vector<int64_t> tile_start;
   for (int64_t b = 0; b < B;) {
     tile_start.push_back(b);
@@ -85,69 +211,50 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   // A prefill chunk's tiles grow longer one by one, so contiguous halves would give one thread three
   // quarters of the work: work item i takes tiles from both ends in turn (0, last, 1, last - 1, ...).
   at::parallel_for(0, n_tiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> w;
-    std::vector<float> acc(kTile * H * D);
-    std::vector<float> total(kTile * H);
+    std::vector<float> acc(kTile * H * D), m(kTile * H), l(kTile * H);
+    // Scores of one row and block [H, kKeyBlock], and the block's keys transposed [KV, D, kKeyBlock],
+    // both 64-byte aligned.
+    std::vector<float> s(H * kKeyBlock + KV * D * kKeyBlock + 16);
+    float* sp = s.data() + ((16 - (reinterpret_cast<uintptr_t>(s.data()) / sizeof(float)) % 16) % 16);
+    float* kt = sp + H * kKeyBlock;
+    const float* vrows[kKeyBlock];
     for (int64_t i = begin; i < end; ++i) {
       const int64_t tile = (i % 2 == 0) ? i / 2 : n_tiles - 1 - i / 2;
       const int64_t b0 = tile_start[tile], R = tile_start[tile + 1] - b0;
       const int64_t* table = tp + b0 * max_blocks;
-      // Row r of the tile attends positions first[r] .. lp[b0 + r] - 1; its scores live at
-      // w[off[r] + h * n + t - first[r]], n its number of positions.
-      int64_t off[kTile], first[kTile];
-      int64_t max_len = 0, min_first = lp[b0], size = 0;
+      // Row r of the tile attends positions first[r] .. lp[b0 + r] - 1.
+      int64_t first[kTile];
+      int64_t hi = 0, lo = lp[b0];
       for (int64_t r = 0; r < R; ++r) {
         first[r] = window > 0 ? std::max<int64_t>(0, lp[b0 + r] - window) : 0;
-        off[r] = size;
-        size += H * (lp[b0 + r] - first[r]);
-        max_len = std::max(max_len, lp[b0 + r]);
-        min_first = std::min(min_first, first[r]);
+        hi = std::max(hi, lp[b0 + r]);
+        lo = std::min(lo, first[r]);
       }
-      w.resize(size);
-      for (int64_t t = min_first; t < max_len; ++t) {
-        const int64_t slot = table[t / block_size] * block_size + t % block_size;
-        TORCH_CHECK(slot >= 0 && slot < slots, "block id outside the cache");
-        const float* k = kp + slot * width;
-        for (int64_t r = 0; r < R; ++r) {
-          const int64_t len = lp[b0 + r] - first[r];
-          if (t >= lp[b0 + r] || t < first[r]) continue;
-          const float* qb = qp + (b0 + r) * H * D;
-          float* wr = w.data() + off[r] - first[r];
-          for (int64_t h = 0; h < H; ++h) wr[h * len + t] = dot(qb + h * D, k + (h / G) * D, D);
-        }
-      }
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t len = lp[b0 + r] - first[r];
-        for (int64_t h = 0; h < H; ++h) {
-          float* sc = w.data() + off[r] + h * len;
-          const float m = *std::max_element(sc, sc + len);
-          for (int64_t t = 0; t < len; ++t) sc[t] = std::exp(sc[t] - m);
-          float sum = 0.f;
-          for (int64_t t = 0; t < len; ++t) sum += sc[t];
-          total[r * H + h] = sum;
-        }
-      }
-      std::fill(acc.begin(), acc.begin() + R * H * D, 0.f);
-      for (int64_t t = min_first; t < max_len; ++t) {
-        const int64_t slot = table[t / block_size] * block_size + t % block_size;
-        const float* v = vp + slot * width;
-        for (int64_t r = 0; r < R; ++r) {
-          const int64_t len = lp[b0 + r] - first[r];
-          if (t >= lp[b0 + r] || t < first[r]) continue;
-          const float* wr = w.data() + off[r] - first[r];
-          float* ar = acc.data() + r * H * D;
-          for (int64_t h = 0; h < H; ++h) {
-            const float p = wr[h * len + t];
-            const float* vh = v + (h / G) * D;
-            float* a = ar + h * D;
-            for (int64_t d = 0; d < D; ++d) a[d] += p * vh[d];
+      for (int64_t t0 = lo / kKeyBlock * kKeyBlock; t0 < hi; t0 += kKeyBlock) {
+        // Positions outside every row's range get zero keys: finite scores, masked in row_block.
+        for (int64_t j = 0; j < kKeyBlock; ++j) {
+          const int64_t t = t0 + j;
+          if (t < lo || t >= hi) {
+            for (int64_t e = 0; e < width; ++e) kt[e * kKeyBlock + j] = 0.f;
+            continue;
           }
+          const int64_t slot = table[t / block_size] * block_size + t % block_size;
+          TORCH_CHECK(slot >= 0 && slot < slots, "block id outside the cache");
+          const float* k = kp + slot * width;
+          for (int64_t e = 0; e < width; ++e) kt[e * kKeyBlock + j] = k[e];
+          vrows[j] = vp + slot * width;
+        }
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t jlo = std::max(t0, first[r]) - t0, jhi = std::min(t0 + kKeyBlock, lp[b0 + r]) - t0;
+          if (jlo >= jhi) continue;
+          row_block(qp + (b0 + r) * H * D, kt, vrows, jlo, jhi, first[r] >= t0, H, G, D, m.data() + r * H,
+                    l.data() + r * H, acc.data() + r * H * D, sp);
         }
       }
       for (int64_t r = 0; r < R; ++r) {
         for (int64_t h = 0; h < H; ++h) {
           float* o = op + ((b0 + r) * H + h) * D;
-          const float inv = 1.f / total[r * H + h];
+          const float inv = 1.f / l[r * H + h];
           const float* a = acc.data() + (r * H + h) * D;
           for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
         }
