@@ -181,29 +181,35 @@ MODULE_TENSORS_PER_LAYER = 9
 """How many tensors `module_state` yields per layer (for the loader's progress bar)."""
 
 
-def module_state(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
+def module_state(ckpt: Checkpoint, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
     """Checkpoint tensors (norm weights already the 1 + w multipliers) -> Gemma3's module names, one at
-    a time: fused qkv and gate_up, q/k norms stacked per head with the attention scale folded in."""
+    a time: fused qkv and gate_up, q/k norms stacked per head with the attention scale folded in (so q's
+    projection rows carry no scale). Modules named in `skip` (set by other means) are not read at all."""
     t, args = ckpt.tensors, ckpt.args
-    embed = t["model.embed_tokens.weight"]
-    yield "embed_tokens.weight", embed
+    embed = t["model.embed_tokens.weight"] if "embed_tokens" not in skip or (
+        args.tie_embeddings and "lm_head" not in skip) else None
+    if "embed_tokens" not in skip:
+        yield "embed_tokens.weight", embed
     yield "norm.weight", t["model.norm.weight"]
-    yield "lm_head.weight", embed if args.tie_embeddings else t["lm_head.weight"]
+    if "lm_head" not in skip:
+        yield "lm_head.weight", embed if args.tie_embeddings else t["lm_head.weight"]
     del embed
     scale = attention_scale(args)
     for i in range(args.n_layers):
-        p = f"model.layers.{i}."
+        p, m = f"model.layers.{i}.", f"layers.{i}."
         for norm in _NORMS:
-            yield f"layers.{i}.{norm}.weight", t[p + norm + ".weight"]
+            yield m + norm + ".weight", t[p + norm + ".weight"]
         q_norm, k_norm = t[p + "self_attn.q_norm.weight"], t[p + "self_attn.k_norm.weight"]
-        yield f"layers.{i}.self_attn.qk_norm", torch.cat(
+        yield m + "self_attn.qk_norm", torch.cat(
             [(q_norm * scale).expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)], dim=0)
-        yield f"layers.{i}.self_attn.qkv_proj.weight", torch.cat(
-            [t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], dim=0)
-        yield f"layers.{i}.self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
-        yield f"layers.{i}.mlp.gate_up_proj.weight", torch.cat(
-            [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
-        yield f"layers.{i}.mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
+        if m + "self_attn.qkv_proj" not in skip:
+            yield m + "self_attn.qkv_proj.weight", torch.cat([t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+        if m + "self_attn.o_proj" not in skip:
+            yield m + "self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
+        if m + "mlp.gate_up_proj" not in skip:
+            yield m + "mlp.gate_up_proj.weight", torch.cat([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])
+        if m + "mlp.down_proj" not in skip:
+            yield m + "mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
 
 
 def linear_sources(args: ModelArgs) -> dict[str, list[str]]:

@@ -146,3 +146,15 @@ def test_served_precision_close_to_transformers(gemma_served: Any, gemma_hf_mode
     lp_diff = (lp_ours.gather(1, chosen) - lp_theirs.gather(1, chosen)).abs().max().item()
     agree = (ours.argmax(-1) == theirs.argmax(-1)).float().mean().item()
     assert lp_diff <= 0.75 and agree >= 0.97, (lp_diff, agree)
+
+
+def test_module_state_leaves_out_skipped_modules(gemma_path: Any) -> None:
+    """Modules another path provides (kernels on the file's own blocks) are not read or yielded."""
+    from ember.model.gemma3 import MODULE_TENSORS_PER_LAYER, module_state
+
+    ckpt = read_gguf(gemma_path)
+    every = [n for n, _ in module_state(ckpt)]
+    assert len(every) == len(set(every)) == 3 + MODULE_TENSORS_PER_LAYER * 18
+    skip = frozenset({"embed_tokens", "lm_head", "layers.0.self_attn.qkv_proj", "layers.17.mlp.down_proj"})
+    names = [n for n, _ in module_state(ckpt, skip)]
+    assert sorted(set(every) - set(names)) == sorted(f"{m}.weight" for m in skip)
