@@ -33,6 +33,10 @@ class Checkpoint:
 
 
 def expected_tensor_names(args: ModelArgs) -> list[str]:
+    if args.arch == "gemma3":
+        from ember.model.gemma3 import expected_tensor_names as gemma3_names
+
+        return gemma3_names(args)
     names = ["model.embed_tokens.weight", "model.norm.weight"]
     if not args.tie_embeddings:
         names.append("lm_head.weight")

@@ -1,9 +1,10 @@
-"""GGUF file -> Checkpoint: args from `llama.*` metadata, float32 tensors under Hugging Face names.
+"""GGUF file -> Checkpoint: args from `<arch>.*` metadata, float32 tensors under Hugging Face names.
 
 Two things differ from a Hugging Face checkpoint and are undone here, once: ggml stores shapes
-innermost-first (the reader hands back row-major [out, in] data, which is what torch wants), and
-llama.cpp's converter reorders the rows of q and k for its interleaved-pair RoPE, while our model
-(like transformers) rotates halves.
+innermost-first (the reader hands back row-major [out, in] data, which is what torch wants), and for
+Llama, llama.cpp's converter reorders the rows of q and k for its interleaved-pair RoPE, while our model
+(like transformers) rotates halves. Gemma 3 files keep the halves layout (llama.cpp runs Gemma with
+NEOX-style RoPE) but store every RMSNorm weight as 1 + w, which the Gemma 3 module uses as it is.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,28 +22,60 @@ import torch
 from ember.errors import ModelLoadError
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, check_complete
+from ember.model.gemma3 import (
+    DEFAULT_LOCAL_THETA,
+    DEFAULT_SLIDING_PATTERN,
+    FULL,
+    SLIDING,
+    layer_types_for_pattern,
+)
 from ember.model.gguf_file import GGUFFile, TensorInfo, dequantize, read_gguf_file
 from ember.model.llama import rope_inv_freq
+from ember.model.prompt_formats import GEMMA_CHAT_TEMPLATE
 from ember.tokenizer import Tokenizer
-
-SUPPORTED_ARCHITECTURES = ("llama",)
 
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
+_PROJECTIONS = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
-    "ffn_norm": "post_attention_layernorm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+
+
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one `general.architecture` maps onto ember: block tensor names (llama.cpp's short name ->
+    Hugging Face's), whether q/k rows come permuted for interleaved RoPE, and a chat template to use
+    when the file carries none."""
+
+    block_names: dict[str, str]
+    permuted_qk: bool
+    default_chat_template: str | None = None
+
+
+ARCHITECTURES: dict[str, GGUFArchitecture] = {
+    "llama": GGUFArchitecture(
+        block_names={**_PROJECTIONS, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"},
+        permuted_qk=True),
+    # ffn_norm is Gemma's pre-feed-forward norm; post_attention_norm / post_ffw_norm are the sandwich norms
+    # applied to each sub-layer's output (transformers' post_attention_layernorm is one of them, unlike
+    # Llama's, which is the pre-feed-forward norm).
+    "gemma3": GGUFArchitecture(
+        block_names={**_PROJECTIONS, "attn_norm": "input_layernorm", "attn_q_norm": "self_attn.q_norm",
+                     "attn_k_norm": "self_attn.k_norm", "post_attention_norm": "post_attention_layernorm",
+                     "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
+        permuted_qk=False, default_chat_template=GEMMA_CHAT_TEMPLATE),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
+
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 _ROPE_FREQS = "rope_freqs.weight"
 
@@ -52,12 +85,17 @@ def read_gguf(path: str | Path) -> Checkpoint:
     reader = _open(path)
     meta = reader.fields
     arch = meta.get("general.architecture")
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {path} (supported: llama)")
+    if arch not in ARCHITECTURES:
+        raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {path} "
+                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    spec = ARCHITECTURES[arch]
     shapes = {t.name: tuple(reversed(t.shape)) for t in reader.tensors}
     args = _model_args(meta, arch, shapes, path)
     # Before the slow part, so an unsupported vocabulary fails at once.
-    tokenizer = Tokenizer.from_gguf_fields({k: v for k, v in meta.items() if k.startswith("tokenizer.")})
+    tok_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
+    if spec.default_chat_template is not None:
+        tok_meta.setdefault("tokenizer.chat_template", spec.default_chat_template)
+    tokenizer = Tokenizer.from_gguf_fields(tok_meta)
 
     entries: dict[str, tuple[TensorInfo, tuple[int, ...], int | None]] = {}
     source_bits: dict[str, int] = {}
@@ -66,11 +104,13 @@ def read_gguf(path: str | Path) -> Checkpoint:
         if t.name == _ROPE_FREQS:
             rope_freqs = _dequantize(t, shapes[t.name])
             continue
-        name = hf_name(t.name)
+        name = hf_name(t.name, arch)
         if name is None:
-            raise ModelLoadError(f"unexpected tensor {t.name!r} in {path}: not a plain Llama checkpoint")
-        heads = args.n_heads if name.endswith("q_proj.weight") else (
-            args.n_kv_heads if name.endswith("k_proj.weight") else None)
+            raise ModelLoadError(f"unexpected tensor {t.name!r} in {path}: not a plain {arch} checkpoint")
+        heads = None
+        if spec.permuted_qk:
+            heads = args.n_heads if name.endswith("q_proj.weight") else (
+                args.n_kv_heads if name.endswith("k_proj.weight") else None)
         entries[name] = (t, shapes[t.name], heads)
         bits = quant_bits(t.tensor_type)
         if bits is not None:
@@ -101,6 +141,10 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         w = _dequantize(t, shape)
         return unpermute_rope_rows(w, rope_heads) if rope_heads is not None else w
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default would dequantize the tensor just to answer.
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
@@ -108,14 +152,15 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         return len(self._entries)
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face Llama name of a GGUF tensor, or None for one we do not know."""
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """The Hugging Face name of a GGUF tensor of architecture `arch`, or None for one we do not know."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
+    block_names = ARCHITECTURES[arch].block_names
     m = _BLOCK_RE.fullmatch(gguf_name)
-    if m is None or m.group(2) not in _BLOCK_NAMES:
+    if m is None or m.group(2) not in block_names:
         return None
-    return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.weight"
+    return f"model.layers.{m.group(1)}.{block_names[m.group(2)]}.weight"
 
 
 def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -152,11 +197,15 @@ def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ..
     rot = int(key("rope.dimension_count", head_dim))
     if rot != head_dim:
         raise ModelLoadError(f"{path}: partial rotary embeddings ({rot} of {head_dim} dims) are not supported")
+    n_layers = int(key("block_count"))
+    extra: dict[str, Any] = {}
+    if arch == "gemma3":
+        extra = _gemma3_args(meta, n_layers, dim, n_heads, head_dim, path)
     return ModelArgs(
         # The embedding's rows, not llama.vocab_size: older files omit the key, and rows are what ids index.
         vocab_size=shapes["token_embd.weight"][0],
         dim=dim,
-        n_layers=int(key("block_count")),
+        n_layers=n_layers,
         n_heads=n_heads,
         n_kv_heads=int(key("attention.head_count_kv", n_heads)),
         hidden_dim=int(key("feed_forward_length")),
@@ -166,7 +215,36 @@ def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ..
         max_seq_len=int(key("context_length", 2048)),
         tie_embeddings="output.weight" not in shapes,
         head_dim=head_dim,
+        arch=arch,
+        **extra,
     )
+
+
+def _gemma3_args(meta: dict[str, Any], n_layers: int, dim: int, n_heads: int, head_dim: int,
+                 path: Path) -> dict[str, Any]:
+    """Gemma 3's extra shape: which layers slide, over how many positions, and the attention scale.
+
+    GGUF files carry only the window; the rest is Gemma 3's fixed design, as llama.cpp and transformers
+    both assume it: every 6th layer full (unless `sliding_window_pattern` says otherwise), RoPE base
+    10000 on sliding layers, and queries scaled by head_dim ** -0.5 -- except in the 62-layer 27B model,
+    the one Gemma 3 whose query_pre_attn_scalar is dim / n_heads instead.
+    """
+    window = meta.get("gemma3.attention.sliding_window")
+    if window is None:
+        raise ModelLoadError(f"GGUF file {path} lacks metadata gemma3.attention.sliding_window")
+    pattern = meta.get("gemma3.attention.sliding_window_pattern", DEFAULT_SLIDING_PATTERN)
+    if isinstance(pattern, list):  # per layer: true where the layer slides
+        if len(pattern) != n_layers:
+            raise ModelLoadError(f"{path}: sliding_window_pattern has {len(pattern)} entries for {n_layers} layers")
+        layer_types = tuple(SLIDING if p else FULL for p in pattern)
+    else:
+        layer_types = layer_types_for_pattern(n_layers, int(pattern))
+    return {
+        "sliding_window": int(window),
+        "layer_types": layer_types,
+        "rope_local_theta": DEFAULT_LOCAL_THETA,
+        "query_pre_attn_scalar": float(dim // n_heads if n_layers == 62 else head_dim),
+    }
 
 
 def _rope_scaling(meta: dict[str, Any], arch: str) -> dict[str, Any] | None:

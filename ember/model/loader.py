@@ -1,14 +1,15 @@
-"""load_model: a checkpoint on disk -> a ready Llama module and its tokenizer.
+"""load_model: a checkpoint on disk -> a ready model module (Llama or Gemma 3) and its tokenizer.
 
-Checkpoint readers (gguf.py, hf.py) hand over tensors under Hugging Face Llama names; the differences
-from our module layout (fused qkv and gate_up, tied embeddings) are a mapping applied here, once.
+Checkpoint readers (gguf.py, hf.py) hand over tensors under Hugging Face names; the differences from our
+module layout (fused qkv and gate_up, tied embeddings) are a mapping applied here, once, per architecture
+(`FAMILIES`: the Llama mapping is below, Gemma 3's in gemma3.py).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,8 +18,10 @@ from torch import nn
 from tqdm import tqdm
 
 from ember.config import ModelConfig
+from ember.model import gemma3
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
+from ember.model.gemma3 import Gemma3
 from ember.model.llama import Llama, rope_inv_freq
 from ember.model.quant import kind_for_bits, quantize_model
 from ember.model.registry import ModelRef, resolve_model
@@ -27,7 +30,7 @@ from ember.tokenizer import Tokenizer
 
 @dataclass
 class LoadedModel:
-    model: Llama
+    model: Llama | Gemma3
     tokenizer: Tokenizer
     args: ModelArgs
     ref: ModelRef
@@ -64,16 +67,37 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None = None) -> Llama:
+@dataclass(frozen=True)
+class Family:
+    """One architecture's module class and its checkpoint -> module mapping."""
+
+    module: Callable[[ModelArgs], Llama | Gemma3]
+    module_state: Callable[[Checkpoint], Iterator[tuple[str, torch.Tensor]]]
+    """(module parameter name, tensor) pairs, one tensor at a time."""
+    linear_sources: Callable[[ModelArgs], dict[str, list[str]]]
+    """Module path of each Linear -> the checkpoint tensors fused into it."""
+    tensors_per_layer: int
+
+
+def family(args: ModelArgs) -> Family:
+    if args.arch == "gemma3":
+        return Family(Gemma3, gemma3.module_state, gemma3.linear_sources, gemma3.MODULE_TENSORS_PER_LAYER)
+    if args.arch == "llama":
+        return Family(Llama, iter_module_state, source_names, 7)
+    raise ValueError(f"no model for architecture {args.arch!r}")
+
+
+def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None = None) -> Llama | Gemma3:
     args = ckpt.args
     if cfg is not None and cfg.max_model_len is not None:
         args = replace(args, max_seq_len=cfg.max_model_len)
+    fam = family(args)
     with torch.device("meta"):
-        model = Llama(args)
+        model = fam.module(args)
     plan = quantization_plan(ckpt, cfg.quantization, device) if cfg is not None else {}
     # One weight at a time, quantized as soon as it is in place: the fp32 model is never whole in memory.
-    total = 3 + 7 * args.n_layers
-    bar = tqdm(iter_module_state(ckpt), total=total, desc=f"loading {Path(ckpt.source).name}", unit="tensor",
+    total = 3 + fam.tensors_per_layer * args.n_layers
+    bar = tqdm(fam.module_state(ckpt), total=total, desc=f"loading {Path(ckpt.source).name}", unit="tensor",
                file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
     for name, tensor in bar:
         path, _, pname = name.rpartition(".")
@@ -82,8 +106,13 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
         setattr(module, pname, nn.Parameter(weight, requires_grad=False))
         if plan.get(path, "none") != "none":
             quantize_model(model, {path: plan[path]})
-    # Non-persistent buffers are not in the state dict; rebuild them on the real device.
-    model.inv_freq = rope_inv_freq(args).to(device)
+    if isinstance(model, Gemma3):
+        model.rebuild_buffers(device)
+        if plan.get("lm_head", "none") != "none":  # the head no longer shares the fp32 table
+            model.quantize_embedding()
+    else:
+        # Non-persistent buffers are not in the state dict; rebuild them on the real device.
+        model.inv_freq = rope_inv_freq(args).to(device)
     model.eval().requires_grad_(False)
     return model
 
@@ -106,7 +135,7 @@ def quantization_plan(ckpt: Checkpoint, quantization: str, device: torch.device)
     "auto" keeps each weight at its file's precision, and only on CPU, where the packed kernels live;
     a fused module takes the widest precision among its parts.
     """
-    names = source_names(ckpt.args)
+    names = family(ckpt.args).linear_sources(ckpt.args)
     if quantization in ("int4", "int8"):
         return dict.fromkeys(names, quantization)
     if quantization != "auto" or device.type != "cpu":

