@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -41,15 +42,31 @@ def load() -> ModuleType | None:
         from torch.utils.cpp_extension import load as build
 
         log.info("loading native kernels (the first start on a machine compiles them, about 30 s)")
-        text = "".join(p.read_text() for p in SOURCES) + " ".join(CFLAGS)
+        # The build commands name the sources by absolute path, so two checkouts with equal sources
+        # would keep rebuilding one shared folder: the folder is keyed by where the sources are too.
+        text = "".join(p.read_text() for p in SOURCES) + " ".join(CFLAGS) + str(Path(__file__).parent)
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         # One build per environment (torch keys builds by its include paths, so two venvs sharing the
         # default ~/.cache directory would keep rebuilding each other's).
         where = Path(sys.prefix, "ember-kernels", digest)
         where.mkdir(parents=True, exist_ok=True)
+        _clear_stale_lock(where / "lock")
         return build(name=f"ember_kernels_{digest}", sources=[str(p) for p in SOURCES], extra_cflags=CFLAGS,
                      build_directory=str(where), verbose=False)
     except Exception as e:  # noqa: BLE001 - any build failure means: use the torch path
         log.warning("native kernels unavailable (%s); decode attention runs on torch ops",
                     str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)
         return None
+
+STALE_LOCK_S = 900.0
+"""A build holds its folder's lock for a minute or two; one older than this was left by a process killed
+mid-build, and torch would wait on it forever (a server start that hangs at "loading native kernels")."""
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            log.warning("removing a stale kernel build lock left by an interrupted build: %s", lock)
+            lock.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
