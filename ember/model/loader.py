@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ember.config import ModelConfig
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
+from ember.model.gguf_linear import block_modules
 from ember.model.llama import Llama, rope_inv_freq
 from ember.model.quant import kind_for_bits, quantize_model
 from ember.model.registry import ModelRef, resolve_model
@@ -34,28 +35,36 @@ class LoadedModel:
     device: torch.device
 
 
-def iter_module_state(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
+def attention_q_scale(args: ModelArgs) -> float:
+    """The attention scale folded into q (exact for head_dim 64: a power of two), so the decode path spends
+    no op on it."""
+    return 1.0 / math.sqrt(args.head_dim or 1)
+
+
+def iter_module_state(ckpt: Checkpoint, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
     """Hugging Face Llama tensor names -> this package's module names (fused projections), one tensor
-    at a time, so a lazy checkpoint is never whole in memory."""
+    at a time, so a lazy checkpoint is never whole in memory. Modules in `skip` are not read at all."""
     t, args = ckpt.tensors, ckpt.args
-    embed = t["model.embed_tokens.weight"]
-    yield "embed_tokens.weight", embed
+    if "embed_tokens" not in skip:
+        yield "embed_tokens.weight", t["model.embed_tokens.weight"]
     yield "norm.weight", t["model.norm.weight"]
-    yield "lm_head.weight", embed if args.tie_embeddings else t["lm_head.weight"]
-    del embed
+    if "lm_head" not in skip:
+        yield "lm_head.weight", t["model.embed_tokens.weight" if args.tie_embeddings else "lm_head.weight"]
     for i in range(args.n_layers):
-        p = f"model.layers.{i}."
-        yield f"layers.{i}.input_layernorm.weight", t[p + "input_layernorm.weight"]
-        yield f"layers.{i}.post_attention_layernorm.weight", t[p + "post_attention_layernorm.weight"]
-        # The attention scale is folded into q's rows (exact for head_dim 64: a power of two), so the
-        # decode path spends no op on it.
-        q = t[p + "self_attn.q_proj.weight"] * (1.0 / math.sqrt(args.head_dim or 1))
-        yield f"layers.{i}.self_attn.qkv_proj.weight", torch.cat(
-            [q, t[p + "self_attn.k_proj.weight"], t[p + "self_attn.v_proj.weight"]], dim=0)
-        yield f"layers.{i}.self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
-        yield f"layers.{i}.mlp.gate_up_proj.weight", torch.cat(
-            [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
-        yield f"layers.{i}.mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
+        p, m = f"model.layers.{i}.", f"layers.{i}."
+        yield m + "input_layernorm.weight", t[p + "input_layernorm.weight"]
+        yield m + "post_attention_layernorm.weight", t[p + "post_attention_layernorm.weight"]
+        if m + "self_attn.qkv_proj" not in skip:
+            q = t[p + "self_attn.q_proj.weight"] * attention_q_scale(args)
+            yield m + "self_attn.qkv_proj.weight", torch.cat(
+                [q, t[p + "self_attn.k_proj.weight"], t[p + "self_attn.v_proj.weight"]], dim=0)
+        if m + "self_attn.o_proj" not in skip:
+            yield m + "self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
+        if m + "mlp.gate_up_proj" not in skip:
+            yield m + "mlp.gate_up_proj.weight", torch.cat(
+                [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
+        if m + "mlp.down_proj" not in skip:
+            yield m + "mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,9 +80,17 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
     with torch.device("meta"):
         model = Llama(args)
     plan = quantization_plan(ckpt, cfg.quantization, device) if cfg is not None else {}
+    # GGUF block tensors run in place on the file's memory map wherever the block kernels can take them.
+    blocks = {}
+    if cfg is not None and cfg.quantization == "auto" and cfg.native_kernels and device.type == "cpu":
+        blocks = block_modules(ckpt.tensors, source_names(args), "model.embed_tokens.weight",
+                               attention_q_scale(args))
+    for path, module in blocks.items():
+        parent_path, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, child, module)
     # One weight at a time, quantized as soon as it is in place: the fp32 model is never whole in memory.
-    total = 3 + 7 * args.n_layers
-    bar = tqdm(iter_module_state(ckpt), total=total, desc=f"loading {Path(ckpt.source).name}", unit="tensor",
+    total = 3 + 7 * args.n_layers - len(blocks)
+    bar = tqdm(iter_module_state(ckpt, frozenset(blocks)), total=total, desc=f"loading {Path(ckpt.source).name}", unit="tensor",
                file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
     for name, tensor in bar:
         path, _, pname = name.rpartition(".")
