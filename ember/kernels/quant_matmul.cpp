@@ -52,6 +52,9 @@ inline float f16(const uint8_t* p) {
 
 // One decoded row: q[K], lane scales s8[K/32 * 8] (lanes 0-3 cover values 0-15 of a block, lanes 4-7
 // values 16-31: the int32 lanes of a 32-byte dot product) and off[K/32].
+// The AVX-512 path decodes q + 128 (unsigned, as dpbusd wants its first operand; stored as q ^ 0x80) and
+// starts each lane's integer sum at the activation side's -128 * (sum of the lane's four x) to take the
+// 128 back out: the same integer as the signed product, with nothing extra per weight row.
 struct RowView {
   int8_t* q;
   float* s8;
@@ -75,7 +78,8 @@ inline void scale_min_k4(int j, const uint8_t* s, int* sc, int* mn) {
 }
 
 // Decodes one stored block (32 or 256 values) into `out` starting at its block index `b32`.
-void decode_block(int64_t qtype, const uint8_t* p, RowView out, int64_t b32) {
+template <int64_t qtype>
+inline void decode_block(const uint8_t* p, RowView out, int64_t b32) {
   int8_t* q = out.q + b32 * QK;
   float* s8 = out.s8 + b32 * 8;
   float* off = out.off + b32;
@@ -174,17 +178,69 @@ void decode_block(int64_t qtype, const uint8_t* p, RowView out, int64_t b32) {
   }
 }
 
-void decode_row(int64_t qtype, const uint8_t* row, int64_t K, RowView out) {
-  Format f = format_of(qtype);
-  int64_t per = f.block_values / QK;
-  for (int64_t b = 0; b < K / f.block_values; ++b) decode_block(qtype, row + b * f.block_bytes, out, b * per);
+template <int64_t qtype>
+void decode_row_t(const uint8_t* row, int64_t K, RowView out) {
+  const Format f = format_of(qtype);
+  const int64_t per = f.block_values / QK;
+  for (int64_t b = 0; b < K / f.block_values; ++b) decode_block<qtype>(row + b * f.block_bytes, out, b * per);
 }
+
+// The 32-wide formats SmolLM2 and most small models use, decoded 32 values per few vector ops; the same
+// values decode_block<> writes.
+__attribute__((target("avx2,f16c,fma"))) bool decode_row_avx2(int64_t qtype, const uint8_t* row, int64_t K,
+                                                             RowView out, bool flip) {
+  if (qtype != Q4_0 && qtype != Q4_1 && qtype != Q8_0) return false;
+  const Format f = format_of(qtype);
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(flip ? 0x80 : 0));
+  const __m128i low = _mm_set1_epi8(0x0F);
+  for (int64_t b = 0; b < K / QK; ++b) {
+    const uint8_t* p = row + b * f.block_bytes;
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const float d = _cvtsh_ss(h);
+    __m256i q;
+    if (qtype == Q8_0) {
+      q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+      out.off[b] = 0.f;
+    } else {
+      const uint8_t* qs = p + (qtype == Q4_1 ? 4 : 2);
+      __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+      __m256i n = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));
+      q = _mm256_sub_epi8(n, _mm256_set1_epi8(8));
+      if (qtype == Q4_1) {
+        std::memcpy(&h, p + 2, 2);
+        out.off[b] = _cvtsh_ss(h) + 8.f * d;
+      } else {
+        out.off[b] = 0.f;
+      }
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out.q + b * QK), _mm256_xor_si256(q, bias));
+    _mm256_storeu_ps(out.s8 + 8 * b, _mm256_set1_ps(d));
+  }
+  return true;
+}
+
+void decode_row(int64_t qtype, const uint8_t* row, int64_t K, RowView out) {
+  switch (qtype) {
+    case Q4_0: return decode_row_t<Q4_0>(row, K, out);
+    case Q4_1: return decode_row_t<Q4_1>(row, K, out);
+    case Q5_0: return decode_row_t<Q5_0>(row, K, out);
+    case Q8_0: return decode_row_t<Q8_0>(row, K, out);
+    case Q4_K: return decode_row_t<Q4_K>(row, K, out);
+    case Q5_K: return decode_row_t<Q5_K>(row, K, out);
+    case Q6_K: return decode_row_t<Q6_K>(row, K, out);
+    default: TORCH_CHECK(false, "quant_matmul: unsupported GGML type ", qtype);
+  }
+}
+
+bool has_offset(int64_t qtype) { return qtype == Q4_1 || qtype == Q4_K || qtype == Q5_K; }
 
 // One quantized activation row: xq[K], dx[K/32] and the exact float sum of each block's values.
 struct ActView {
   const int8_t* q;
   const float* d;
   const float* sum;
+  const int32_t* corr;  // -128 * each lane's sum of four q (see RowView)
 };
 
 float dot_portable(const RowView& w, const ActView& x, int64_t nb) {
@@ -228,33 +284,49 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const RowView& w, const ActVi
   return hsum256(acc) + macc;
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma"))) float dot_avx512vnni(
-    const RowView& w, const ActView& x, int64_t nb) {
-  __m512 acc = _mm512_setzero_ps();
-  float macc = 0.f;
+constexpr int64_t TILE_ROWS = 16;  // weight rows decoded together, then dotted with every activation row
+
+#define EMBER_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+
+// acc[r] += sum_b offT[b][r] * sum[b] for the TILE_ROWS rows of a tile at once (offT: the tile's offsets,
+// transposed), so the offset term costs no horizontal sum per output.
+EMBER_AVX512 inline void add_offsets_avx512(const float* offT, const float* sum, int64_t nb, float* acc) {
+  static_assert(TILE_ROWS == 16, "one zmm of offsets per block");
+  __m512 a = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) a = _mm512_fmadd_ps(_mm512_loadu_ps(offT + 16 * b), _mm512_set1_ps(sum[b]), a);
+  _mm512_storeu_ps(acc, _mm512_add_ps(_mm512_loadu_ps(acc), a));
+}
+
+// R weight rows against one activation row, sharing its loads; each row's accumulator sees exactly the
+// operations it would see alone (R only interleaves them), so grouping never changes a result.
+template <int R>
+EMBER_AVX512 void dot_rows_avx512vnni(const RowView* w, const ActView& x, int64_t nb, float* y) {
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
   int64_t b = 0;
   for (; b + 2 <= nb; b += 2) {
-    __m512i wq = _mm512_loadu_si512(w.q + b * QK);
-    __m512i xq = _mm512_loadu_si512(x.q + b * QK);
-    __mmask64 neg = _mm512_movepi8_mask(wq);
-    __m512i xs = _mm512_mask_sub_epi8(xq, neg, _mm512_setzero_si512(), xq);
-    __m512i p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(wq), xs);
+    __m512i xv = _mm512_loadu_si512(x.q + b * QK);
+    __m512i xc = _mm512_loadu_si512(x.corr + 8 * b);
     __m512 dx = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_set1_ps(x.d[b])), _mm256_set1_ps(x.d[b + 1]), 1);
-    __m512 s = _mm512_mul_ps(_mm512_loadu_ps(w.s8 + 8 * b), dx);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), s, acc);
-    macc += w.off[b] * x.sum[b];
-    macc += w.off[b + 1] * x.sum[b + 1];
+    for (int r = 0; r < R; ++r) {
+      __m512i p = _mm512_dpbusd_epi32(xc, _mm512_loadu_si512(w[r].q + b * QK), xv);
+      acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(p), _mm512_loadu_ps(w[r].s8 + 8 * b)), dx, acc[r]);
+    }
   }
-  __m256 acc8 = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm512_extractf32x8_ps(acc, 1));
+  __m256 acc8[R];
+  for (int r = 0; r < R; ++r) acc8[r] = _mm256_add_ps(_mm512_castps512_ps256(acc[r]), _mm512_extractf32x8_ps(acc[r], 1));
   if (b < nb) {  // an odd block count: the last block on 256-bit VNNI
-    __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.q + b * QK));
-    __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + b * QK));
-    __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(w.s8 + 8 * b), _mm256_set1_ps(x.d[b]));
-    acc8 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), s, acc8);
-    macc += w.off[b] * x.sum[b];
+    __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + b * QK));
+    __m256i xc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.corr + 8 * b));
+    __m256 dx = _mm256_set1_ps(x.d[b]);
+    for (int r = 0; r < R; ++r) {
+      __m256i p = _mm256_dpbusd_epi32(xc, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r].q + b * QK)), xv);
+      acc8[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_loadu_ps(w[r].s8 + 8 * b)), dx, acc8[r]);
+    }
   }
-  return hsum256(acc8) + macc;
+  for (int r = 0; r < R; ++r) {
+    y[r] = hsum256(acc8[r]);
+  }
 }
 
 using DotFn = float (*)(const RowView&, const ActView&, int64_t);
@@ -280,10 +352,10 @@ int64_t best_isa() {
 DotFn dot_for(int64_t isa) {
   if (isa < 0) isa = best_isa();
   TORCH_CHECK(isa_available(isa), "quant_matmul: ISA ", isa, " is not available on this CPU");
-  return isa == AVX512VNNI ? dot_avx512vnni : (isa == AVX2 ? dot_avx2 : dot_portable);
+  // AVX-512 VNNI runs dot_rows_avx512vnni over groups of rows instead (its caller checks first).
+  return isa == AVX2 ? dot_avx2 : dot_portable;
 }
 
-constexpr int64_t TILE_ROWS = 16;  // weight rows decoded together, then dotted with every activation row
 
 }  // namespace
 
@@ -296,6 +368,8 @@ std::vector<torch::Tensor> quant_activations(torch::Tensor x) {
   auto xq = torch::empty({M, K}, torch::kInt8);
   auto xd = torch::empty({M, nb}, torch::kFloat32);
   auto xs = torch::empty({M, nb}, torch::kFloat32);
+  auto xc = torch::empty({M, K / 4}, torch::kInt32);
+  int32_t* pc = xc.data_ptr<int32_t>();
   const float* px = x.data_ptr<float>();
   int8_t* pq = xq.data_ptr<int8_t>();
   float* pd = xd.data_ptr<float>();
@@ -310,16 +384,21 @@ std::vector<torch::Tensor> quant_activations(torch::Tensor x) {
       }
       float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
       for (int j = 0; j < QK; ++j) pq[i * QK + j] = static_cast<int8_t>(std::nearbyint(v[j] * inv));
+      for (int j = 0; j < QK / 4; ++j) {
+        const int8_t* l = pq + i * QK + 4 * j;
+        pc[i * (QK / 4) + j] = -128 * (int32_t(l[0]) + l[1] + l[2] + l[3]);
+      }
       pd[i] = d;
       ps[i] = sum;
     }
   });
-  return {xq, xd, xs};
+  return {xq, xd, xs, xc};
 }
 
 // out[m, n] = scale * dot(x_m, W[rows[n]]) (rows empty: n itself). out may be a column slice of a wider
 // tensor (unit column stride), so a fused projection's parts write straight into their columns.
-void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::Tensor w, int64_t qtype,
+void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::Tensor xc, torch::Tensor w,
+                  int64_t qtype,
                   torch::Tensor rows, double scale, torch::Tensor out, int64_t isa) {
   const int64_t M = xq.size(0), K = xq.size(1), nb = K / QK;
   Format f = format_of(qtype);
@@ -327,6 +406,10 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
   TORCH_CHECK(K % f.block_values == 0 && w.size(1) == K / f.block_values * f.block_bytes,
               "quant_matmul: w's row bytes do not match K=", K, " for type ", qtype);
   TORCH_CHECK(w.stride(1) == 1, "quant_matmul: w rows must be contiguous");
+  TORCH_CHECK(xq.scalar_type() == torch::kInt8 && xq.is_contiguous() && K % QK == 0 &&
+                  xd.numel() == M * nb && xs.numel() == M * nb && xc.numel() == M * (K / 4) && xd.is_contiguous() &&
+                  xs.is_contiguous() && xc.is_contiguous() && xc.scalar_type() == torch::kInt32,
+              "quant_matmul: pass quant_activations' four tensors unchanged");
   TORCH_CHECK(out.scalar_type() == torch::kFloat32 && out.dim() == 2 && out.size(0) == M && out.stride(1) == 1,
               "quant_matmul: out must be float32 [M, N] with unit column stride");
   const int64_t N = out.size(1);
@@ -338,11 +421,15 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
     for (int64_t n = 0; n < N; ++n) TORCH_CHECK(prow[n] >= 0 && prow[n] < w.size(0), "quant_matmul: bad row index");
   }
   DotFn dot = dot_for(isa);
+  const int64_t chosen = isa < 0 ? best_isa() : isa;
+  const bool vnni = chosen == AVX512VNNI;
+  const bool offset = has_offset(qtype);
   const uint8_t* pw = w.data_ptr<uint8_t>();
   const int64_t wstride = w.stride(0), ostride = out.stride(0);
   const int8_t* pq = xq.data_ptr<int8_t>();
   const float* pd = xd.data_ptr<float>();
   const float* ps = xs.data_ptr<float>();
+  const int32_t* pc = xc.data_ptr<int32_t>();
   float* po = out.data_ptr<float>();
   const float sc = static_cast<float>(scale);
   // Enough rows per task that each thread decodes whole tiles and the fork is worth it at M = 1.
@@ -350,18 +437,35 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
     std::vector<int8_t> q(TILE_ROWS * K);
     std::vector<float> s8(TILE_ROWS * nb * 8), off(TILE_ROWS * nb);
+    std::vector<float> offT(vnni ? nb * TILE_ROWS : 0);
+    RowView tile[TILE_ROWS];
+    for (int64_t r = 0; r < TILE_ROWS; ++r) tile[r] = {q.data() + r * K, s8.data() + r * nb * 8, off.data() + r * nb};
     for (int64_t t0 = begin; t0 < end; t0 += TILE_ROWS) {
       const int64_t nt = std::min(TILE_ROWS, end - t0);
       for (int64_t r = 0; r < nt; ++r) {
         const int64_t src = gather ? prow[t0 + r] : t0 + r;
-        decode_row(qtype, pw + src * wstride, K, {q.data() + r * K, s8.data() + r * nb * 8, off.data() + r * nb});
+        if (chosen == PORTABLE || !decode_row_avx2(qtype, pw + src * wstride, K, tile[r], vnni)) {
+          decode_row(qtype, pw + src * wstride, K, tile[r]);
+          if (vnni)
+            for (int64_t j = 0; j < K; ++j) tile[r].q[j] = static_cast<int8_t>(tile[r].q[j] ^ 0x80);
+        }
+      }
+      if (vnni && offset) {
+        for (int64_t b = 0; b < nb; ++b)
+          for (int64_t r = 0; r < TILE_ROWS; ++r) offT[b * TILE_ROWS + r] = r < nt ? tile[r].off[b] : 0.f;
       }
       for (int64_t m = 0; m < M; ++m) {
-        ActView a{pq + m * K, pd + m * nb, ps + m * nb};
+        ActView a{pq + m * K, pd + m * nb, ps + m * nb, pc + m * (K / 4)};
         float* y = po + m * ostride + t0;
-        for (int64_t r = 0; r < nt; ++r) {
-          RowView wr{q.data() + r * K, s8.data() + r * nb * 8, off.data() + r * nb};
-          y[r] = sc * dot(wr, a, nb);
+        if (vnni) {
+          alignas(64) float v[TILE_ROWS] = {};
+          int64_t r = 0;
+          for (; r + 4 <= nt; r += 4) dot_rows_avx512vnni<4>(tile + r, a, nb, v + r);
+          for (; r < nt; ++r) dot_rows_avx512vnni<1>(tile + r, a, nb, v + r);
+          if (offset) add_offsets_avx512(offT.data(), a.sum, nb, v);
+          for (r = 0; r < nt; ++r) y[r] = sc * v[r];
+        } else {
+          for (int64_t r = 0; r < nt; ++r) y[r] = sc * dot(tile[r], a, nb);
         }
       }
     }
@@ -397,5 +501,23 @@ std::vector<int64_t> quant_isas() {
   std::vector<int64_t> out;
   for (int64_t isa : {PORTABLE, AVX2, AVX512VNNI})
     if (isa_available(isa)) out.push_back(isa);
+  return out;
+}
+
+// A whole (possibly fused) Linear in one call: x quantized once, then each part into its own columns.
+torch::Tensor quant_linear(torch::Tensor x, std::vector<torch::Tensor> ws, std::vector<int64_t> qtypes,
+                           std::vector<torch::Tensor> rows, std::vector<double> scales, int64_t isa) {
+  TORCH_CHECK(ws.size() == qtypes.size() && ws.size() == rows.size() && ws.size() == scales.size(),
+              "quant_linear: one qtype, row index and scale per part");
+  auto act = quant_activations(x);
+  int64_t n = 0;
+  for (size_t i = 0; i < ws.size(); ++i) n += rows[i].numel() ? rows[i].numel() : ws[i].size(0);
+  auto out = torch::empty({x.size(0), n}, torch::kFloat32);
+  int64_t col = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    const int64_t ni = rows[i].numel() ? rows[i].numel() : ws[i].size(0);
+    quant_matmul(act[0], act[1], act[2], act[3], ws[i], qtypes[i], rows[i], scales[i], out.narrow(1, col, ni), isa);
+    col += ni;
+  }
   return out;
 }

@@ -81,22 +81,19 @@ class GGUFLinear(nn.Module):
         self.out_features = sum(p.out_features for p in parts)
         self.isa = quant_isa()
         self._kernels = _module()
-        self._no_rows = torch.empty(0, dtype=torch.int64)
+        # The per-part arguments of quant_linear, built once: a decode step pays one call per Linear.
+        no_rows = torch.empty(0, dtype=torch.int64)
+        self._data = [p.data for p in parts]
+        self._qtypes = [p.qtype for p in parts]
+        self._rows = [p.rows if p.rows is not None else no_rows for p in parts]
+        self._scales = [p.scale for p in parts]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
-        k = self._kernels
-        # Quantized once for every part: each row's int8 blocks, their scales and exact sums.
-        xq, xd, xs = k.quant_activations(x2)
-        y = torch.empty(x2.shape[0], self.out_features, dtype=torch.float32)
-        col = 0
-        for p in self.parts:
-            n = p.out_features
-            rows = p.rows if p.rows is not None else self._no_rows
-            k.quant_matmul(xq, xd, xs, p.data, p.qtype, rows, p.scale, y[:, col : col + n], self.isa)
-            col += n
-        return y.reshape(*lead, self.out_features)
+        # x is quantized once for every part (int8 blocks, their scales and exact sums); each part writes
+        # its own columns.
+        y = self._kernels.quant_linear(x2, self._data, self._qtypes, self._rows, self._scales, self.isa)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         kinds = ",".join(_Q(p.qtype).name for p in self.parts)
