@@ -107,6 +107,10 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         t, _, rope_heads = self._entries[name]
         return t, rope_heads
 
+    def __contains__(self, name: object) -> bool:
+        # Mapping's default would dequantize the tensor to answer (check_complete asks for every one).
+        return name in self._entries
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries)
 
