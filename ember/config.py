@@ -17,8 +17,9 @@ class ModelConfig:
     dtype: str = "float32"
     """Activation dtype of the dense path: float32 on CPU (bf16 matmuls have no fast CPU path here)."""
     quantization: str = "auto"
-    """Weight-only quantization after loading: "auto" (each weight at its file's precision: a Q4 GGUF
-    tensor -> int4, Q8/Q6 -> int8, floats stay fp32; CPU only), "int4", "int8" or "none" (fp32)."""
+    """Weight-only quantization after loading: "auto" (GGUF block tensors run in place on the mapped file
+    with ember's block kernels, model/gguf_linear.py; any other weight at its file's precision: Q4 -> int4,
+    Q8/Q6 -> int8, floats stay fp32; CPU only), "int4", "int8" or "none" (fp32)."""
     max_model_len: int | None = None
     """Context window served; None = the checkpoint's own."""
     native_kernels: bool = True

@@ -141,8 +141,14 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         w = _dequantize(t, shape)
         return unpermute_rope_rows(w, rope_heads) if rope_heads is not None else w
 
+    def block(self, name: str) -> tuple[TensorInfo, int | None]:
+        """The stored tensor behind `name`, and the head count its rows were RoPE-permuted over (None: they
+        were not), for kernels that read the file's blocks themselves."""
+        t, _, rope_heads = self._entries[name]
+        return t, rope_heads
+
     def __contains__(self, name: object) -> bool:
-        # Mapping's default would dequantize the tensor just to answer.
+        # Mapping's default would dequantize the tensor to answer (check_complete asks for every one).
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

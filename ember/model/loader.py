@@ -22,6 +22,7 @@ from ember.model import gemma3
 from ember.model.args import ModelArgs
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.gemma3 import Gemma3
+from ember.model.gguf_linear import block_modules
 from ember.model.llama import Llama, rope_inv_freq
 from ember.model.quant import kind_for_bits, quantize_model
 from ember.model.registry import ModelRef, resolve_model
@@ -37,28 +38,36 @@ class LoadedModel:
     device: torch.device
 
 
-def iter_module_state(ckpt: Checkpoint) -> Iterator[tuple[str, torch.Tensor]]:
+def attention_q_scale(args: ModelArgs) -> float:
+    """The attention scale folded into q (exact for head_dim 64: a power of two), so the decode path spends
+    no op on it."""
+    return 1.0 / math.sqrt(args.head_dim or 1)
+
+
+def iter_module_state(ckpt: Checkpoint, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
     """Hugging Face Llama tensor names -> this package's module names (fused projections), one tensor
-    at a time, so a lazy checkpoint is never whole in memory."""
+    at a time, so a lazy checkpoint is never whole in memory. Modules in `skip` are not read at all."""
     t, args = ckpt.tensors, ckpt.args
-    embed = t["model.embed_tokens.weight"]
-    yield "embed_tokens.weight", embed
+    if "embed_tokens" not in skip:
+        yield "embed_tokens.weight", t["model.embed_tokens.weight"]
     yield "norm.weight", t["model.norm.weight"]
-    yield "lm_head.weight", embed if args.tie_embeddings else t["lm_head.weight"]
-    del embed
+    if "lm_head" not in skip:
+        yield "lm_head.weight", t["model.embed_tokens.weight" if args.tie_embeddings else "lm_head.weight"]
     for i in range(args.n_layers):
-        p = f"model.layers.{i}."
-        yield f"layers.{i}.input_layernorm.weight", t[p + "input_layernorm.weight"]
-        yield f"layers.{i}.post_attention_layernorm.weight", t[p + "post_attention_layernorm.weight"]
-        # The attention scale is folded into q's rows (exact for head_dim 64: a power of two), so the
-        # decode path spends no op on it.
-        q = t[p + "self_attn.q_proj.weight"] * (1.0 / math.sqrt(args.head_dim or 1))
-        yield f"layers.{i}.self_attn.qkv_proj.weight", torch.cat(
-            [q, t[p + "self_attn.k_proj.weight"], t[p + "self_attn.v_proj.weight"]], dim=0)
-        yield f"layers.{i}.self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
-        yield f"layers.{i}.mlp.gate_up_proj.weight", torch.cat(
-            [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
-        yield f"layers.{i}.mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
+        p, m = f"model.layers.{i}.", f"layers.{i}."
+        yield m + "input_layernorm.weight", t[p + "input_layernorm.weight"]
+        yield m + "post_attention_layernorm.weight", t[p + "post_attention_layernorm.weight"]
+        if m + "self_attn.qkv_proj" not in skip:
+            q = t[p + "self_attn.q_proj.weight"] * attention_q_scale(args)
+            yield m + "self_attn.qkv_proj.weight", torch.cat(
+                [q, t[p + "self_attn.k_proj.weight"], t[p + "self_attn.v_proj.weight"]], dim=0)
+        if m + "self_attn.o_proj" not in skip:
+            yield m + "self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
+        if m + "mlp.gate_up_proj" not in skip:
+            yield m + "mlp.gate_up_proj.weight", torch.cat(
+                [t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]], dim=0)
+        if m + "mlp.down_proj" not in skip:
+            yield m + "mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,18 +81,21 @@ class Family:
     """One architecture's module class and its checkpoint -> module mapping."""
 
     module: Callable[[ModelArgs], Llama | Gemma3]
-    module_state: Callable[[Checkpoint], Iterator[tuple[str, torch.Tensor]]]
-    """(module parameter name, tensor) pairs, one tensor at a time."""
+    module_state: Callable[[Checkpoint, frozenset[str]], Iterator[tuple[str, torch.Tensor]]]
+    """(module parameter name, tensor) pairs, one tensor at a time, leaving out the modules named."""
     linear_sources: Callable[[ModelArgs], dict[str, list[str]]]
     """Module path of each Linear -> the checkpoint tensors fused into it."""
     tensors_per_layer: int
+    q_scale: Callable[[ModelArgs], float]
+    """What multiplies q's projection rows (Llama folds the attention scale there; Gemma 3 into q's norm)."""
 
 
 def family(args: ModelArgs) -> Family:
     if args.arch == "gemma3":
-        return Family(Gemma3, gemma3.module_state, gemma3.linear_sources, gemma3.MODULE_TENSORS_PER_LAYER)
+        return Family(Gemma3, gemma3.module_state, gemma3.linear_sources, gemma3.MODULE_TENSORS_PER_LAYER,
+                      lambda _: 1.0)
     if args.arch == "llama":
-        return Family(Llama, iter_module_state, source_names, 7)
+        return Family(Llama, iter_module_state, source_names, 7, attention_q_scale)
     raise ValueError(f"no model for architecture {args.arch!r}")
 
 
@@ -95,9 +107,18 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
     with torch.device("meta"):
         model = fam.module(args)
     plan = quantization_plan(ckpt, cfg.quantization, device) if cfg is not None else {}
+    # GGUF block tensors run in place on the file's memory map wherever the block kernels can take them.
+    blocks = {}
+    if cfg is not None and cfg.quantization == "auto" and cfg.native_kernels and device.type == "cpu":
+        blocks = block_modules(ckpt.tensors, fam.linear_sources(args), "model.embed_tokens.weight",
+                               fam.q_scale(args))
+    for path, module in blocks.items():
+        parent_path, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent_path) if parent_path else model, child, module)
     # One weight at a time, quantized as soon as it is in place: the fp32 model is never whole in memory.
-    total = 3 + fam.tensors_per_layer * args.n_layers
-    bar = tqdm(fam.module_state(ckpt), total=total, desc=f"loading {Path(ckpt.source).name}", unit="tensor",
+    total = 3 + fam.tensors_per_layer * args.n_layers - len(blocks)
+    bar = tqdm(fam.module_state(ckpt, frozenset(blocks)), total=total, desc=f"loading {Path(ckpt.source).name}",
+               unit="tensor",
                file=sys.stderr, disable=not sys.stderr.isatty(), leave=False)
     for name, tensor in bar:
         path, _, pname = name.rpartition(".")

@@ -10,7 +10,9 @@ fp32 input), so activations are cast to bf16 around them. Measured per shape on 
 
 `auto` keeps each weight at the precision of its file: a GGUF Q4_1 tensor (w = d*q + m over 32-wide
 groups) becomes int4 with the same groups, which reproduces its values up to bf16 rounding of d and m;
-an 8-bit or 6-bit tensor becomes int8 over the same 32-wide groups; float tensors stay fp32.
+an 8-bit or 6-bit tensor becomes int8 over the same 32-wide groups; float tensors stay fp32. (With the
+native kernels built, `auto` runs GGUF block tensors on model/gguf_linear.py instead, straight from the
+file: these modules then serve safetensors checkpoints, forced int4/int8, and GGUF types those kernels lack.)
 """
 
 from __future__ import annotations

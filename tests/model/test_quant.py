@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ember.model.checkpoint import Checkpoint
+from ember.model.gguf_linear import GGUFEmbedding, GGUFLinear
 from ember.model.loader import LoadedModel, quantization_plan
 from ember.model.quant import ChannelInt8Linear, Int4Linear, Int8Linear, quantize_linear
 from tests.engine.test_engine import dense_logits
@@ -85,10 +86,17 @@ def test_auto_plan_follows_the_gguf(smol_checkpoint: Checkpoint) -> None:
 @pytest.mark.parametrize("prompt", ["The capital of France is", "def fibonacci(n):\n    ",
                                     "Write a haiku about the sea."])
 def test_served_model_agrees_with_fp32(smol: LoadedModel, smol_served: LoadedModel, prompt: str) -> None:
-    """The default (quantized) model picks the same next token as the exact fp32 one at every prompt
-    position; logits differ by bf16 activation rounding only (measured max 0.4-0.75 on logits ~20)."""
-    assert any(isinstance(m, Int4Linear) for m in smol_served.model.modules())
+    """The default model (GGUF block kernels on the file's own Q4_1 / Q8_0 tensors) picks the same next
+    token as the exact fp32 one wherever fp32's top two are not a near tie, and its logits stay close. The
+    activations are rounded to 8-bit blocks of 32 (what llama.cpp does too): measured max logit error
+    0.9-1.13 on logits ~20, and fp32 near ties (top-2 margin 0.04) can flip."""
+    assert isinstance(smol_served.model.lm_head, GGUFLinear)
+    assert isinstance(smol_served.model.embed_tokens, GGUFEmbedding)
+    assert all(isinstance(m.self_attn.qkv_proj, GGUFLinear) for m in smol_served.model.layers)
     ids = smol.tokenizer.encode(prompt)
     a, b = dense_logits(smol, ids), dense_logits(smol_served, ids)
-    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    top = a.topk(2, dim=-1).values
+    clear = (top[:, 0] - top[:, 1]) > 0.5
+    assert clear.sum() >= 2
+    assert torch.equal(a.argmax(-1)[clear], b.argmax(-1)[clear])
     assert (a - b).abs().max().item() < 1.5
