@@ -3,7 +3,7 @@
 # one-node Ray), ember bench at 1 and 8 streams. Leaves the Ray head of /tmp/ember-px/ray running: stop it
 # with `ember cluster down` (every Ray process of this user) or by its pids. Run from /tmp/ember-px.
 set -u
-E=/work/wt-cluster/.venv/bin/ember
+E="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/ember"
 B="--model smollm2-135m-instruct --prompt-tokens 64 --max-tokens 64 --no-progress"
 OMP_NUM_THREADS=1 $E serve --port 18600 --kv-cache-mb 64 --data-dir /tmp/ember-px/d1 > /tmp/ember-px/direct.log 2>&1 &
 P=$!
