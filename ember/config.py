@@ -70,11 +70,11 @@ class SchedulerConfig:
     """Most sequences in one running batch."""
     max_num_batched_tokens: int = 512
     """Per-step token budget: decodes take one each, prefills are chunked to fit what is left."""
-    background_tokens_when_busy: int = 4
+    background_tokens_when_busy: int = 2
     """Most tokens batch-job rows get in one step while interactive work is present (see busy_linger_steps).
-    A step's time grows with its rows (a CPU matmul works in blocks of a few rows), so this bounds how
+    A step's time grows with its rows , so this bounds how
     much slower each interactive step gets; at least 1, so batch rows always advance."""
-    background_seqs_when_busy: int = 4
+    background_seqs_when_busy: int = 2
     """Most batch-job rows in one step while interactive work is present; the other running rows keep their
     KV blocks and seats (until an interactive request needs them) and wait."""
     busy_linger_steps: int = 8
