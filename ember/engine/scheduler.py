@@ -136,7 +136,7 @@ class Scheduler:
         stalled = self._step_running(False, interactive, chosen, out)
         if not stalled:
             stalled = self._admit(self.waiting, interactive, chosen, out)
-        background = _Allowance(interactive.tokens, cfg.max_num_seqs)
+        background = _Allowance(min(interactive.tokens, cfg.background_step_tokens), cfg.max_num_seqs)
         if busy:
             background = _Allowance(min(interactive.tokens, cfg.background_tokens_when_busy),
                                     cfg.background_seqs_when_busy)

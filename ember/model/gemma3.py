@@ -210,15 +210,3 @@ def module_state(ckpt: Checkpoint, skip: frozenset[str] = frozenset()) -> Iterat
             yield m + "mlp.gate_up_proj.weight", torch.cat([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])
         if m + "mlp.down_proj" not in skip:
             yield m + "mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
-
-
-def linear_sources(args: ModelArgs) -> dict[str, list[str]]:
-    """Module path of each Linear -> the checkpoint tensors fused into it."""
-    out = {"lm_head": ["model.embed_tokens.weight" if args.tie_embeddings else "lm_head.weight"]}
-    for i in range(args.n_layers):
-        p = f"model.layers.{i}."
-        out[f"layers.{i}.self_attn.qkv_proj"] = [p + f"self_attn.{n}_proj.weight" for n in "qkv"]
-        out[f"layers.{i}.self_attn.o_proj"] = [p + "self_attn.o_proj.weight"]
-        out[f"layers.{i}.mlp.gate_up_proj"] = [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
-        out[f"layers.{i}.mlp.down_proj"] = [p + "mlp.down_proj.weight"]
-    return out

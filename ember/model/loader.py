@@ -92,7 +92,7 @@ class Family:
 
 def family(args: ModelArgs) -> Family:
     if args.arch == "gemma3":
-        return Family(Gemma3, gemma3.module_state, gemma3.linear_sources, gemma3.MODULE_TENSORS_PER_LAYER,
+        return Family(Gemma3, gemma3.module_state, source_names, gemma3.MODULE_TENSORS_PER_LAYER,
                       lambda _: 1.0)
     if args.arch == "llama":
         return Family(Llama, iter_module_state, source_names, 7, attention_q_scale)
@@ -139,7 +139,8 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
 
 
 def source_names(args: ModelArgs) -> dict[str, list[str]]:
-    """Module path of each Linear -> the checkpoint tensors fused into it."""
+    """Module path of each Linear -> the checkpoint tensors fused into it (the same fusions, under the
+    same Hugging Face names, for every architecture here)."""
     out = {"lm_head": ["model.embed_tokens.weight" if args.tie_embeddings else "lm_head.weight"]}
     for i in range(args.n_layers):
         p = f"model.layers.{i}."

@@ -16,10 +16,10 @@ from tests.engine.test_scheduler import BS, check_blocks, step
 TOKENS, SEATS, LINGER = 6, 3, 4
 
 
-def make(budget: int = 64, max_num_seqs: int = 16, num_blocks: int = 2000) -> Scheduler:
+def make(budget: int = 64, max_num_seqs: int = 16, num_blocks: int = 2000, batch_step: int = 512) -> Scheduler:
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                           background_tokens_when_busy=TOKENS, background_seqs_when_busy=SEATS,
-                          busy_linger_steps=LINGER)
+                          busy_linger_steps=LINGER, background_step_tokens=batch_step)
     return Scheduler(cfg, BlockPool(num_blocks, BS, True))
 
 
@@ -154,7 +154,22 @@ def test_an_interactive_request_evicts_a_waiting_batch_row_for_its_seat(detok) -
     assert len(bg) <= SEATS
 
 
+def test_batch_only_steps_are_bounded_by_background_step_tokens(detok) -> None:
+    """With no interactive work, batch rows still take at most background_step_tokens per step: an
+    interactive request that arrives mid-step waits for a short step, not a whole-budget prefill."""
+    s = make(budget=64, batch_step=20)
+    for i in range(4):
+        s.add(seq(detok, f"b{i}", 30, first=100 * i + 1, background=True))
+    fg, bg = split(step(s))
+    assert not fg and bg == {"b0": 20}
+    for _ in range(12):
+        fg, bg = split(step(s))
+        assert not fg and 0 < sum(bg.values()) <= 20
+        finish_done(s)
+
+
 @pytest.mark.parametrize("kw", [{"background_tokens_when_busy": 0}, {"background_seqs_when_busy": 0},
+                                {"background_step_tokens": 0},
                                 {"busy_linger_steps": -1}])
 def test_caps_that_would_starve_batch_rows_are_refused(kw: dict[str, int]) -> None:
     with pytest.raises(ValueError):
