@@ -23,15 +23,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="module")
 def transformers_gguf_model(smol_ref: ModelRef) -> Any:
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")  # transformers refuses GGUF files without it
+    import accelerate  # noqa: F401  transformers refuses GGUF files without it (a dev dependency)
+    import transformers
     return transformers.AutoModelForCausalLM.from_pretrained(
         str(smol_ref.path.parent), gguf_file=smol_ref.path.name, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
 def transformers_gguf_tokenizer(smol_ref: ModelRef) -> Any:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     return transformers.AutoTokenizer.from_pretrained(str(smol_ref.path.parent), gguf_file=smol_ref.path.name)
 
 
@@ -93,8 +93,7 @@ def gguf_name(hf_name: str) -> str:
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> TinyGGUF:
     import gguf
-
-    transformers = pytest.importorskip("transformers")
+    import transformers
     tokens, scores, types = spm_vocab()
     cfg = transformers.LlamaConfig(
         vocab_size=len(tokens), hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -161,13 +160,13 @@ def gemma(gemma_path: Path) -> Any:
 @pytest.fixture(scope="session")
 def gemma_hf_model(gemma_path: Path) -> Any:
     """transformers' Gemma3ForCausalLM from the same GGUF (its own dequantization and name mapping)."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")  # transformers refuses GGUF files without it
+    import accelerate  # noqa: F401  transformers refuses GGUF files without it (a dev dependency)
+    import transformers
     return transformers.AutoModelForCausalLM.from_pretrained(
         str(gemma_path.parent), gguf_file=gemma_path.name, dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="session")
 def gemma_hf_tokenizer(gemma_path: Path) -> Any:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     return transformers.AutoTokenizer.from_pretrained(str(gemma_path.parent), gguf_file=gemma_path.name)

@@ -26,8 +26,6 @@ from ember.model.loader import load_model
 from tests.engine.helpers import greedy, make_engine, req, run_all
 from tests.engine.test_engine import dense_logits
 
-transformers = pytest.importorskip("transformers")
-
 TOL = 2e-3
 LONG_TOL = 5e-3
 LONG = " ".join(f"Item {i}: the {['red', 'green', 'blue'][i % 3]} box holds {i * 7 % 13} marbles."

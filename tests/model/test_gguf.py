@@ -82,8 +82,8 @@ def test_tiny_gguf_gives_back_the_hf_state_exactly(tiny_gguf: Any) -> None:
 
 
 def test_tiny_gguf_matches_what_transformers_reads(tiny_gguf: Any) -> None:
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
+    import accelerate  # noqa: F401
+    import transformers
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(tiny_gguf.path.parent), gguf_file=tiny_gguf.path.name, dtype=torch.float32)
     ours = read_gguf(tiny_gguf.path).tensors
@@ -99,7 +99,7 @@ def test_gguf_is_found_by_magic_not_only_suffix(tiny_gguf: Any, tmp_path: Path) 
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_hf_dir_round_trip(smol_checkpoint: Checkpoint, tmp_path: Path, tied: bool) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
     tok = smol_checkpoint.tokenizer
     cfg = transformers.LlamaConfig(
         vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=48, num_hidden_layers=2,

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 
 from ember.model.loader import LoadedModel
 from ember.model.registry import ModelRef
 from tests.engine.helpers import greedy, make_engine, req, run_all
 from tests.engine.test_engine import dense_logits
-
-transformers = pytest.importorskip("transformers")
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):\n    ", "Once upon a time, in a land far away,"]
 
