@@ -286,7 +286,7 @@ __attribute__((target("avx2,fma"))) float dot_avx2(const RowView& w, const ActVi
 
 constexpr int64_t TILE_ROWS = 16;  // weight rows decoded together, then dotted with every activation row
 
-#define EMBER_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
+#define EMBER_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx512vnni,avx2,fma")))
 
 // acc[r] += sum_b offT[b][r] * sum[b] for the TILE_ROWS rows of a tile at once (offT: the tile's offsets,
 // transposed), so the offset term costs no horizontal sum per output.
@@ -338,7 +338,7 @@ bool isa_available(int64_t isa) {
     case AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case AVX512VNNI:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
              __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     default: return false;
   }
