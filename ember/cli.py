@@ -12,6 +12,7 @@ from ember.cli_admin import add_admin_commands, add_store_flags, run_admin, stor
 from ember.cli_jobs import add_jobs_commands, run_jobs
 from ember.config import (
     AUTH_MODES,
+    KV_CACHE_DTYPES,
     QUANTIZATIONS,
     BatchConfig,
     CacheConfig,
@@ -41,7 +42,10 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", default="auto", choices=list(QUANTIZATIONS),
                    help="weight-only quantization: auto keeps each weight at its file's precision")
     p.add_argument("--max-model-len", type=int, default=None, help="context window (default: the model's)")
-    p.add_argument("--kv-cache-mb", type=int, default=1024, help="memory budget of the KV cache")
+    p.add_argument("--kv-cache-mb", type=int, default=CacheConfig.kv_cache_mb,
+                   help="memory budget of the KV cache (default %(default)s MiB)")
+    p.add_argument("--kv-cache-dtype", default=CacheConfig.kv_cache_dtype, choices=list(KV_CACHE_DTYPES),
+                   help="how K and V are stored (float16: half the memory per token; default %(default)s)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
     p.add_argument("--no-native-kernels", action="store_true",
@@ -57,7 +61,7 @@ def _config(a: argparse.Namespace) -> Config:
     return Config(
         model=ModelConfig(model=a.model, device=a.device, quantization=a.quantization,
                           max_model_len=a.max_model_len, native_kernels=not a.no_native_kernels),
-        cache=CacheConfig(block_size=a.block_size, kv_cache_mb=a.kv_cache_mb,
+        cache=CacheConfig(block_size=a.block_size, kv_cache_mb=a.kv_cache_mb, kv_cache_dtype=a.kv_cache_dtype,
                           enable_prefix_caching=not a.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens),
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),

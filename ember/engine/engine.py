@@ -50,13 +50,14 @@ class Engine:
         self.spec = config.speculative
         self.device = loaded.device
         self.max_model_len = config.model.max_model_len or model.args.max_seq_len
-        per_block = ModelRunner.bytes_per_block(model.args, cache.block_size)
+        kv_dtype = getattr(torch, cache.kv_cache_dtype)
+        per_block = ModelRunner.bytes_per_block(model.args, cache.block_size, kv_dtype)
         self.kv_bytes_per_block = per_block
         num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
         self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler, self.pool)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, self.device,
-                                  native=config.model.native_kernels)
+                                  native=config.model.native_kernels, kv_dtype=kv_dtype)
         self.sampler = Sampler()
         self.grammars = GrammarCompiler(tokenizer)
         self.detok = Detokenizer(tokenizer)

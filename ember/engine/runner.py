@@ -45,7 +45,8 @@ def zeroed_cache(slots: int, width: int, dtype: torch.dtype, device: torch.devic
 
 class ModelRunner:
     def __init__(self, model: Llama, num_blocks: int, block_size: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32, native: bool = True) -> None:
+                 dtype: torch.dtype = torch.float32, native: bool = True,
+                 kv_dtype: torch.dtype = torch.float16) -> None:
         self.model = model
         self.block_size = block_size
         self.device = device
@@ -60,7 +61,8 @@ class ModelRunner:
             a.n_heads, a.n_kv_heads, a.head_dim, self.decode_pad, device, dtype)
         """Whether a decode row's attention is the same in any batch; if not, draft rows are re-attended
         over their own length so that verification reproduces plain decoding."""
-        self.kv_caches = [(zeroed_cache(slots, width, dtype, device), zeroed_cache(slots, width, dtype, device))
+        # K and V are stored in kv_dtype (rounded once, when written) and attended in `dtype`.
+        self.kv_caches = [(zeroed_cache(slots, width, kv_dtype, device), zeroed_cache(slots, width, kv_dtype, device))
                           for _ in range(a.n_layers)]
 
     @staticmethod

@@ -6,6 +6,7 @@
 // one call. Every row is computed alone, in a fixed order, so results do not depend on the batch.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <c10/util/Half.h>
 
 #include <cmath>
 
@@ -54,9 +55,52 @@ torch::Tensor add_rms_norm(torch::Tensor h, c10::optional<torch::Tensor> delta, 
   return out;
 }
 
+namespace {
+
+// float -> the cache's element: float32 as is, float16 (binary16 bits) rounded to nearest even, as
+// torch's .to(torch.float16) rounds.
+inline void store_as(float x, float* o) { *o = x; }
+inline void store_as(float x, uint16_t* o) { *o = c10::Half(x).x; }
+
+template <typename T>
+void rotate_and_store(const float* src, const float* cp, const float* sp, const int64_t* slot, float* qp, T* kc,
+                      T* vc, int64_t T_, int64_t H, int64_t KV, int64_t D) {
+  const int64_t half = D / 2, width = (H + 2 * KV) * D;
+  at::parallel_for(0, T_, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = src + t * width;
+      const float* c = cp + t * half;
+      const float* s = sp + t * half;
+      for (int64_t h = 0; h < H + KV; ++h) {
+        const float* x = row + h * D;
+        if (h < H) {
+          float* o = qp + (t * H + h) * D;
+          for (int64_t i = 0; i < half; ++i) {
+            const float x1 = x[i], x2 = x[i + half];
+            o[i] = x1 * c[i] - x2 * s[i];
+            o[i + half] = x2 * c[i] + x1 * s[i];
+          }
+        } else {
+          T* o = kc + slot[t] * KV * D + (h - H) * D;
+          for (int64_t i = 0; i < half; ++i) {
+            const float x1 = x[i], x2 = x[i + half];
+            store_as(x1 * c[i] - x2 * s[i], o + i);
+            store_as(x2 * c[i] + x1 * s[i], o + i + half);
+          }
+        }
+      }
+      const float* v = row + (H + KV) * D;
+      T* vo = vc + slot[t] * KV * D;
+      for (int64_t i = 0; i < KV * D; ++i) store_as(v[i], vo + i);
+    }
+  });
+}
+
+}  // namespace
+
 // qkv: [T, (H + 2 KV) * D] (q heads, then k heads, then v heads). Rotates q and k by rotate-half RoPE
-// with cos/sin [T, D/2], writes k and v into the caches ([slots, KV * D]) at `slots` [T], and returns the
-// rotated q as [T, H, D].
+// with cos/sin [T, D/2], writes k and v into the caches ([slots, KV * D], float32 or float16: rounded to
+// the cache's type) at `slots` [T], and returns the rotated q as [T, H, D].
 torch::Tensor rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, torch::Tensor k_cache,
                             torch::Tensor v_cache, torch::Tensor slots, int64_t n_heads, int64_t n_kv_heads,
                             int64_t head_dim) {
@@ -69,36 +113,24 @@ torch::Tensor rope_write_kv(torch::Tensor qkv, torch::Tensor cos, torch::Tensor 
   TORCH_CHECK(cos.numel() == T * half && sin.numel() == T * half, "cos/sin must be [T, D/2]");
   TORCH_CHECK(slots.dtype() == torch::kInt64 && slots.numel() == T, "slots must be int64 [T]");
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous() && k_cache.size(1) == KV * D &&
-              v_cache.size(1) == KV * D && k_cache.dtype() == torch::kFloat32, "caches must be [slots, KV*D]");
+              v_cache.size(1) == KV * D && k_cache.dtype() == v_cache.dtype() &&
+              (k_cache.dtype() == torch::kFloat32 || k_cache.dtype() == torch::kFloat16),
+              "caches must be [slots, KV*D], both float32 or both float16");
   auto q = torch::empty({T, H, D}, qkv.options());
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  const int64_t n_slots = k_cache.size(0);
+  for (int64_t t = 0; t < T; ++t) TORCH_CHECK(slot[t] >= 0 && slot[t] < n_slots, "slot outside the cache");
   const float* src = qkv.data_ptr<float>();
   const float* cp = cos.data_ptr<float>();
   const float* sp = sin.data_ptr<float>();
-  const int64_t* slot = slots.data_ptr<int64_t>();
   float* qp = q.data_ptr<float>();
-  float* kc = k_cache.data_ptr<float>();
-  float* vc = v_cache.data_ptr<float>();
-  const int64_t n_slots = k_cache.size(0), width = (H + 2 * KV) * D;
-  for (int64_t t = 0; t < T; ++t) TORCH_CHECK(slot[t] >= 0 && slot[t] < n_slots, "slot outside the cache");
-  at::parallel_for(0, T, kRowsPerTask, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const float* row = src + t * width;
-      const float* c = cp + t * half;
-      const float* s = sp + t * half;
-      for (int64_t h = 0; h < H + KV; ++h) {
-        const float* x = row + h * D;
-        float* o = h < H ? qp + (t * H + h) * D : kc + slot[t] * KV * D + (h - H) * D;
-        for (int64_t i = 0; i < half; ++i) {
-          const float x1 = x[i], x2 = x[i + half];
-          o[i] = x1 * c[i] - x2 * s[i];
-          o[i + half] = x2 * c[i] + x1 * s[i];
-        }
-      }
-      const float* v = row + (H + KV) * D;
-      float* vo = vc + slot[t] * KV * D;
-      for (int64_t i = 0; i < KV * D; ++i) vo[i] = v[i];
-    }
-  });
+  if (k_cache.dtype() == torch::kFloat32) {
+    rotate_and_store<float>(src, cp, sp, slot, qp, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), T, H, KV,
+                            D);
+  } else {
+    rotate_and_store<uint16_t>(src, cp, sp, slot, qp, static_cast<uint16_t*>(k_cache.data_ptr()),
+                               static_cast<uint16_t*>(v_cache.data_ptr()), T, H, KV, D);
+  }
   return q;
 }
 

@@ -17,11 +17,14 @@
 // buffer spilled out of cache on long prompts).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -29,71 +32,92 @@ namespace {
 constexpr int64_t kTile = 16;
 constexpr int64_t kKeyBlock = 32;
 
-// 16 floats: one AVX-512 register, two AVX2 ones (GCC vector extension, no intrinsics: any x86).
-typedef float v16 __attribute__((vector_size(64)));
+// Vectors of kVW floats (GCC vector extension, no intrinsics: any x86): one AVX-512 register where the
+// build has AVX-512, else one AVX2 register. The kernels below keep at most ~12 of them live, which fits
+// AVX2's 16 registers (64-byte vectors there were two registers each and spilled: 10x slower on Zen 3).
+#if defined(__AVX512F__)
+constexpr int kVW = 16;
+constexpr int kValVecs = 4;  // value columns per pass: 4 vectors
+#else
+constexpr int kVW = 8;
+constexpr int kValVecs = 2;
+#endif
+constexpr int kScoreKeys = 16;  // keys per pass of block_scores
+typedef float vf __attribute__((vector_size(kVW * sizeof(float))));
+constexpr int kScoreVecs = kScoreKeys / kVW;
 
 // Scores of N heads of one row against one block of keys: s[n][j] = sum_d q[n][d] * kt[d][j], kt the
 // block's keys of their shared KV head transposed to [D, kKeyBlock] (64-byte aligned). Each score is one
-// chain of multiply-adds over d in order, whatever N and whatever the other heads: lanes run over keys.
+// chain of multiply-adds over d in order, whatever N, the other heads and the vector width: lanes run
+// over keys.
 template <int N>
 inline void block_scores(const float* q, const float* kt, int64_t D, float* s) {
-  v16 a[N][2] = {};
-  for (int64_t d = 0; d < D; ++d) {
-    const v16 k0 = *reinterpret_cast<const v16*>(kt + d * kKeyBlock);
-    const v16 k1 = *reinterpret_cast<const v16*>(kt + d * kKeyBlock + 16);
-    for (int n = 0; n < N; ++n) {
-      const float qd = q[n * D + d];
-      a[n][0] += qd * k0;
-      a[n][1] += qd * k1;
+  for (int64_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys) {
+    vf a[N][kScoreVecs] = {};
+    for (int64_t d = 0; d < D; ++d) {
+      vf k[kScoreVecs];
+      for (int c = 0; c < kScoreVecs; ++c) k[c] = *reinterpret_cast<const vf*>(kt + d * kKeyBlock + j0 + c * kVW);
+      for (int n = 0; n < N; ++n) {
+        const float qd = q[n * D + d];
+        for (int c = 0; c < kScoreVecs; ++c) a[n][c] += qd * k[c];
+      }
     }
-  }
-  for (int n = 0; n < N; ++n) {
-    *reinterpret_cast<v16*>(s + n * kKeyBlock) = a[n][0];
-    *reinterpret_cast<v16*>(s + n * kKeyBlock + 16) = a[n][1];
+    for (int n = 0; n < N; ++n)
+      for (int c = 0; c < kScoreVecs; ++c) *reinterpret_cast<vf*>(s + n * kKeyBlock + j0 + c * kVW) = a[n][c];
   }
 }
 
-inline v16 load16(const float* p) {
-  v16 x;
+inline vf loadv(const float* p) {
+  vf x;
   std::memcpy(&x, p, sizeof x);
   return x;
 }
 
-inline void store16(float* p, v16 x) { std::memcpy(p, &x, sizeof x); }
+inline void storev(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
+
+// n float16 values (IEEE binary16 bits) widened exactly to float32: 8 per F16C instruction where the build
+// has it (every AVX2 CPU does).
+inline void widen(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+#if defined(__F16C__)
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+#endif
+  for (; i < n; ++i) dst[i] = static_cast<float>(c10::Half(src[i], c10::Half::from_bits()));
+}
 
 // acc[n][d] += p[n][j] * v_j[d] for j = jlo..jhi-1 in order, for N heads sharing one KV head (vrows[j] + voff:
 // their values at block position j). Every element of acc is one chain of multiply-adds over j, kept in
-// registers for 64 (then 16, then 1) columns at a time.
+// registers for kValVecs vectors of columns (then one, then single columns) at a time.
 template <int N>
 inline void block_values(const float* p, const float* const* vrows, int64_t voff, int64_t jlo, int64_t jhi,
                          int64_t D, float* acc) {
+  constexpr int64_t W = kValVecs * kVW;
   int64_t d0 = 0;
-  for (; d0 + 64 <= D; d0 += 64) {
-    v16 a[N][4];
+  for (; d0 + W <= D; d0 += W) {
+    vf a[N][kValVecs];
     for (int n = 0; n < N; ++n)
-      for (int c = 0; c < 4; ++c) a[n][c] = load16(acc + n * D + d0 + 16 * c);
+      for (int c = 0; c < kValVecs; ++c) a[n][c] = loadv(acc + n * D + d0 + kVW * c);
     for (int64_t j = jlo; j < jhi; ++j) {
       const float* v = vrows[j] + voff + d0;
-      const v16 v0 = load16(v), v1 = load16(v + 16), v2 = load16(v + 32), v3 = load16(v + 48);
+      vf vv[kValVecs];
+      for (int c = 0; c < kValVecs; ++c) vv[c] = loadv(v + kVW * c);
       for (int n = 0; n < N; ++n) {
         const float pj = p[n * kKeyBlock + j];
-        a[n][0] += pj * v0;
-        a[n][1] += pj * v1;
-        a[n][2] += pj * v2;
-        a[n][3] += pj * v3;
+        for (int c = 0; c < kValVecs; ++c) a[n][c] += pj * vv[c];
       }
     }
     for (int n = 0; n < N; ++n)
-      for (int c = 0; c < 4; ++c) store16(acc + n * D + d0 + 16 * c, a[n][c]);
+      for (int c = 0; c < kValVecs; ++c) storev(acc + n * D + d0 + kVW * c, a[n][c]);
   }
-  for (; d0 + 16 <= D; d0 += 16) {
-    v16 a[N];
-    for (int n = 0; n < N; ++n) a[n] = load16(acc + n * D + d0);
+  for (; d0 + kVW <= D; d0 += kVW) {
+    vf a[N];
+    for (int n = 0; n < N; ++n) a[n] = loadv(acc + n * D + d0);
     for (int64_t j = jlo; j < jhi; ++j) {
-      const v16 v = load16(vrows[j] + voff + d0);
+      const vf v = loadv(vrows[j] + voff + d0);
       for (int n = 0; n < N; ++n) a[n] += p[n * kKeyBlock + j] * v;
     }
-    for (int n = 0; n < N; ++n) store16(acc + n * D + d0, a[n]);
+    for (int n = 0; n < N; ++n) storev(acc + n * D + d0, a[n]);
   }
   for (; d0 < D; ++d0) {
     for (int n = 0; n < N; ++n) {
@@ -164,15 +188,15 @@ __attribute__((noinline)) void row_block(const float* q, const float* kt, const 
 
 }  // namespace
 
-// q: [B, H, D] float32, already scaled by 1/sqrt(D). k_cache, v_cache: [slots, KV * D] float32.
+// q: [B, H, D] float32, already scaled by 1/sqrt(D). k_cache, v_cache: [slots, KV * D], float32 or float16.
 // tables: [B, max_blocks] int64 block ids. lens: [B] int64 context lengths (>= 1). window: 0 attends the
 // whole context; w > 0 attends only the last w positions (the query at position p = len - 1 sees keys
 // p - w + 1 .. p, Gemma's sliding layers). Returns [B, H, D].
-torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
-                                     torch::Tensor tables, torch::Tensor lens, int64_t block_size,
-                                     int64_t n_kv_heads, int64_t window) {
-  TORCH_CHECK(q.dtype() == torch::kFloat32 && k_cache.dtype() == torch::kFloat32 &&
-              v_cache.dtype() == torch::kFloat32, "float32 only");
+namespace {
+
+template <typename T>
+torch::Tensor attend(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor tables,
+                     torch::Tensor lens, int64_t block_size, int64_t n_kv_heads, int64_t window) {
   TORCH_CHECK(tables.dtype() == torch::kInt64 && lens.dtype() == torch::kInt64, "int64 tables and lens");
   q = q.contiguous();
   k_cache = k_cache.contiguous();
@@ -186,8 +210,10 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
   const int64_t slots = k_cache.size(0);
   auto out = torch::empty_like(q);
   const float* qp = q.data_ptr<float>();
-  const float* kp = k_cache.data_ptr<float>();
-  const float* vp = v_cache.data_ptr<float>();
+  const T* kp = static_cast<const T*>(k_cache.data_ptr());
+  const T* vp = static_cast<const T*>(v_cache.data_ptr());
+  // float32 V rows are read in place; 16-bit ones are widened once per block into vbuf.
+  constexpr bool wide = std::is_same_v<T, float>;
   const int64_t* tp = tables.data_ptr<int64_t>();
   const int64_t* lp = lens.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
@@ -218,6 +244,7 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
     float* sp = s.data() + ((16 - (reinterpret_cast<uintptr_t>(s.data()) / sizeof(float)) % 16) % 16);
     float* kt = sp + H * kKeyBlock;
     const float* vrows[kKeyBlock];
+    std::vector<float> vbuf(wide ? 0 : kKeyBlock * width), krow(wide ? 0 : width);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t tile = (i % 2 == 0) ? i / 2 : n_tiles - 1 - i / 2;
       const int64_t b0 = tile_start[tile], R = tile_start[tile + 1] - b0;
@@ -240,9 +267,17 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
           }
           const int64_t slot = table[t / block_size] * block_size + t % block_size;
           TORCH_CHECK(slot >= 0 && slot < slots, "block id outside the cache");
-          const float* k = kp + slot * width;
-          for (int64_t e = 0; e < width; ++e) kt[e * kKeyBlock + j] = k[e];
-          vrows[j] = vp + slot * width;
+          if constexpr (wide) {
+            const float* k = kp + slot * width;
+            for (int64_t e = 0; e < width; ++e) kt[e * kKeyBlock + j] = k[e];
+            vrows[j] = vp + slot * width;
+          } else {
+            widen(kp + slot * width, krow.data(), width);
+            for (int64_t e = 0; e < width; ++e) kt[e * kKeyBlock + j] = krow[e];
+            float* w = vbuf.data() + j * width;
+            widen(vp + slot * width, w, width);
+            vrows[j] = w;
+          }
         }
         for (int64_t r = 0; r < R; ++r) {
           const int64_t jlo = std::max(t0, first[r]) - t0, jhi = std::min(t0 + kKeyBlock, lp[b0 + r]) - t0;
@@ -262,4 +297,17 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
     }
   });
   return out;
+}
+
+}  // namespace
+
+torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                                     torch::Tensor tables, torch::Tensor lens, int64_t block_size,
+                                     int64_t n_kv_heads, int64_t window) {
+  TORCH_CHECK(q.dtype() == torch::kFloat32, "q must be float32");
+  TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "K and V caches must share a dtype");
+  if (k_cache.dtype() == torch::kFloat32)
+    return attend<float>(q, k_cache, v_cache, tables, lens, block_size, n_kv_heads, window);
+  TORCH_CHECK(k_cache.dtype() == torch::kFloat16, "KV cache must be float32 or float16");
+  return attend<uint16_t>(q, k_cache, v_cache, tables, lens, block_size, n_kv_heads, window);
 }

@@ -185,13 +185,30 @@ void decode_row_t(const uint8_t* row, int64_t K, RowView out) {
   for (int64_t b = 0; b < K / f.block_values; ++b) decode_block<qtype>(row + b * f.block_bytes, out, b * per);
 }
 
+// How a tile's weights are held for the dot products: SIGNED q (portable; AVX2 for Q8_0), FLIPPED q ^ 0x80
+// (AVX-512 VNNI, whose dpbusd wants an unsigned first operand) or UNSIGNED q + unsigned_bias(qtype) (AVX2's
+// maddubs for every format but Q8_0: 0..63 at most, so a pair of products never saturates int16).
+enum Staging { SIGNED, FLIPPED, UNSIGNED };
+
+// The c with q + c >= 0 for every q of the format (0: none, the format stays signed).
+int unsigned_bias(int64_t qtype) {
+  switch (qtype) {
+    case Q4_0: case Q4_1: case Q4_K: return 8;
+    case Q5_0: case Q5_K: return 16;
+    case Q6_K: return 32;
+    default: return 0;
+  }
+}
+
 // The 32-wide formats SmolLM2 and most small models use, decoded 32 values per few vector ops; the same
 // values decode_block<> writes.
 __attribute__((target("avx2,f16c,fma"))) bool decode_row_avx2(int64_t qtype, const uint8_t* row, int64_t K,
-                                                             RowView out, bool flip) {
+                                                             RowView out, Staging mode) {
   if (qtype != Q4_0 && qtype != Q4_1 && qtype != Q8_0) return false;
   const Format f = format_of(qtype);
-  const __m256i bias = _mm256_set1_epi8(static_cast<char>(flip ? 0x80 : 0));
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(mode == FLIPPED ? 0x80 : 0));
+  // UNSIGNED keeps the 4-bit formats' raw n = q + 8 (Q8_0 has no unsigned form and stays signed).
+  const __m256i eight = _mm256_set1_epi8(mode == UNSIGNED ? 0 : 8);
   const __m128i low = _mm_set1_epi8(0x0F);
   for (int64_t b = 0; b < K / QK; ++b) {
     const uint8_t* p = row + b * f.block_bytes;
@@ -206,7 +223,7 @@ __attribute__((target("avx2,f16c,fma"))) bool decode_row_avx2(int64_t qtype, con
       const uint8_t* qs = p + (qtype == Q4_1 ? 4 : 2);
       __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
       __m256i n = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));
-      q = _mm256_sub_epi8(n, _mm256_set1_epi8(8));
+      q = _mm256_sub_epi8(n, eight);
       if (qtype == Q4_1) {
         std::memcpy(&h, p + 2, 2);
         out.off[b] = _cvtsh_ss(h) + 8.f * d;
@@ -240,7 +257,8 @@ struct ActView {
   const int8_t* q;
   const float* d;
   const float* sum;
-  const int32_t* corr;  // -128 * each lane's sum of four q (see RowView)
+  const int32_t* corr;    // -128 * each lane's sum of four q (see RowView)
+  const int32_t* corr_c;  // -c * the same sums, c = unsigned_bias of the weights (UNSIGNED staging only)
 };
 
 float dot_portable(const RowView& w, const ActView& x, int64_t nb) {
@@ -266,22 +284,104 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma"))) float dot_avx2(const RowView& w, const ActView& x, int64_t nb) {
-  __m256 acc = _mm256_setzero_ps();
+// sum_b off[b] * sum[b] in order: the offset term of every AVX2 dot product, one out-of-line body so that
+// every caller rounds it alike.
+__attribute__((noinline)) float offset_sum(const float* off, const float* sum, int64_t nb) {
+  float m = 0.f;
+  for (int64_t b = 0; b < nb; ++b) m += off[b] * sum[b];
+  return m;
+}
+
+// One block's exact integer products as eight int32 lanes (lane i: values 4i..4i+3). Signed weights go
+// through maddubs as |w| times x with w's sign (|w| <= 128, |x| <= 127: no saturation); unsigned ones
+// (q + c, at most 63) straight, with -c * sum(x) per lane added back, so both give the signed <q, x>.
+template <bool SGN>
+__attribute__((target("avx2,fma"))) inline __m256i block_dot_avx2(__m256i w, __m256i x, __m256i corr_c) {
   const __m256i ones = _mm256_set1_epi16(1);
-  float macc = 0.f;
+  if (SGN) return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+  return _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones), corr_c);
+}
+
+// y[m * ystride + n] = scale * dot(x[m], w[n]) for MR activation rows and NR staged weight rows, sharing
+// their loads. Every pair's accumulator goes through the same operations in the same order as with
+// MR = NR = 1 (and as gemv_row_avx2), so how rows are grouped never changes a result.
+template <int MR, int NR, bool SGN>
+__attribute__((target("avx2,fma"))) void dot_tile_avx2(const RowView* w, const ActView* x, int64_t nb, float scale,
+                                                      float* y, int64_t ystride) {
+  __m256 acc[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
-    __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.q + b * QK));
-    __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + b * QK));
-    // |w| * (x with w's sign): an unsigned-by-signed product that maddubs takes without saturating
-    // (|w| <= 128, |x| <= 127).
-    __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xq, wq));
-    __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(w.s8 + 8 * b), _mm256_set1_ps(x.d[b]));
-    acc = _mm256_fmadd_ps(f, s, acc);
-    macc += w.off[b] * x.sum[b];
+    __m256i wv[NR];
+    __m256 ws[NR];
+    for (int n = 0; n < NR; ++n) {
+      wv[n] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[n].q + b * QK));
+      ws[n] = _mm256_loadu_ps(w[n].s8 + 8 * b);
+    }
+    for (int m = 0; m < MR; ++m) {
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].q + b * QK));
+      const __m256i cx = SGN ? _mm256_setzero_si256()
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x[m].corr_c + 8 * b));
+      const __m256 dx = _mm256_set1_ps(x[m].d[b]);
+      for (int n = 0; n < NR; ++n) {
+        const __m256 f = _mm256_cvtepi32_ps(block_dot_avx2<SGN>(wv[n], xv, cx));
+        acc[m][n] = _mm256_fmadd_ps(f, _mm256_mul_ps(ws[n], dx), acc[m][n]);
+      }
+    }
   }
-  return hsum256(acc) + macc;
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n)
+      y[m * ystride + n] = scale * (hsum256(acc[m][n]) + offset_sum(w[n].off, x[m].sum, nb));
+}
+
+// One weight row of a 32-wide format against one activation row, decoded in registers (no staging): the
+// decode step's GEMV. Same values and operations as staging the row UNSIGNED (Q8_0: SIGNED) and running
+// dot_tile_avx2<1, 1>. off: nb floats of scratch.
+template <int64_t qtype>
+__attribute__((target("avx2,f16c,fma"))) float gemv_row_avx2(const uint8_t* row, const ActView& x, int64_t nb,
+                                                             float* off) {
+  constexpr bool SGN = qtype == Q8_0;
+  constexpr int64_t bytes = qtype == Q8_0 ? 34 : (qtype == Q4_1 ? 20 : 18);
+  const __m128i low = _mm_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* p = row + b * bytes;
+    uint16_t h;
+    std::memcpy(&h, p, 2);
+    const float d = _cvtsh_ss(h);
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.q + b * QK));
+    __m256i wv, cx;
+    if (SGN) {
+      wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+      cx = _mm256_setzero_si256();
+      off[b] = 0.f;
+    } else {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + (qtype == Q4_1 ? 4 : 2)));
+      wv = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), low), _mm_and_si128(v, low));
+      cx = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.corr_c + 8 * b));
+      if (qtype == Q4_1) {
+        std::memcpy(&h, p + 2, 2);
+        off[b] = _cvtsh_ss(h) + 8.f * d;
+      } else {
+        off[b] = 0.f;
+      }
+    }
+    const __m256 f = _mm256_cvtepi32_ps(block_dot_avx2<SGN>(wv, xv, cx));
+    acc = _mm256_fmadd_ps(f, _mm256_mul_ps(_mm256_set1_ps(d), _mm256_set1_ps(x.d[b])), acc);
+  }
+  return hsum256(acc) + offset_sum(off, x.sum, nb);
+}
+
+// dot_tile_avx2 for any MR <= 4, NR <= 2.
+template <bool SGN>
+void dot_tile_avx2_any(int64_t mr, int64_t nr, const RowView* w, const ActView* x, int64_t nb, float scale,
+                       float* y, int64_t ystride) {
+#define EMBER_TILE(M_, N_) \
+  if (mr == M_ && nr == N_) return dot_tile_avx2<M_, N_, SGN>(w, x, nb, scale, y, ystride);
+  EMBER_TILE(4, 2) EMBER_TILE(4, 1) EMBER_TILE(3, 2) EMBER_TILE(3, 1)
+  EMBER_TILE(2, 2) EMBER_TILE(2, 1) EMBER_TILE(1, 2) EMBER_TILE(1, 1)
+#undef EMBER_TILE
+  TORCH_CHECK(false, "dot_tile_avx2: bad tile ", mr, "x", nr);
 }
 
 constexpr int64_t TILE_ROWS = 16;  // weight rows decoded together, then dotted with every activation row
@@ -352,8 +452,8 @@ int64_t best_isa() {
 DotFn dot_for(int64_t isa) {
   if (isa < 0) isa = best_isa();
   TORCH_CHECK(isa_available(isa), "quant_matmul: ISA ", isa, " is not available on this CPU");
-  // AVX-512 VNNI runs dot_rows_avx512vnni over groups of rows instead (its caller checks first).
-  return isa == AVX2 ? dot_avx2 : dot_portable;
+  // AVX2 and AVX-512 VNNI run their own tile kernels (the caller checks first).
+  return dot_portable;
 }
 
 
@@ -423,7 +523,9 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
   DotFn dot = dot_for(isa);
   const int64_t chosen = isa < 0 ? best_isa() : isa;
   const bool vnni = chosen == AVX512VNNI;
+  const bool avx2 = chosen == AVX2;
   const bool offset = has_offset(qtype);
+  const Staging staging = vnni ? FLIPPED : (avx2 && unsigned_bias(qtype) > 0 ? UNSIGNED : SIGNED);
   const uint8_t* pw = w.data_ptr<uint8_t>();
   const int64_t wstride = w.stride(0), ostride = out.stride(0);
   const int8_t* pq = xq.data_ptr<int8_t>();
@@ -432,30 +534,74 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
   const int32_t* pc = xc.data_ptr<int32_t>();
   float* po = out.data_ptr<float>();
   const float sc = static_cast<float>(scale);
+  // UNSIGNED staging's lane corrections -c * sum(x) = corr >> (7 - log2 c): exact, corr being -128 * sum(x).
+  std::vector<int32_t> corr_c;
+  if (staging == UNSIGNED) {
+    const int shift = 7 - __builtin_ctz(static_cast<unsigned>(unsigned_bias(qtype)));
+    corr_c.resize(M * (K / 4));
+    for (int64_t i = 0; i < M * (K / 4); ++i) corr_c[i] = pc[i] >> shift;
+  }
+  auto act = [&](int64_t m) {
+    return ActView{pq + m * K, pd + m * nb, ps + m * nb, pc + m * (K / 4),
+                   corr_c.empty() ? nullptr : corr_c.data() + m * (K / 4)};
+  };
+  // One activation row on AVX2 and a 32-wide format: each weight row is decoded in registers and dotted
+  // at once (decode's GEMV), the same arithmetic as the staged tiles below.
+  const bool gemv = avx2 && M == 1 && (qtype == Q4_0 || qtype == Q4_1 || qtype == Q8_0);
   // Enough rows per task that each thread decodes whole tiles and the fork is worth it at M = 1.
   const int64_t grain = std::max<int64_t>(TILE_ROWS, 65536 / std::max<int64_t>(K * M, 1));
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    if (gemv) {
+      std::vector<float> offs(nb);
+      const ActView a = act(0);
+      for (int64_t n = begin; n < end; ++n) {
+        const uint8_t* row = pw + (gather ? prow[n] : n) * wstride;
+        float v = qtype == Q4_0   ? gemv_row_avx2<Q4_0>(row, a, nb, offs.data())
+                  : qtype == Q4_1 ? gemv_row_avx2<Q4_1>(row, a, nb, offs.data())
+                                  : gemv_row_avx2<Q8_0>(row, a, nb, offs.data());
+        po[n] = sc * v;
+      }
+      return;
+    }
     std::vector<int8_t> q(TILE_ROWS * K);
     std::vector<float> s8(TILE_ROWS * nb * 8), off(TILE_ROWS * nb);
     std::vector<float> offT(vnni ? nb * TILE_ROWS : 0);
     RowView tile[TILE_ROWS];
     for (int64_t r = 0; r < TILE_ROWS; ++r) tile[r] = {q.data() + r * K, s8.data() + r * nb * 8, off.data() + r * nb};
+    const int cbias = staging == UNSIGNED ? unsigned_bias(qtype) : 0;
     for (int64_t t0 = begin; t0 < end; t0 += TILE_ROWS) {
       const int64_t nt = std::min(TILE_ROWS, end - t0);
       for (int64_t r = 0; r < nt; ++r) {
         const int64_t src = gather ? prow[t0 + r] : t0 + r;
-        if (chosen == PORTABLE || !decode_row_avx2(qtype, pw + src * wstride, K, tile[r], vnni)) {
+        if (chosen == PORTABLE || !decode_row_avx2(qtype, pw + src * wstride, K, tile[r], staging)) {
           decode_row(qtype, pw + src * wstride, K, tile[r]);
-          if (vnni)
+          if (staging == FLIPPED)
             for (int64_t j = 0; j < K; ++j) tile[r].q[j] = static_cast<int8_t>(tile[r].q[j] ^ 0x80);
+          if (staging == UNSIGNED)
+            for (int64_t j = 0; j < K; ++j) tile[r].q[j] = static_cast<int8_t>(tile[r].q[j] + cbias);
         }
       }
       if (vnni && offset) {
         for (int64_t b = 0; b < nb; ++b)
           for (int64_t r = 0; r < TILE_ROWS; ++r) offT[b * TILE_ROWS + r] = r < nt ? tile[r].off[b] : 0.f;
       }
+      if (avx2) {
+        // 4 activation rows x 2 weight rows per kernel call: 8 accumulators, each load used 2 or 4 times.
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+          const int64_t mr = std::min<int64_t>(4, M - m0);
+          const ActView a[4] = {act(m0), act(std::min(m0 + 1, M - 1)), act(std::min(m0 + 2, M - 1)),
+                                act(std::min(m0 + 3, M - 1))};
+          for (int64_t r0 = 0; r0 < nt; r0 += 2) {
+            const int64_t nr = std::min<int64_t>(2, nt - r0);
+            float* y = po + m0 * ostride + t0 + r0;
+            if (staging == SIGNED) dot_tile_avx2_any<true>(mr, nr, tile + r0, a, nb, sc, y, ostride);
+            else dot_tile_avx2_any<false>(mr, nr, tile + r0, a, nb, sc, y, ostride);
+          }
+        }
+        continue;
+      }
       for (int64_t m = 0; m < M; ++m) {
-        ActView a{pq + m * K, pd + m * nb, ps + m * nb, pc + m * (K / 4)};
+        const ActView a = act(m);
         float* y = po + m * ostride + t0;
         if (vnni) {
           alignas(64) float v[TILE_ROWS] = {};

@@ -124,8 +124,9 @@ def decode_padding_is_invariant(n_heads: int, n_kv_heads: int, head_dim: int, mu
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
              slots: torch.Tensor) -> None:
-    k_cache.index_copy_(0, slots, k.reshape(k.shape[0], -1))
-    v_cache.index_copy_(0, slots, v.reshape(v.shape[0], -1))
+    """K and V rows into the caches at `slots`, rounded to the caches' dtype (float16 by default)."""
+    k_cache.index_copy_(0, slots, k.reshape(k.shape[0], -1).to(k_cache.dtype))
+    v_cache.index_copy_(0, slots, v.reshape(v.shape[0], -1).to(v_cache.dtype))
 
 
 def window_mask(lens: torch.Tensor, length: int, window: int) -> torch.Tensor:
@@ -159,8 +160,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         if rows is None:
             rows = decode_head_rows(batch.decode_slots, n_kv_heads)
         # Gathering straight into (B, KV, L, D) saves the copy a permuted view would cost in matmul.
-        k = k_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
-        v = v_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D)
+        k = k_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D).to(q.dtype)
+        v = v_cache.view(-1, D).index_select(0, rows).view(B, n_kv_heads, L, D).to(q.dtype)
         qd = q[:nd].view(B, n_kv_heads, group, D)
         mask = batch.decode_mask
         if window:
@@ -174,8 +175,8 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         out[:nd] = o.reshape(B, H, D)
     for p in batch.prefills:
         ctx = p.context_slots.shape[0]
-        k = k_cache.index_select(0, p.context_slots).view(ctx, n_kv_heads, D)
-        v = v_cache.index_select(0, p.context_slots).view(ctx, n_kv_heads, D)
+        k = k_cache.index_select(0, p.context_slots).view(ctx, n_kv_heads, D).to(q.dtype)
+        v = v_cache.index_select(0, p.context_slots).view(ctx, n_kv_heads, D).to(q.dtype)
         qp = q[p.start : p.start + p.q_len].transpose(0, 1).unsqueeze(0)  # (1, H, q, D)
         kp = k.transpose(0, 1).repeat_interleave(group, dim=0).unsqueeze(0)  # (1, H, ctx, D)
         vp = v.transpose(0, 1).repeat_interleave(group, dim=0).unsqueeze(0)

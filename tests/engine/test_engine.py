@@ -17,13 +17,15 @@ def prompts(n: int, lo: int, hi: int, vocab: int, seed: int = 0) -> list[list[in
     return [[rng.randrange(100, vocab) for _ in range(rng.randint(lo, hi))] for _ in range(n)]
 
 
-def dense_logits(lm: LoadedModel, ids: list[int]) -> torch.Tensor:
-    """Reference: the same network, one sequence, plain causal attention over a fresh cache."""
+def dense_logits(lm: LoadedModel, ids: list[int], kv_dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Reference: the same network, one sequence, plain causal attention over a fresh cache that stores
+    K and V as the engine's does (float16 by default)."""
     model = lm.model
     a = model.args
     bs = 16
     nb = -(-len(ids) // bs)
-    kv = [(torch.zeros(nb * bs, a.n_kv_heads * a.head_dim), torch.zeros(nb * bs, a.n_kv_heads * a.head_dim))
+    width = a.n_kv_heads * a.head_dim
+    kv = [(torch.zeros(nb * bs, width, dtype=kv_dtype), torch.zeros(nb * bs, width, dtype=kv_dtype))
           for _ in range(a.n_layers)]
     n = len(ids)
     fb = ForwardBatch(input_ids=torch.tensor(ids), positions=torch.arange(n), slot_mapping=torch.arange(n),
