@@ -159,7 +159,8 @@ def test_refuses_to_serve_open_on_a_public_address(tmp_path: Path) -> None:
         add_store_flags(p)
         ns = p.parse_args([*args, "--data-dir", str(tmp_path)])
         for k, v in dict(model=None, device="cpu", quantization="auto", max_model_len=None, no_native_kernels=False,
-                         block_size=16, kv_cache_mb=64, no_prefix_caching=False, max_num_seqs=8,
+                         block_size=16, kv_cache_mb=64, kv_cache_dtype="float16", no_prefix_caching=False,
+                         max_num_seqs=8,
                          max_num_batched_tokens=64, speculative_ngram=False, num_draft_tokens=3, port=1,
                          max_queued_requests=10).items():
             setattr(ns, k, v)
