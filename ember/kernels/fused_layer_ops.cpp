@@ -62,6 +62,16 @@ namespace {
 inline void store_as(float x, float* o) { *o = x; }
 inline void store_as(float x, uint16_t* o) { *o = c10::Half(x).x; }
 
+// Rotate-half RoPE of one head of D values into o (float32 q, or a cache row of either type).
+template <typename O>
+inline void rotate(const float* x, const float* c, const float* s, int64_t half, O* o) {
+  for (int64_t i = 0; i < half; ++i) {
+    const float x1 = x[i], x2 = x[i + half];
+    store_as(x1 * c[i] - x2 * s[i], o + i);
+    store_as(x2 * c[i] + x1 * s[i], o + i + half);
+  }
+}
+
 template <typename T>
 void rotate_and_store(const float* src, const float* cp, const float* sp, const int64_t* slot, float* qp, T* kc,
                       T* vc, int64_t T_, int64_t H, int64_t KV, int64_t D) {
@@ -71,24 +81,8 @@ void rotate_and_store(const float* src, const float* cp, const float* sp, const 
       const float* row = src + t * width;
       const float* c = cp + t * half;
       const float* s = sp + t * half;
-      for (int64_t h = 0; h < H + KV; ++h) {
-        const float* x = row + h * D;
-        if (h < H) {
-          float* o = qp + (t * H + h) * D;
-          for (int64_t i = 0; i < half; ++i) {
-            const float x1 = x[i], x2 = x[i + half];
-            o[i] = x1 * c[i] - x2 * s[i];
-            o[i + half] = x2 * c[i] + x1 * s[i];
-          }
-        } else {
-          T* o = kc + slot[t] * KV * D + (h - H) * D;
-          for (int64_t i = 0; i < half; ++i) {
-            const float x1 = x[i], x2 = x[i + half];
-            store_as(x1 * c[i] - x2 * s[i], o + i);
-            store_as(x2 * c[i] + x1 * s[i], o + i + half);
-          }
-        }
-      }
+      for (int64_t h = 0; h < H; ++h) rotate(row + h * D, c, s, half, qp + (t * H + h) * D);
+      for (int64_t h = 0; h < KV; ++h) rotate(row + (H + h) * D, c, s, half, kc + slot[t] * KV * D + h * D);
       const float* v = row + (H + KV) * D;
       T* vo = vc + slot[t] * KV * D;
       for (int64_t i = 0; i < KV * D; ++i) store_as(v[i], vo + i);

@@ -429,8 +429,6 @@ EMBER_AVX512 void dot_rows_avx512vnni(const RowView* w, const ActView& x, int64_
   }
 }
 
-using DotFn = float (*)(const RowView&, const ActView&, int64_t);
-
 bool isa_available(int64_t isa) {
   __builtin_cpu_init();
   switch (isa) {
@@ -449,11 +447,11 @@ int64_t best_isa() {
   return best;
 }
 
-DotFn dot_for(int64_t isa) {
+// The ISA a call runs: `isa` (-1: the best this CPU has), refused where the CPU lacks it.
+int64_t resolve_isa(int64_t isa) {
   if (isa < 0) isa = best_isa();
   TORCH_CHECK(isa_available(isa), "quant_matmul: ISA ", isa, " is not available on this CPU");
-  // AVX2 and AVX-512 VNNI run their own tile kernels (the caller checks first).
-  return dot_portable;
+  return isa;
 }
 
 
@@ -520,8 +518,7 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
   if (gather) {
     for (int64_t n = 0; n < N; ++n) TORCH_CHECK(prow[n] >= 0 && prow[n] < w.size(0), "quant_matmul: bad row index");
   }
-  DotFn dot = dot_for(isa);
-  const int64_t chosen = isa < 0 ? best_isa() : isa;
+  const int64_t chosen = resolve_isa(isa);
   const bool vnni = chosen == AVX512VNNI;
   const bool avx2 = chosen == AVX2;
   const bool offset = has_offset(qtype);
@@ -611,7 +608,7 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
           if (offset) add_offsets_avx512(offT.data(), a.sum, nb, v);
           for (r = 0; r < nt; ++r) y[r] = sc * v[r];
         } else {
-          for (int64_t r = 0; r < nt; ++r) y[r] = sc * dot(tile[r], a, nb);
+          for (int64_t r = 0; r < nt; ++r) y[r] = sc * dot_portable(tile[r], a, nb);
         }
       }
     }
