@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout
 
 from ember import kernels  # noqa: E402
-from ember.config import CacheConfig, ModelConfig, SchedulerConfig  # noqa: E402
+from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig  # noqa: E402
 from ember.engine.engine import Engine  # noqa: E402
 from ember.engine.request import EngineRequest, SamplingParams  # noqa: E402
 from ember.model.loader import LoadedModel, load_model  # noqa: E402
@@ -54,9 +54,9 @@ def build_revision(rev: str) -> ModuleType:
 
 
 def prefill_seconds(lm: LoadedModel, prompt: list[int], chunk: int) -> float:
-    engine = Engine(lm.model, lm.tokenizer, CacheConfig(kv_cache_mb=1024, enable_prefix_caching=False),
-                    SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=chunk), lm.device,
-                    max_model_len=len(prompt) + 16)
+    engine = Engine(lm, Config(model=ModelConfig(max_model_len=len(prompt) + 16),
+                               cache=CacheConfig(kv_cache_mb=1024, enable_prefix_caching=False),
+                               scheduler=SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=chunk)))
     assert engine.runner.native, "the native kernels must load for this comparison"
     engine.add(EngineRequest(f"long-{time.monotonic_ns()}", tuple(prompt),
                              SamplingParams(max_tokens=1, temperature=0.0, ignore_eos=True)))

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 NGRAM_WINDOW = 1024
 """Tokens of its own text a sequence searches for prompt-lookup drafts."""
+PREFILL_RATE_MIN_TOKENS = 64
+"""Steps smaller than this say more about per-step overhead than about prefill speed."""
+PREFILL_RATE_WEIGHT = 0.2
+"""Weight of the newest step in the moving average (the rate falls as contexts grow; it must follow)."""
 
 
 @dataclass
@@ -38,6 +42,13 @@ class EngineStats:
     num_preemptions: int
     kv_touched_bytes: int = 0
     """KV cache bytes ever written (resident on CPU, where the cache is a lazily-filled memory map)."""
+    long_prompt_tokens: int = 0
+    """The scheduler's long-prompt threshold (SchedulerConfig.long_prefill_tokens)."""
+    long_prefill_backlog: int = 0
+    """Prompt tokens interactive long prompts (running or waiting) have still to compute."""
+    prefill_tokens_per_s: float = 0.0
+    """Tokens a step computes per second, a moving average over steps of PREFILL_RATE_MIN_TOKENS or more;
+    0 until one has run."""
 
 
 class Engine:
@@ -63,6 +74,7 @@ class Engine:
         self.detok = Detokenizer(tokenizer)
         self.seqs: dict[str, Sequence] = {}
         self.stop_ids = tokenizer.stop_ids
+        self.prefill_tokens_per_s = 0.0
 
     @property
     def kv_capacity_tokens(self) -> int:
@@ -109,12 +121,23 @@ class Engine:
     def stats(self) -> EngineStats:
         return EngineStats(len(self.scheduler.running), self.scheduler.num_waiting, self.pool.num_used,
                            self.pool.num_free, self.pool.queries, self.pool.hits,
-                           self.scheduler.num_preemptions, self.pool.num_touched * self.kv_bytes_per_block)
+                           self.scheduler.num_preemptions, self.pool.num_touched * self.kv_bytes_per_block,
+                           self.scheduler.cfg.long_prefill_tokens, self.scheduler.long_prefill_backlog(),
+                           self.prefill_tokens_per_s)
 
     def step(self) -> list[RequestOutput]:
+        t0 = time.perf_counter()
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
+        outputs = self._run(batch)
+        if batch.total_tokens >= PREFILL_RATE_MIN_TOKENS:
+            rate = batch.total_tokens / max(time.perf_counter() - t0, 1e-6)
+            w = PREFILL_RATE_WEIGHT if self.prefill_tokens_per_s else 1.0
+            self.prefill_tokens_per_s += w * (rate - self.prefill_tokens_per_s)
+        return outputs
+
+    def _run(self, batch: ScheduledBatch) -> list[RequestOutput]:
         result = self.runner.run(batch)
         self._record_prompt_logprobs(batch, result)
         for seq, n, k in zip(batch.seqs, batch.num_tokens, batch.num_draft, strict=True):

@@ -22,6 +22,12 @@ class EngineMetrics:
         self.kv_touched = Gauge("ember_kv_cache_touched_bytes",
                                 "KV cache bytes written at least once (on CPU: resident, up to the budget)",
                                 registry=registry)
+        self.long_backlog = Gauge("ember_long_prefill_backlog_tokens",
+                                  "Prompt tokens long prompts (running or waiting) have still to compute",
+                                  registry=registry)
+        self.prefill_rate = Gauge("ember_prefill_tokens_per_second",
+                                  "Tokens a step computes per second (moving average over large steps)",
+                                  registry=registry)
         self.generated = Counter("ember_generated_tokens", "Tokens generated", registry=registry)
         self.finished = Counter("ember_requests_finished", "Finished sequences", ["reason"], registry=registry)
         self.ttft = Histogram("ember_time_to_first_token_seconds", "Arrival to first token",
@@ -39,6 +45,8 @@ class EngineMetrics:
         self.prefix_hit_rate.set(s.prefix_hits / s.prefix_queries if s.prefix_queries else 0.0)
         self.preemptions.set(s.num_preemptions)
         self.kv_touched.set(s.kv_touched_bytes)
+        self.long_backlog.set(s.long_prefill_backlog)
+        self.prefill_rate.set(s.prefill_tokens_per_s)
 
     def on_step(self, engine: Engine, step_time: float, outputs: list[RequestOutput]) -> None:
         for o in outputs:

@@ -9,6 +9,13 @@ Order: running sequences first (oldest first), then waiting ones first-come firs
 pool cannot supply a block, the newest running sequence is preempted: its blocks are freed and it goes
 back to the head of the waiting queue, to be recomputed later (its prefix may still be cached).
 
+Long prompts (more than `long_prefill_tokens` left to compute) are the exception to oldest first: while
+anything else is in the step they take at most that many tokens of it together, oldest long prompt first,
+and a waiting long prompt held back this way lets the shorter ones queued behind it start. Only a step
+that would hold nothing but long prompts gives them the whole budget. A prompt near the context window
+is tens of seconds of prefill on a CPU; without this, every decode newer than it and every prompt queued
+behind it would wait that long.
+
 Two priorities: interactive requests, and background ones (batch-job rows). Interactive sequences are
 served first, running then waiting; background ones get only the budget, seats and memory left over, are
 admitted only when no interactive sequence waits, and are the first preempted when an interactive one
@@ -51,14 +58,41 @@ class _Allowance:
 
     tokens: int
     seats: int
+    long_threshold: int | None = None
+    """A sequence with more than this many tokens left is a long prompt; None: no long-prompt cap."""
+    long_tokens: int = 0
+    """What long prompts together may still take this step (while the cap holds)."""
+    held_back: bool = False
+    """A long prompt got less than it could have because of the cap."""
+    others: int = 0
+    """Sequences in the step that are not long prompts."""
 
     @property
     def open(self) -> bool:
         return self.tokens > 0 and self.seats > 0
 
-    def take(self, n: int) -> None:
+    def is_long(self, seq: Sequence) -> bool:
+        return self.long_threshold is not None and seq.num_uncomputed > self.long_threshold
+
+    def grant(self, seq: Sequence) -> int:
+        """How many of its uncomputed tokens `seq` may take; 0 for a long prompt held back."""
+        n = min(seq.num_uncomputed, self.tokens)
+        if self.is_long(seq):
+            if n > self.long_tokens:
+                self.held_back = True
+            n = min(n, self.long_tokens)
+        return n
+
+    def take(self, seq: Sequence, n: int) -> None:
+        if self.is_long(seq):
+            self.long_tokens -= n
+        else:
+            self.others += 1
         self.tokens -= n
         self.seats -= 1
+
+    def lift_long_cap(self) -> None:
+        self.long_threshold = None
 
 
 class Scheduler:
@@ -87,6 +121,13 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         return len(self.waiting) + len(self.waiting_background)
+
+    def long_prefill_backlog(self) -> int:
+        """Tokens interactive long prompts, running or waiting, have still to compute (before any prefix
+        cache hit a waiting one may find)."""
+        t = self.cfg.long_prefill_tokens
+        seqs = [s for s in self.running if not s.request.background] + list(self.waiting)
+        return sum(n for n in (s.num_uncomputed for s in seqs) if n > t)
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.pool.block_size)
@@ -131,11 +172,18 @@ class Scheduler:
         out = ScheduledBatch()
         cfg = self.cfg
         busy = self._interactive_busy()
-        interactive = _Allowance(cfg.max_num_batched_tokens, cfg.max_num_seqs)
+        interactive = _Allowance(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.long_prefill_tokens,
+                                 cfg.long_prefill_tokens)
         chosen: dict[Sequence, int] = {}
         stalled = self._step_running(False, interactive, chosen, out)
         if not stalled:
             stalled = self._admit(self.waiting, interactive, chosen, out)
+        if interactive.held_back and interactive.others == 0 and interactive.tokens > 0:
+            # Nothing but long prompts in this step: the cap would only leave the budget unused.
+            interactive.lift_long_cap()
+            self._top_up(interactive, chosen)
+            if not stalled:
+                self._admit(self.waiting, interactive, chosen, out)
         background = _Allowance(min(interactive.tokens, cfg.background_step_tokens), cfg.max_num_seqs)
         if busy:
             background = _Allowance(min(interactive.tokens, cfg.background_tokens_when_busy),
@@ -169,7 +217,9 @@ class Scheduler:
                 continue  # preempted earlier in this loop to make room for an older one
             if seq.draft and 1 + len(seq.draft) > budget.tokens:
                 del seq.draft[max(0, budget.tokens - 1):]  # a draft is verified whole or not at all
-            n = min(seq.num_uncomputed, budget.tokens)
+            n = budget.grant(seq)
+            if n == 0:
+                continue  # a long prompt held back: the decodes and short prompts after it go on
             # Drafts exist only one token behind (the engine drafts then; preemption drops them), so a
             # sequence with a draft is given exactly its last token plus the draft.
             assert not seq.draft or n == 1 + len(seq.draft)
@@ -181,15 +231,35 @@ class Scheduler:
                 if victim is seq:
                     return True
             chosen[seq] = n
-            budget.take(n)
+            budget.take(seq, n)
         return pressure
+
+    def _top_up(self, budget: _Allowance, chosen: dict[Sequence, int]) -> None:
+        """Give running interactive prompts, oldest first, what is left of the budget beyond what they
+        were given so far; only free blocks are used (nothing is preempted to make a chunk longer)."""
+        for seq in [s for s in self.running if not s.request.background]:
+            if budget.tokens <= 0:
+                return
+            have = chosen.get(seq, 0)
+            if seq.draft or (have == 0 and budget.seats <= 0):
+                continue
+            n = min(seq.num_uncomputed - have, budget.tokens)
+            if n <= 0:
+                continue
+            if not self._grow(seq, have + n):
+                return
+            chosen[seq] = have + n
+            budget.tokens -= n
+            budget.seats -= have == 0
 
     def _admit(self, queue: deque[Sequence], budget: _Allowance, chosen: dict[Sequence, int],
                out: ScheduledBatch) -> bool:
-        """Start waiting sequences first-come first-served while budget, seats and memory last.
+        """Start waiting sequences first-come first-served while budget, seats and memory last; a long
+        prompt held back by the budget's long-prompt cap is passed over, the ones behind it may start.
         An interactive one evicts batch rows not yet scheduled this step when seats or memory are short."""
-        while queue and budget.open:
-            seq = queue[0]
+        i = 0
+        while i < len(queue) and budget.open:
+            seq = queue[i]
             interactive = not seq.request.background
             if len(self.running) >= self.cfg.max_num_seqs:
                 if interactive and self._evict_background(chosen, out):
@@ -197,22 +267,29 @@ class Scheduler:
                 return False
             if not seq.block_ids and not seq.wants_prompt_logprobs:
                 self._match_prefix(seq)
-            n = min(seq.num_uncomputed, budget.tokens)
+            n = budget.grant(seq)
+            if n == 0:
+                self._release_waiting(seq)
+                i += 1
+                continue
             if not self._grow(seq, n):
-                # Hand back any prefix blocks it took: a waiting sequence holds no KV memory.
-                self.pool.free_blocks(seq.block_ids)
-                seq.block_ids = []
-                seq.num_computed_tokens = seq.num_cached_blocks = 0
-                seq.last_block_key = None
+                self._release_waiting(seq)
                 if interactive and self._evict_background(chosen, out):
                     continue
                 return False
-            queue.popleft()
+            del queue[i]
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             chosen[seq] = n
-            budget.take(n)
+            budget.take(seq, n)
         return False
+
+    def _release_waiting(self, seq: Sequence) -> None:
+        """Hand back the prefix blocks a sequence that stays waiting took: a waiting one holds no KV memory."""
+        self.pool.free_blocks(seq.block_ids)
+        seq.block_ids = []
+        seq.num_computed_tokens = seq.num_cached_blocks = 0
+        seq.last_block_key = None
 
     def _evict_background(self, chosen: dict[Sequence, int], out: ScheduledBatch) -> bool:
         for s in reversed(self.running):

@@ -6,6 +6,8 @@ to every sequence that caught up), so each test pins exactly what one schedule()
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from ember.config import SchedulerConfig
@@ -24,8 +26,10 @@ def detok(tiny: LoadedModel) -> Detokenizer:
     return Detokenizer(tiny.tokenizer)
 
 
-def make(num_blocks: int, max_num_seqs: int = 8, budget: int = 64, prefix: bool = True) -> Scheduler:
-    return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget),
+def make(num_blocks: int, max_num_seqs: int = 8, budget: int = 64, prefix: bool = True,
+         long_prefill: int = 256) -> Scheduler:
+    return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
+                                     long_prefill_tokens=long_prefill),
                      BlockPool(num_blocks, BS, prefix))
 
 
@@ -180,3 +184,79 @@ def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks(detok
     for q in list(s.running):
         s.finish(q)
     assert s.pool.num_free == s.pool.num_blocks and not s.has_work
+
+
+def test_a_long_prompt_alone_takes_the_whole_budget(detok) -> None:
+    s = make(num_blocks=200, budget=32, long_prefill=8)
+    s.add(seq(detok, "long", 100))
+    assert plan(step(s)) == {"long": 32}
+    assert plan(step(s)) == {"long": 32}
+
+
+def test_a_long_prompt_shares_each_step_with_newer_decodes_and_prompts(detok) -> None:
+    s = make(num_blocks=200, budget=32, long_prefill=8)
+    s.add(seq(detok, "long", 100))
+    step(s)
+    s.add(seq(detok, "a", 5, first=200))
+    # Oldest first would give the long prompt all 32 tokens and leave `a` waiting for its whole prefill.
+    assert plan(step(s)) == {"long": 8, "a": 5}
+    assert plan(step(s)) == {"long": 8, "a": 1}  # a decode newer than the long prompt is not starved
+    s.add(seq(detok, "b", 12, first=300))  # 12 tokens left is more than the cap: b is a long prompt too
+    assert plan(step(s)) == {"long": 8, "a": 1}  # long prompts share the cap, oldest first
+    check_blocks(s)
+
+
+def test_a_short_prompt_queued_behind_a_long_one_starts_first(detok) -> None:
+    s = make(num_blocks=200, budget=32, long_prefill=8)
+    first, second = seq(detok, "first", 100), seq(detok, "second", 100, first=400)
+    short = seq(detok, "short", 6, first=800)
+    s.add(first)
+    step(s)
+    s.add(second)
+    s.add(short)
+    b = step(s)
+    assert plan(b) == {"first": 8, "short": 6}  # second is held back, short is not stuck behind it
+    assert list(s.waiting) == [second] and second.block_ids == []  # a held-back prompt holds no blocks
+    check_blocks(s)
+    while first.num_uncomputed > 8:  # second starts only once first is no longer a long prompt
+        assert "second" not in plan(step(s))
+    assert plan(step(s)) == {"first": 4, "short": 1, "second": 8}
+
+
+def test_two_long_prompts_alone_go_one_after_the_other(detok) -> None:
+    s = make(num_blocks=200, budget=32, long_prefill=8)
+    s.add(seq(detok, "x", 40))
+    s.add(seq(detok, "y", 40, first=500))
+    assert plan(step(s)) == {"x": 32}  # nothing but long prompts: the first takes the whole step
+    assert plan(step(s)) == {"x": 8, "y": 8}  # x's last 8 are a short prompt now; y gets the cap
+
+
+def test_random_long_and_short_traffic_keeps_the_budget_and_the_cap(detok) -> None:
+    rng = random.Random(7)
+    budget, cap = 48, 12
+    s = make(num_blocks=120, max_num_seqs=6, budget=budget, long_prefill=cap)
+    pending = [seq(detok, f"r{i}", rng.choice([3, 5, 9, 30, 70]), first=1 + 100 * i,
+                   max_tokens=rng.randint(1, 6)) for i in range(40)]
+    done = shared = alone = 0
+    for _ in range(2000):
+        if not pending and not s.has_work:
+            break
+        while pending and rng.random() < 0.3:
+            s.add(pending.pop(0))
+        left = {q: q.num_uncomputed for q in [*s.running, *s.waiting]}  # no prompts share a prefix here
+        b = step(s)
+        assert b.total_tokens <= budget and len(s.running) <= 6
+        long_rows = [n for q, n in zip(b.seqs, b.num_tokens, strict=True) if left[q] > cap]
+        if long_rows and len(long_rows) < len(b.seqs):  # shared with others: long prompts keep to the cap
+            assert sum(long_rows) <= cap, plan(b)
+            shared += 1
+        elif long_rows:
+            alone += 1
+        for q in list(s.running):
+            if q.num_output_tokens >= q.params.max_tokens:
+                s.finish(q)
+                done += 1
+        check_blocks(s)
+    assert done == 40 and not s.has_work
+    assert s.pool.num_free == s.pool.num_blocks
+    assert shared > 10 and alone > 0, (shared, alone)  # both cases were exercised
