@@ -53,8 +53,11 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-seqs", type=int, default=64, help="most sequences in one batch")
     p.add_argument("--max-num-batched-tokens", type=int, default=512, help="per-step token budget")
     p.add_argument("--long-prefill-tokens", type=int, default=SchedulerConfig.long_prefill_tokens,
-                   help="prompts with more tokens left than this are long: while other work is in a step, "
-                        "long prompts together take at most this many of its tokens")
+                   help="while other work is in a step, prompts longer than the step budget together "
+                        "take at most this many of its tokens")
+    p.add_argument("--max-prefill-backlog", type=float, default=SchedulerConfig.max_prefill_backlog_s,
+                   help="seconds of long-prompt prefill (the ones ahead plus its own, at the measured rate) "
+                        "past which a new long prompt gets 503")
     p.add_argument("--speculative-ngram", action="store_true",
                    help="prompt-lookup speculative decoding for requests without a prediction")
     p.add_argument("--num-draft-tokens", type=int, default=SpeculativeConfig.num_draft_tokens, help="most draft tokens verified per step")
@@ -68,7 +71,9 @@ def _config(a: argparse.Namespace) -> Config:
                           enable_prefix_caching=not a.no_prefix_caching),
         scheduler=SchedulerConfig(max_num_seqs=a.max_num_seqs, max_num_batched_tokens=a.max_num_batched_tokens,
                                   long_prefill_tokens=getattr(a, "long_prefill_tokens",
-                                                              SchedulerConfig.long_prefill_tokens)),
+                                                              SchedulerConfig.long_prefill_tokens),
+                                  max_prefill_backlog_s=getattr(a, "max_prefill_backlog",
+                                                                SchedulerConfig.max_prefill_backlog_s)),
         server=ServerConfig(host=getattr(a, "host", "127.0.0.1"), port=getattr(a, "port", 8000),
                             api_keys=tuple(getattr(a, "api_key", None) or ()),
                             drain_timeout_s=getattr(a, "drain_timeout", ServerConfig.drain_timeout_s),
@@ -79,9 +84,7 @@ def _config(a: argparse.Namespace) -> Config:
         store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
         platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
                                 allow_unauthenticated=getattr(a, "allow_unauthenticated", False),
-                                max_queued_requests=getattr(a, "max_queued_requests", 1024),
-                                max_prefill_backlog_s=getattr(a, "max_prefill_backlog",
-                                                              PlatformConfig.max_prefill_backlog_s)),
+                                max_queued_requests=getattr(a, "max_queued_requests", 1024)),
         batch=BatchConfig(max_upload_mb=getattr(a, "max_upload_mb", BatchConfig.max_upload_mb)),
     )
 
@@ -200,9 +203,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="allow serving without keys on a non-loopback address")
     s.add_argument("--max-queued-requests", type=int, default=PlatformConfig.max_queued_requests,
                    help="waiting sequences past which new requests get 503 (priority tier: twice)")
-    s.add_argument("--max-prefill-backlog", type=float, default=PlatformConfig.max_prefill_backlog_s,
-                   help="seconds of long-prompt prefill (the ones ahead plus its own, at the measured rate) "
-                        "past which a new long prompt gets 503 (priority tier: twice)")
     add_store_flags(s)
     s.add_argument("--max-upload-mb", type=int, default=BatchConfig.max_upload_mb,
                    help="largest dataset file :upload accepts (413 past it)")

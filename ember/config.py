@@ -91,13 +91,17 @@ class SchedulerConfig:
     request arriving mid-step waits for the step in flight, so this bounds what a batch job adds to its
     time to first token (a 512-token prefill step is ~0.6 s on 2 cores; decode rows are unaffected)."""
     long_prefill_tokens: int = 128
-    """A prompt with more than this many tokens left to compute is long. While anything else is in the step
+    """A prompt with more tokens to compute than one step's budget is long. While anything else is in the step
     (a decode, a shorter prompt), long prompts together take at most this many tokens of it, oldest first:
     a prompt near the context window (tens of seconds of prefill on a CPU) then shares every step with
     decodes and short prompts instead of holding whole steps, and a short prompt that arrives behind it
     starts in the next step. Alone, long prompts take the whole budget. 128: on a 2-core Zen 3 a 7,000-token
     prompt then costs decoding streams beside it 1.5 s a token instead of 5.6 s and its own prefill 3% more
     (bench/long_prompt_sharing.py)."""
+    max_prefill_backlog_s: float = 60.0
+    """A long prompt is refused (503, retry-after) when other long prompts are ahead of it and the measured
+    prefill rate says they and it would take longer than this to compute: long prompts are prefilled
+    oldest first, so it would wait for all of them. A long prompt with none ahead is always taken."""
     busy_linger_steps: int = 8
     """Steps the interactive-work caps outlast the last interactive sequence: a client sending its next
     request a few milliseconds after the last one ended then finds a small step, not a full batch step."""
@@ -114,6 +118,8 @@ class SchedulerConfig:
             raise ValueError("background_step_tokens must be at least 1 (batch rows would never advance)")
         if self.long_prefill_tokens < 1:
             raise ValueError("long_prefill_tokens must be at least 1")
+        if not self.max_prefill_backlog_s > 0:
+            raise ValueError("max_prefill_backlog_s must be positive")
         if self.busy_linger_steps < 0:
             raise ValueError("busy_linger_steps must not be negative")
 
@@ -188,11 +194,6 @@ class PlatformConfig:
     max_queued_requests: int = 1024
     """Sequences waiting for the engine past which new requests get 503 (service_tier "priority" gets
     twice as much room)."""
-    max_prefill_backlog_s: float = 60.0
-    """A long prompt (see SchedulerConfig.long_prefill_tokens) is refused with 503 when other long prompts
-    are ahead of it and the engine's measured prefill rate says they and it would take longer than this
-    to compute (long prompts are prefilled oldest first; service_tier "priority" gets twice as long). A
-    long prompt on an idle server is always taken."""
     usage_flush_s: float = 1.0
     """How often metered usage is written to the store (also on read and at shutdown)."""
     key_cache_s: float = 5.0
@@ -204,8 +205,6 @@ class PlatformConfig:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
         if self.max_queued_requests < 1:
             raise ValueError("max_queued_requests must be at least 1")
-        if not self.max_prefill_backlog_s > 0:
-            raise ValueError("max_prefill_backlog_s must be positive")
         if not 0.05 <= self.usage_flush_s <= 60:
             raise ValueError("usage_flush_s must be in 0.05..60")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ember.api.auth import Principal
@@ -44,10 +43,9 @@ def admit(platform: Platform, principal: Principal, model: str, sequences: int, 
 
     The waiting queue is what the API has admitted and the engine is not yet running; past
     `max_queued_requests` new work is shed, whatever the caller's quota; `service_tier: "priority"`
-    requests get twice that room, so they are admitted first when the server is busy. A long prompt is
-    also shed when the long prompts ahead of it would keep it waiting past `max_prefill_backlog_s`.
+    requests get twice that room, so they are admitted first when the server is busy. (A long prompt
+    behind too much long-prompt prefill is refused by the engine itself: see ember.engine.backlog.)
     """
-    shed_long_prompt(platform, prompt_tokens, priority, stats)
     bound = platform.config.max_queued_requests * (2 if priority else 1)
     # The engine's snapshot lags a burst (nothing runs yet when ten requests arrive at once), so what
     # is admitted counts as running up to the batch size the scheduler will take.
@@ -59,21 +57,3 @@ def admit(platform: Platform, principal: Principal, model: str, sequences: int, 
     platform.inflight += sequences
     return Admission(platform, principal, model, reservation, sequences)
 
-
-def shed_long_prompt(platform: Platform, prompt_tokens: int, priority: bool, stats: EngineStats) -> None:
-    """Raise Overloaded when a long prompt would finish its prefill later than the backlog bound allows.
-
-    Long prompts are prefilled oldest first (short ones pass them), so one that arrives behind others
-    waits for all of them: on a CPU that is minutes, past any client's patience. The estimate is the
-    long-prompt tokens ahead plus its own over the engine's measured rate; it needs a measured rate and
-    something ahead, so a long prompt on an idle server is always taken.
-    """
-    backlog, rate = stats.long_prefill_backlog, stats.prefill_tokens_per_s
-    if prompt_tokens <= stats.long_prompt_tokens or backlog == 0 or rate <= 0:
-        return
-    bound = platform.config.max_prefill_backlog_s * (2 if priority else 1)
-    eta = (backlog + prompt_tokens) / rate
-    if eta > bound:
-        raise Overloaded(f"the server is busy with {backlog} tokens of long prompts; this one would wait about "
-                         f"{eta:.0f} s for its prefill (bound {bound:.0f} s); retry later",
-                         retry_after=min(60, max(1, math.ceil(backlog / rate))))

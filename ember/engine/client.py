@@ -211,6 +211,11 @@ class EngineClient:
         Any exception fails only this submission, never the loop: an unexpected one escaping here once
         ended the engine thread, and every client then waited forever.
         """
+        try:
+            self.engine.refuse_if_backlogged(add.reqs)
+        except EmberError as e:
+            self._deliver(add, 0, e)
+            return
         added: list[str] = []
         for i, req in enumerate(add.reqs):
             try:

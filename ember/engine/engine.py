@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ember.config import Config
+from ember.engine.backlog import refuse_long_prompt
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.grammar import GrammarCompiler, apply_masks
 from ember.engine.kv_cache import BlockPool
@@ -42,8 +43,6 @@ class EngineStats:
     num_preemptions: int
     kv_touched_bytes: int = 0
     """KV cache bytes ever written (resident on CPU, where the cache is a lazily-filled memory map)."""
-    long_prompt_tokens: int = 0
-    """The scheduler's long-prompt threshold (SchedulerConfig.long_prefill_tokens)."""
     long_prefill_backlog: int = 0
     """Prompt tokens interactive long prompts (running or waiting) have still to compute."""
     prefill_tokens_per_s: float = 0.0
@@ -109,6 +108,20 @@ class Engine:
         seq.arrival_time = req.arrival_time or time.monotonic()
         self.scheduler.add(seq)
 
+    def refuse_if_backlogged(self, reqs: list[EngineRequest]) -> None:
+        """Raise Overloaded for a submission whose long prompt would wait behind too much long-prompt
+        prefill (ember.engine.backlog). Prompts repeated in it (n > 1) count once: they share their prefix.
+        Batch rows are never refused here: they yield to interactive work anyway."""
+        prompts = {r.prompt_token_ids for r in reqs if not r.background}
+        if not prompts:
+            return
+        cfg = self.scheduler.cfg
+        err = refuse_long_prompt(sum(map(len, prompts)), cfg.max_num_batched_tokens,
+                                 self.scheduler.long_prefill_backlog(), self.prefill_tokens_per_s,
+                                 cfg.max_prefill_backlog_s)
+        if err is not None:
+            raise err
+
     def abort(self, request_id: str) -> None:
         seq = self.seqs.pop(request_id, None)
         if seq is not None:
@@ -122,7 +135,7 @@ class Engine:
         return EngineStats(len(self.scheduler.running), self.scheduler.num_waiting, self.pool.num_used,
                            self.pool.num_free, self.pool.queries, self.pool.hits,
                            self.scheduler.num_preemptions, self.pool.num_touched * self.kv_bytes_per_block,
-                           self.scheduler.cfg.long_prefill_tokens, self.scheduler.long_prefill_backlog(),
+                           self.scheduler.long_prefill_backlog(),
                            self.prefill_tokens_per_s)
 
     def step(self) -> list[RequestOutput]:

@@ -9,11 +9,12 @@ Order: running sequences first (oldest first), then waiting ones first-come firs
 pool cannot supply a block, the newest running sequence is preempted: its blocks are freed and it goes
 back to the head of the waiting queue, to be recomputed later (its prefix may still be cached).
 
-Long prompts (more than `long_prefill_tokens` left to compute) are the exception to oldest first: while
-anything else is in the step they take at most that many tokens of it together, oldest long prompt first,
-and a waiting long prompt held back this way lets the shorter ones queued behind it start. Only a step
-that would hold nothing but long prompts gives them the whole budget. A prompt near the context window
-is tens of seconds of prefill on a CPU; without this, every decode newer than it and every prompt queued
+Long prompts are the exception to oldest first. A prompt is long when more of it is left to compute than
+one step's budget (`is_long_prompt`), and stays long until its prefill is done: while anything else is in
+the step, long prompts together take at most `long_prefill_tokens` of it, oldest long prompt first, and a
+waiting long prompt held back this way lets the shorter ones queued behind it start. Only a step that
+would hold nothing but long prompts gives them the whole budget. A prompt near the context window is
+tens of seconds of prefill on a CPU; without this, every decode newer than it and every prompt queued
 behind it would wait that long.
 
 Two priorities: interactive requests, and background ones (batch-job rows). Interactive sequences are
@@ -52,6 +53,12 @@ class ScheduledBatch:
         return sum(self.num_tokens)
 
 
+def is_long_prompt(seq: Sequence, threshold: int) -> bool:
+    """Prefilling, and its prompt beyond any prefix-cache hit is more than `threshold` tokens: classified by
+    the whole prompt rather than what is left, so the last chunk of a long prompt is capped like the rest."""
+    return seq.num_uncomputed > 1 and seq.num_tokens - seq.num_prefix_hit_tokens > threshold
+
+
 @dataclass
 class _Allowance:
     """What one priority may still take in the step being built."""
@@ -59,7 +66,7 @@ class _Allowance:
     tokens: int
     seats: int
     long_threshold: int | None = None
-    """A sequence with more than this many tokens left is a long prompt; None: no long-prompt cap."""
+    """Prompts longer than this are long (is_long_prompt); None: no long-prompt cap."""
     long_tokens: int = 0
     """What long prompts together may still take this step (while the cap holds)."""
     held_back: bool = False
@@ -72,7 +79,7 @@ class _Allowance:
         return self.tokens > 0 and self.seats > 0
 
     def is_long(self, seq: Sequence) -> bool:
-        return self.long_threshold is not None and seq.num_uncomputed > self.long_threshold
+        return self.long_threshold is not None and is_long_prompt(seq, self.long_threshold)
 
     def grant(self, seq: Sequence) -> int:
         """How many of its uncomputed tokens `seq` may take; 0 for a long prompt held back."""
@@ -125,9 +132,9 @@ class Scheduler:
     def long_prefill_backlog(self) -> int:
         """Tokens interactive long prompts, running or waiting, have still to compute (before any prefix
         cache hit a waiting one may find)."""
-        t = self.cfg.long_prefill_tokens
+        t = self.cfg.max_num_batched_tokens
         seqs = [s for s in self.running if not s.request.background] + list(self.waiting)
-        return sum(n for n in (s.num_uncomputed for s in seqs) if n > t)
+        return sum(s.num_uncomputed for s in seqs if is_long_prompt(s, t))
 
     def _blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.pool.block_size)
@@ -172,7 +179,7 @@ class Scheduler:
         out = ScheduledBatch()
         cfg = self.cfg
         busy = self._interactive_busy()
-        interactive = _Allowance(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.long_prefill_tokens,
+        interactive = _Allowance(cfg.max_num_batched_tokens, cfg.max_num_seqs, cfg.max_num_batched_tokens,
                                  cfg.long_prefill_tokens)
         chosen: dict[Sequence, int] = {}
         stalled = self._step_running(False, interactive, chosen, out)

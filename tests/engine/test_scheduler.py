@@ -14,7 +14,7 @@ from ember.config import SchedulerConfig
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.kv_cache import BlockPool
 from ember.engine.request import EngineRequest, SamplingParams
-from ember.engine.scheduler import ScheduledBatch, Scheduler
+from ember.engine.scheduler import ScheduledBatch, Scheduler, is_long_prompt
 from ember.engine.sequence import Sequence, SequenceStatus
 from ember.model.loader import LoadedModel
 
@@ -201,8 +201,9 @@ def test_a_long_prompt_shares_each_step_with_newer_decodes_and_prompts(detok) ->
     # Oldest first would give the long prompt all 32 tokens and leave `a` waiting for its whole prefill.
     assert plan(step(s)) == {"long": 8, "a": 5}
     assert plan(step(s)) == {"long": 8, "a": 1}  # a decode newer than the long prompt is not starved
-    s.add(seq(detok, "b", 12, first=300))  # 12 tokens left is more than the cap: b is a long prompt too
-    assert plan(step(s)) == {"long": 8, "a": 1}  # long prompts share the cap, oldest first
+    s.add(seq(detok, "b", 40, first=300))  # longer than the budget: a long prompt too
+    s.add(seq(detok, "c", 12, first=400))  # more than the cap but within the budget: not long
+    assert plan(step(s)) == {"long": 8, "a": 1, "c": 12}  # long prompts share the cap, oldest first
     check_blocks(s)
 
 
@@ -218,9 +219,10 @@ def test_a_short_prompt_queued_behind_a_long_one_starts_first(detok) -> None:
     assert plan(b) == {"first": 8, "short": 6}  # second is held back, short is not stuck behind it
     assert list(s.waiting) == [second] and second.block_ids == []  # a held-back prompt holds no blocks
     check_blocks(s)
-    while first.num_uncomputed > 8:  # second starts only once first is no longer a long prompt
-        assert "second" not in plan(step(s))
-    assert plan(step(s)) == {"first": 4, "short": 1, "second": 8}
+    while first.num_uncomputed > 8:  # first keeps the cap to the end of its prompt, then second starts
+        assert plan(step(s)) == {"first": 8, "short": 1}
+    assert plan(step(s)) == {"first": 4, "short": 1, "second": 4}
+    assert plan(step(s)) == {"first": 1, "short": 1, "second": 8}
 
 
 def test_two_long_prompts_alone_go_one_after_the_other(detok) -> None:
@@ -228,14 +230,15 @@ def test_two_long_prompts_alone_go_one_after_the_other(detok) -> None:
     s.add(seq(detok, "x", 40))
     s.add(seq(detok, "y", 40, first=500))
     assert plan(step(s)) == {"x": 32}  # nothing but long prompts: the first takes the whole step
-    assert plan(step(s)) == {"x": 8, "y": 8}  # x's last 8 are a short prompt now; y gets the cap
+    assert plan(step(s)) == {"x": 8, "y": 24}  # still nothing else in the step: y takes the rest
+    assert plan(step(s)) == {"x": 1, "y": 8}  # x decodes now: y is held to the cap
 
 
 def test_random_long_and_short_traffic_keeps_the_budget_and_the_cap(detok) -> None:
     rng = random.Random(7)
     budget, cap = 48, 12
     s = make(num_blocks=120, max_num_seqs=6, budget=budget, long_prefill=cap)
-    pending = [seq(detok, f"r{i}", rng.choice([3, 5, 9, 30, 70]), first=1 + 100 * i,
+    pending = [seq(detok, f"r{i}", rng.choice([3, 5, 9, 30, 70, 120]), first=1 + 100 * i,
                    max_tokens=rng.randint(1, 6)) for i in range(40)]
     done = shared = alone = 0
     for _ in range(2000):
@@ -243,10 +246,10 @@ def test_random_long_and_short_traffic_keeps_the_budget_and_the_cap(detok) -> No
             break
         while pending and rng.random() < 0.3:
             s.add(pending.pop(0))
-        left = {q: q.num_uncomputed for q in [*s.running, *s.waiting]}  # no prompts share a prefix here
+        long = {q: is_long_prompt(q, budget) for q in [*s.running, *s.waiting]}  # no prompt shares a prefix
         b = step(s)
         assert b.total_tokens <= budget and len(s.running) <= 6
-        long_rows = [n for q, n in zip(b.seqs, b.num_tokens, strict=True) if left[q] > cap]
+        long_rows = [n for q, n in zip(b.seqs, b.num_tokens, strict=True) if long[q]]
         if long_rows and len(long_rows) < len(b.seqs):  # shared with others: long prompts keep to the cap
             assert sum(long_rows) <= cap, plan(b)
             shared += 1

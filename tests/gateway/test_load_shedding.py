@@ -12,6 +12,7 @@ import pytest
 from ember.api.admission import admit
 from ember.api.auth import Principal
 from ember.config import PlatformConfig, SchedulerConfig
+from ember.engine.backlog import refuse_long_prompt
 from ember.engine.engine import EngineStats
 from ember.errors import Overloaded
 from tests.conftest import MODEL_ID, LiveServer, server_config
@@ -32,10 +33,9 @@ class _Platform:
         self.max_running = 2
 
 
-def stats(running: int, backlog: int = 0, rate: float = 0.0) -> EngineStats:
+def stats(running: int) -> EngineStats:
     return EngineStats(num_running=running, num_waiting=0, kv_blocks_used=0, kv_blocks_free=1, prefix_queries=0,
-                       prefix_hits=0, num_preemptions=0, long_prompt_tokens=256, long_prefill_backlog=backlog,
-                       prefill_tokens_per_s=rate)
+                       prefix_hits=0, num_preemptions=0)
 
 
 def test_bound_and_priority_room() -> None:
@@ -53,52 +53,46 @@ def test_bound_and_priority_room() -> None:
     admit(empty, who, MODEL_ID, 8, 10, 10, False, stats(0))  # type: ignore[arg-type]  # one big request fits an idle server
 
 
-def test_a_long_prompt_behind_too_much_long_prefill_is_shed() -> None:
-    who = Principal("local", "inference-user", "open")
-    p = _Platform(bound=100, inflight=1)  # PlatformConfig's default bound: 60 s of long-prompt prefill
-    # 8,000 tokens ahead at 200 tokens/s: a 5,000-token prompt would finish its prefill in 65 s.
-    with pytest.raises(Overloaded) as e:
-        admit(p, who, MODEL_ID, 1, 5000, 16, False, stats(1, backlog=8000, rate=200.0))  # type: ignore[arg-type]
-    assert e.value.retry_after == 40 and "8000 tokens of long prompts" in str(e.value)
-    assert p.inflight == 1
-    admit(p, who, MODEL_ID, 1, 3000, 16, False, stats(1, backlog=8000, rate=200.0))  # type: ignore[arg-type]  # 55 s
-    admit(p, who, MODEL_ID, 1, 5000, 16, True, stats(1, backlog=8000, rate=200.0))  # type: ignore[arg-type]  # priority: 120 s
-    admit(p, who, MODEL_ID, 1, 200, 16, False, stats(1, backlog=80000, rate=200.0))  # type: ignore[arg-type]  # short: passes
-    admit(p, who, MODEL_ID, 1, 9000, 16, False, stats(1, backlog=0, rate=200.0))  # type: ignore[arg-type]  # none ahead
-    admit(p, who, MODEL_ID, 1, 9000, 16, False, stats(1, backlog=9000, rate=0.0))  # type: ignore[arg-type]  # no rate yet
-    assert p.inflight == 6
+def test_a_long_prompt_behind_too_much_long_prefill_is_refused() -> None:
+    # 8,000 tokens of long prompts ahead at 200 tokens/s, 60 s bound: a 5,000-token prompt would take 65 s.
+    err = refuse_long_prompt(5000, 512, 8000, 200.0, 60.0)
+    assert isinstance(err, Overloaded) and err.retry_after == 40 and "8000 tokens of long prompts" in str(err)
+    assert refuse_long_prompt(3000, 512, 8000, 200.0, 60.0) is None  # 55 s
+    assert refuse_long_prompt(500, 512, 80000, 200.0, 60.0) is None  # not long: it passes the long ones
+    assert refuse_long_prompt(9000, 512, 0, 200.0, 60.0) is None  # nothing ahead: always taken
+    assert refuse_long_prompt(9000, 512, 9000, 0.0, 60.0) is None  # no rate measured yet
+    assert refuse_long_prompt(9000, 512, 90000, 1.0, 60.0).retry_after == 60  # type: ignore[union-attr]
 
 
-def test_live_server_sheds_a_long_prompt_behind_another(smol_served) -> None:  # noqa: ANN001
+def test_live_server_refuses_a_long_prompt_behind_another(smol_served) -> None:  # noqa: ANN001
     cfg = server_config()
     cfg = dataclasses.replace(cfg, scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=64,
-                                                             long_prefill_tokens=16),
-                              platform=PlatformConfig(max_prefill_backlog_s=0.01))
+                                                             long_prefill_tokens=16, max_prefill_backlog_s=0.01))
     long_body = {"model": MODEL_ID, "prompt": [300 + i % 4000 for i in range(1500)], "max_tokens": 2}
+    other = long_body | {"prompt": long_body["prompt"][::-1]}
     with LiveServer(cfg, smol_served) as s, httpx.Client(base_url=s.url, timeout=300) as c:
-        client = s.app.state.ember.client
+        warm = {"model": MODEL_ID, "prompt": [300 + i for i in range(100)], "max_tokens": 1}
+        assert c.post("/v1/completions", json=warm).status_code == 200  # a step of 64 tokens: a rate
+        assert s.app.state.ember.client.stats().prefill_tokens_per_s > 0
 
-        async def first_then_second() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async def together() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=s.url, timeout=300) as ac:
-                first = asyncio.ensure_future(ac.post("/v1/completions", json=long_body))
-                for _ in range(600):  # until the first is prefilling and a rate has been measured
-                    st = client.stats()
-                    if st.long_prefill_backlog > 0 and st.prefill_tokens_per_s > 0:
-                        break
-                    await asyncio.sleep(0.02)
-                second = await ac.post("/v1/completions", json=long_body | {"prompt": long_body["prompt"][::-1]})
-                short = await ac.post("/v1/completions", json={"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2})
-                return await first, second, short
+                short = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 2}
+                # Sent at once: the check runs as the engine adds each, so the second sees the first.
+                return await asyncio.gather(ac.post("/v1/completions", json=long_body),
+                                            ac.post("/v1/completions", json=other),
+                                            ac.post("/v1/completions", json=short))
 
-        first, second, short = asyncio.run(first_then_second())
-        assert first.status_code == 200 and short.status_code == 200
-        assert second.status_code == 503, second.text
-        assert int(second.headers["retry-after"]) >= 1
-        assert second.json()["error"]["type"] == "overloaded_error"
-        assert "long prompts" in second.json()["error"]["message"]
+        first, second, short = asyncio.run(together())
+        assert short.status_code == 200
+        assert sorted([first.status_code, second.status_code]) == [200, 503], (first.text, second.text)
+        refused = first if first.status_code == 503 else second
+        assert int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["type"] == "overloaded_error"
+        assert "long prompts" in refused.json()["error"]["message"]
         assert s.app.state.ember.platform.inflight == 0
-        # once the first is done nothing is ahead: the same prompt is taken
-        assert c.post("/v1/completions", json=long_body).status_code == 200
+        # with nothing ahead the same prompt is taken
+        assert c.post("/v1/completions", json=other).status_code == 200
         gauges = dict(line.rsplit(" ", 1) for line in c.get("/metrics").text.splitlines()
                       if line.startswith(("ember_prefill_tokens_per_second ", "ember_long_prefill_backlog_tokens ")))
         assert float(gauges["ember_prefill_tokens_per_second"]) > 0
