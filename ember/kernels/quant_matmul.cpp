@@ -514,7 +514,8 @@ void quant_matmul(torch::Tensor xq, torch::Tensor xd, torch::Tensor xs, torch::T
   const bool gather = rows.numel() > 0;
   TORCH_CHECK(gather ? rows.numel() == N && rows.scalar_type() == torch::kInt64 : w.size(0) == N,
               "quant_matmul: out columns must match W's rows (or rows' length)");
-  const int64_t* prow = gather ? rows.contiguous().data_ptr<int64_t>() : nullptr;
+  const torch::Tensor rows_c = rows.contiguous();  // held: a temporary copy's pointer would dangle
+  const int64_t* prow = gather ? rows_c.data_ptr<int64_t>() : nullptr;
   if (gather) {
     for (int64_t n = 0; n < N; ++n) TORCH_CHECK(prow[n] >= 0 && prow[n] < w.size(0), "quant_matmul: bad row index");
   }
