@@ -15,15 +15,17 @@ import math
 from ember.errors import Overloaded
 
 
-def refuse_long_prompt(prompt_tokens: int, long_threshold: int, backlog_tokens: int, tokens_per_s: float,
-                       bound_s: float) -> Overloaded | None:
-    """The error to answer a prompt of `prompt_tokens` with, or None to take it.
+def refuse_long_prompt(prompt_lengths: list[int], long_threshold: int, backlog_tokens: int,
+                       tokens_per_s: float, bound_s: float) -> Overloaded | None:
+    """The error to answer a submission of prompts of these lengths with, or None to take it.
 
-    `backlog_tokens`: what the long prompts already admitted have still to compute; `tokens_per_s`: the
-    measured prefill rate (0: not measured yet, take it). A prompt within the threshold, or with nothing
-    ahead of it, is always taken: it passes the long ones, or it is the only one.
+    Only its long prompts (more than `long_threshold` tokens, as the scheduler counts them) wait behind the
+    backlog; the others pass it. `backlog_tokens`: what the long prompts already admitted have still to
+    compute; `tokens_per_s`: the measured prefill rate (0: not measured yet, take it). A submission with no
+    long prompt, or with nothing ahead of it, is always taken.
     """
-    if prompt_tokens <= long_threshold or backlog_tokens <= 0 or tokens_per_s <= 0:
+    prompt_tokens = sum(n for n in prompt_lengths if n > long_threshold)
+    if prompt_tokens == 0 or backlog_tokens <= 0 or tokens_per_s <= 0:
         return None
     eta = (backlog_tokens + prompt_tokens) / tokens_per_s
     if eta <= bound_s:

@@ -116,7 +116,7 @@ class Engine:
         if not prompts:
             return
         cfg = self.scheduler.cfg
-        err = refuse_long_prompt(sum(map(len, prompts)), cfg.max_num_batched_tokens,
+        err = refuse_long_prompt([len(p) for p in prompts], cfg.max_num_batched_tokens,
                                  self.scheduler.long_prefill_backlog(), self.prefill_tokens_per_s,
                                  cfg.max_prefill_backlog_s)
         if err is not None:

@@ -9,8 +9,8 @@ Order: running sequences first (oldest first), then waiting ones first-come firs
 pool cannot supply a block, the newest running sequence is preempted: its blocks are freed and it goes
 back to the head of the waiting queue, to be recomputed later (its prefix may still be cached).
 
-Long prompts are the exception to oldest first. A prompt is long when more of it is left to compute than
-one step's budget (`is_long_prompt`), and stays long until its prefill is done: while anything else is in
+Long prompts are the exception to oldest first. A prompt is long when it is longer than one step's budget
+(beyond any prefix-cache hit; `is_long_prompt`), and stays long until its prefill is done: while anything else is in
 the step, long prompts together take at most `long_prefill_tokens` of it, oldest long prompt first, and a
 waiting long prompt held back this way lets the shorter ones queued behind it start. Only a step that
 would hold nothing but long prompts gives them the whole budget. A prompt near the context window is
@@ -54,9 +54,10 @@ class ScheduledBatch:
 
 
 def is_long_prompt(seq: Sequence, threshold: int) -> bool:
-    """Prefilling, and its prompt beyond any prefix-cache hit is more than `threshold` tokens: classified by
-    the whole prompt rather than what is left, so the last chunk of a long prompt is capped like the rest."""
-    return seq.num_uncomputed > 1 and seq.num_tokens - seq.num_prefix_hit_tokens > threshold
+    """Prefilling (more than its last token left: a draft being verified does not count), and its prompt
+    beyond any prefix-cache hit is more than `threshold` tokens: classified by the whole prompt rather than
+    what is left, so the last chunk of a long prompt is capped like the rest."""
+    return seq.num_tokens - seq.num_computed_tokens > 1 and seq.num_tokens - seq.num_prefix_hit_tokens > threshold
 
 
 @dataclass
@@ -257,7 +258,8 @@ class Scheduler:
                 return
             chosen[seq] = have + n
             budget.tokens -= n
-            budget.seats -= have == 0
+            if have == 0:
+                budget.seats -= 1
 
     def _admit(self, queue: deque[Sequence], budget: _Allowance, chosen: dict[Sequence, int],
                out: ScheduledBatch) -> bool:

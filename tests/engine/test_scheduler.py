@@ -225,6 +225,20 @@ def test_a_short_prompt_queued_behind_a_long_one_starts_first(detok) -> None:
     assert plan(step(s)) == {"first": 1, "short": 1, "second": 8}
 
 
+def test_a_draft_being_verified_is_not_a_long_prompt(detok) -> None:
+    s = make(num_blocks=200, budget=32, long_prefill=8)
+    a = seq(detok, "a", 4)
+    s.add(a)
+    while a.num_tokens <= 32:  # decode past one step's budget of context
+        step(s)
+    a.draft = [7, 7, 7]  # what the engine does after a step: a 3-token draft to verify
+    assert not is_long_prompt(a, 32)
+    s.add(seq(detok, "long", 100, first=500))
+    # The verify row takes its 1 + 3 tokens; the long prompt still has the whole cap beside it.
+    assert plan(s.schedule()) == {"a": 4, "long": 8}
+    assert s.long_prefill_backlog() == 100
+
+
 def test_two_long_prompts_alone_go_one_after_the_other(detok) -> None:
     s = make(num_blocks=200, budget=32, long_prefill=8)
     s.add(seq(detok, "x", 40))

@@ -55,13 +55,16 @@ def test_bound_and_priority_room() -> None:
 
 def test_a_long_prompt_behind_too_much_long_prefill_is_refused() -> None:
     # 8,000 tokens of long prompts ahead at 200 tokens/s, 60 s bound: a 5,000-token prompt would take 65 s.
-    err = refuse_long_prompt(5000, 512, 8000, 200.0, 60.0)
+    err = refuse_long_prompt([5000], 512, 8000, 200.0, 60.0)
     assert isinstance(err, Overloaded) and err.retry_after == 40 and "8000 tokens of long prompts" in str(err)
-    assert refuse_long_prompt(3000, 512, 8000, 200.0, 60.0) is None  # 55 s
-    assert refuse_long_prompt(500, 512, 80000, 200.0, 60.0) is None  # not long: it passes the long ones
-    assert refuse_long_prompt(9000, 512, 0, 200.0, 60.0) is None  # nothing ahead: always taken
-    assert refuse_long_prompt(9000, 512, 9000, 0.0, 60.0) is None  # no rate measured yet
-    assert refuse_long_prompt(9000, 512, 90000, 1.0, 60.0).retry_after == 60  # type: ignore[union-attr]
+    assert refuse_long_prompt([3000], 512, 8000, 200.0, 60.0) is None  # 55 s
+    assert refuse_long_prompt([500], 512, 80000, 200.0, 60.0) is None  # not long: it passes the long ones
+    assert refuse_long_prompt([500] * 8, 512, 80000, 200.0, 60.0) is None  # nor do short prompts in a list
+    assert refuse_long_prompt([500, 2600], 512, 8000, 200.0, 60.0) is None  # only the long one waits: 53 s
+    assert refuse_long_prompt([2000, 3000], 512, 8000, 200.0, 60.0) is not None  # both wait: 65 s
+    assert refuse_long_prompt([9000], 512, 0, 200.0, 60.0) is None  # nothing ahead: always taken
+    assert refuse_long_prompt([9000], 512, 9000, 0.0, 60.0) is None  # no rate measured yet
+    assert refuse_long_prompt([9000], 512, 90000, 1.0, 60.0).retry_after == 60  # type: ignore[union-attr]
 
 
 def test_live_server_refuses_a_long_prompt_behind_another(smol_served) -> None:  # noqa: ANN001
