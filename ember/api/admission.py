@@ -56,4 +56,3 @@ def admit(platform: Platform, principal: Principal, model: str, sequences: int, 
     reservation = platform.limiter.reserve(principal.account_id, model, prompt_tokens, generated_tokens)
     platform.inflight += sequences
     return Admission(platform, principal, model, reservation, sequences)
-

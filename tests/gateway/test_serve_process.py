@@ -162,7 +162,7 @@ def test_refuses_to_serve_open_on_a_public_address(tmp_path: Path) -> None:
                          block_size=16, kv_cache_mb=64, kv_cache_dtype="float16", no_prefix_caching=False,
                          max_num_seqs=8,
                          max_num_batched_tokens=64, speculative_ngram=False, num_draft_tokens=3, port=1,
-                         max_queued_requests=10).items():
+                         max_queued_requests=10, long_prefill_tokens=128, max_prefill_backlog=60.0).items():
             setattr(ns, k, v)
         return _config(ns)
 
