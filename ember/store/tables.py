@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKeyConstraint, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, ForeignKeyConstraint, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -29,6 +29,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(String(32))
     display_name: Mapped[str] = mapped_column(String(64), default="")
     service_account: Mapped[bool] = mapped_column(Boolean, default=False)
+    state: Mapped[str] = mapped_column(String(32), default="ACTIVE", server_default="ACTIVE")
+    """ACTIVE, or DISABLED: a disabled user's keys authenticate nobody until the user is enabled again."""
     created: Mapped[datetime] = mapped_column(DateTime)
     updated: Mapped[datetime] = mapped_column(DateTime)
     __table_args__ = (ForeignKeyConstraint(["account_id"], ["accounts.account_id"], ondelete="CASCADE"),)
@@ -165,3 +167,35 @@ class ServerSecret(Base):
     __tablename__ = "server_secrets"
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     value: Mapped[str] = mapped_column(String(256))
+
+
+class AuditLogEntry(Base):
+    """One change made through the Gateway or the operator CLI, written in the change's own transaction.
+
+    Never holds a secret: keys appear as their id and 8-character prefix, signed URLs not at all. No
+    foreign key to accounts: the record of an account's changes outlives the account.
+    """
+
+    __tablename__ = "audit_logs"
+    entry_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(63))
+    timestamp: Mapped[datetime] = mapped_column(DateTime)
+    method: Mapped[str] = mapped_column(String(128))
+    """What was asked, as "HTTP-METHOD /path template" or "cli ember ..." (e.g. "POST apiKeys")."""
+    resource: Mapped[str] = mapped_column(String(512))
+    """The resource acted on, e.g. accounts/acme/apiKeys/key-id."""
+    principal: Mapped[str] = mapped_column(String(320))
+    """The acting user's email (or "operator" for the CLI)."""
+    user_id: Mapped[str] = mapped_column(String(63))
+    key_id: Mapped[str] = mapped_column(String(40))
+    key_prefix: Mapped[str] = mapped_column(String(8))
+    status_code: Mapped[int] = mapped_column(Integer)
+    """The HTTP status the change answered (failures are logged too)."""
+    message: Mapped[str] = mapped_column(String(2000))
+    payload: Mapped[dict] = mapped_column(JSON, default=dict)
+    user_agent: Mapped[str] = mapped_column(String(512))
+    client_ip: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16))
+    """"api" or "cli"."""
+    is_admin_action: Mapped[bool] = mapped_column(Boolean, default=False)
+    __table_args__ = (Index("ix_audit_logs_account_time", "account_id", "timestamp"),)

@@ -133,9 +133,15 @@ def test_older_database_upgrades_in_place(store_config: StoreConfig) -> None:
     """A store made by an older ember (its first revision) keeps its data when a newer one opens it."""
     old = Store(store_config)
     old.migrate("0001")
-    Accounts(old).create("acme", "ops@acme.test")
+    # Rows written as that revision's schema has them (today's ORM names columns it lacks).
+    with old.engine.begin() as c:
+        c.execute(text("INSERT INTO accounts VALUES ('acme', 'ops@acme.test', '', :t, :t)"), {"t": datetime(2026, 1, 1)})
+        c.execute(text("INSERT INTO users VALUES ('acme', 'admin', 'ops@acme.test', 'admin', '', false, :t, :t)"),
+                  {"t": datetime(2026, 1, 1)})
     old.close()
     new = open_store(store_config)
     assert new.revision() == Store.head_revision()
     assert [a.account_id for a in Accounts(new).list()] == ["acme"]
+    with new.engine.connect() as c:  # a user from before user states is active
+        assert c.execute(text("SELECT state FROM users WHERE user_id = 'admin'")).scalar() == "ACTIVE"
     new.close()
