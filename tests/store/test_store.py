@@ -17,6 +17,7 @@ from ember.store.db import Store, open_store
 from ember.store.quotas import GENERATED, REQUESTS, Quotas
 from ember.store.tables import ApiKey
 from ember.store.usage import BATCH, UsageMeter, daily_usage, usage_totals
+from tests.store.old_schema import store_at_0001_with_acme
 
 
 def test_account_gets_admin_and_key_stored_as_digest(store: Store) -> None:
@@ -131,14 +132,7 @@ def test_migrations_are_idempotent_and_versioned(store: Store, store_config: Sto
 
 def test_older_database_upgrades_in_place(store_config: StoreConfig) -> None:
     """A store made by an older ember (its first revision) keeps its data when a newer one opens it."""
-    old = Store(store_config)
-    old.migrate("0001")
-    # Rows written as that revision's schema has them (today's ORM names columns it lacks).
-    with old.engine.begin() as c:
-        c.execute(text("INSERT INTO accounts VALUES ('acme', 'ops@acme.test', '', :t, :t)"), {"t": datetime(2026, 1, 1)})
-        c.execute(text("INSERT INTO users VALUES ('acme', 'admin', 'ops@acme.test', 'admin', '', false, :t, :t)"),
-                  {"t": datetime(2026, 1, 1)})
-    old.close()
+    store_at_0001_with_acme(store_config)
     new = open_store(store_config)
     assert new.revision() == Store.head_revision()
     assert [a.account_id for a in Accounts(new).list()] == ["acme"]
