@@ -15,7 +15,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 def add_audit_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="print an account's audit log (every change through the API or the CLI)")
-    p.add_argument("--account", required=True)
+    p.add_argument("--account", required=True, help="the account; _server: changes that belong to no account")
     p.add_argument("--since", default="30d",
                    help="how far back: 90m, 12h, 7d, or a time (2026-12-01, 2026-12-01T10:00:00Z); default 30d")
     p.add_argument("--until", default=None, help="the newest time to show (default: now)")
@@ -46,7 +46,7 @@ def parse_when(value: str, now: datetime, what: str) -> datetime:
 
 def run_audit(a: argparse.Namespace) -> int:
     from ember.gateway.audit_logs import entry_json
-    from ember.store.audit_log import AuditLog, AuditQuery
+    from ember.store.audit_log import SERVER_SCOPE, AuditLog, AuditQuery
     from ember.store.db import open_store
     from ember.store.ids import check_id, utcnow
 
@@ -55,10 +55,11 @@ def run_audit(a: argparse.Namespace) -> int:
     now = utcnow()
     end = parse_when(a.until, now, "--until") if a.until else now
     start = parse_when(a.since, now, "--since")
+    account = a.account if a.account == SERVER_SCOPE else check_id(a.account, "account")
     store = open_store(store_config(a))
     try:
-        rows, total = AuditLog(store).list(AuditQuery(check_id(a.account, "account"), start, end, a.email or None,
-                                                      a.method or None), a.limit)
+        rows, total = AuditLog(store).list(AuditQuery(account, start, end, a.email or None, a.method or None),
+                                           a.limit)
     finally:
         store.close()
     if a.json:

@@ -11,8 +11,11 @@ How a mutating path records itself (one small call each):
   commits with the change or not at all, and the record is then marked committed (the dependency writes
   nothing more for a success). A new mutator needs only `audit: AuditRecord | None = None` and
   `self.store.session(audit)`; a route that writes in its own session does the same.
-- An operator command builds `AuditRecord.operator(account, "cli ember ...")`, passes it the same way, and
-  on failure calls `AuditLog(store).write(record, status, message)`.
+- An operator command builds `AuditRecord.operator(account, "cli ember ...", resource)`, passes it the
+  same way, and on failure calls `AuditLog(store).write(record, status, message)`
+  (`ember.cli_admin.audit_failure` does that for an exception). A change that belongs to no account (the
+  server's URL-signing secret) is recorded under SERVER_SCOPE, which no account id can equal; operators
+  read it with `ember audit --account _server`.
 
 Why the record rides into the mutator's own session instead of a separate write after it: a crash or a
 failed commit can then never leave a change without its entry, or an entry for a change that did not
@@ -44,6 +47,8 @@ from ember.store.tables import ApiKey, AuditLogEntry
 if TYPE_CHECKING:
     from ember.store.db import Store
 
+SERVER_SCOPE = "_server"
+"""The account id of server-wide changes: "_" is not allowed in account ids, so it names no account."""
 MAX_PAYLOAD_BYTES = 2048
 """A payload whose JSON passes this is replaced by the list of its top-level names."""
 _MAX_STR = 200

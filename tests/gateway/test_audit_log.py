@@ -356,13 +356,15 @@ def test_operator_commands_write_entries_and_ember_audit_prints_them(walk: Walk,
                        *d]) == 0
     assert ember_main(["keys", "revoke", "no-such-key", "--account", "acme", *d]) == 2  # fails: 404 entry
     assert ember_main(["accounts", "create", "acme", "--email", "x@acme.test", *d]) == 2  # exists: 409 entry
+    assert ember_main(["jobs", "cancel", "walk-job", "--account", "acme", *d]) == 1  # finished: 400 entry
     capsys.readouterr()
     cli = [x for x in _list(walk, filter='method="cli"', pageSize=200).json()["auditLogs"]]
-    assert [(x["method"], x["httpStatus"]) for x in cli[:4]] == [
-        ("cli ember accounts create", 409), ("cli ember keys revoke", 404),
+    assert [(x["method"], x["httpStatus"]) for x in cli[:5]] == [
+        ("cli ember jobs cancel", 400), ("cli ember accounts create", 409), ("cli ember keys revoke", 404),
         ("cli ember accounts set-quota", 200), ("cli ember keys create", 200)]
     assert all(x["principal"] == "operator" and x["isAdminAction"] and x["source"] == "cli" for x in cli)
-    assert cli[3]["resource"].startswith("accounts/acme/users/walk-user/apiKeys/")
+    assert cli[4]["resource"].startswith("accounts/acme/users/walk-user/apiKeys/")
+    assert cli[0]["resource"] == "accounts/acme/batchInferenceJobs/walk-job"
     assert ember_main(["audit", "--account", "acme", "--method", "cli ember keys", "--limit", "5", *d]) == 0
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if "cli ember keys" in ln]

@@ -97,3 +97,16 @@ def test_payload_redacted_and_capped() -> None:
     rec = _record()
     rec.note(**{f"f{i}": "x" * 500 for i in range(40)})
     assert len(json.dumps(capped(rec.payload))) <= MAX_PAYLOAD_BYTES
+
+
+def test_a_job_transition_has_an_entry_only_when_the_job_moved(store: Store) -> None:
+    from ember.store import batch_jobs as st
+    from tests.store.test_batch_store import make_job
+
+    jobs = make_job(store)
+    moved = _record(method="DELETE job")
+    assert jobs.transition("acme", "j1", st.CANCELLING, st.ACTIVE, "CANCELLED", "by user", audit=moved)
+    stayed = _record(method="DELETE job")
+    assert not jobs.transition("acme", "j1", st.CANCELLING, (st.RUNNING,), audit=stayed)
+    assert moved.committed and not stayed.committed  # the caller writes the refusal (or no-op) itself
+    assert [e.method for e in _entries(store)] == ["DELETE job"]
