@@ -110,6 +110,12 @@ def audit_failure(store: Store, rec: AuditRecord | None, e: Exception) -> None:
     if rec is None or rec.committed:
         return
     from ember.api.errors import status_of
+    from ember.store.ids import check_id
+
+    try:
+        check_id(rec.account_id, "account")
+    except EmberError:  # no account can have this id: there is no log to write it to
+        return
 
     status = status_of(e)[0] if isinstance(e, EmberError) else 400
     AuditLog(store).write(rec, status, e.message if isinstance(e, EmberError) else str(e))

@@ -106,7 +106,7 @@ async def update_user(account_id: str, user_id: str, body: UserBody, state: Stat
         fields["service_account"] = body.serviceAccount
     if user_id == p.user_id and fields.get("role", "admin") != "admin":
         raise InvalidRequest("an admin cannot take its own admin role away", param="role")
-    change.note(**fields)
+    change.note(**body.model_dump(exclude_none=True, include={"role", "displayName", "email", "serviceAccount"}))
     u = state.platform.users.update(account_id, user_id, audit=change, **fields)
     state.platform.auth.forget_user(account_id, user_id)
     return user_json(u)

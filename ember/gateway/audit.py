@@ -97,7 +97,7 @@ def _write_alone(request: Request, rec: AuditRecord, status: int, message: str) 
 def gateway_change(request: Request, account_id: str,
                    p: Annotated[Principal, Depends(gateway_principal)]) -> Iterator[AuditRecord]:
     rec = record_of(request, p, account_id)
-    yield from _audited(request, rec)  # type: ignore[misc]
+    yield from _audited(request, rec)
 
 
 def openai_change(request: Request, p: Annotated[Principal, Depends(inference_principal)]

@@ -109,6 +109,8 @@ class AuditRecord:
     source: str = "api"
     is_admin_action: bool = False
     payload: dict = field(default_factory=dict)
+    received: datetime = field(default_factory=utcnow)
+    """When the request arrived (the entry's timestamp, as the Gateway's is), not when it was written."""
     committed: bool = False
     """Set once an entry for this record has been committed (with the change, or alone)."""
 
@@ -133,7 +135,7 @@ class AuditRecord:
         if self.key_id:
             prefix = s.scalar(select(ApiKey.prefix).where(ApiKey.key_id == self.key_id)) or ""
         return AuditLogEntry(
-            entry_id=new_entry_id(), account_id=self.account_id[:63], timestamp=utcnow(),
+            entry_id=new_entry_id(), account_id=self.account_id[:63], timestamp=self.received,
             method=self.method[:128], resource=self.resource[:512], principal=self.principal[:320],
             user_id=(self.user_id or "")[:63], key_id=self.key_id[:40], key_prefix=prefix[:8],
             status_code=int(status), message=message[:2000], payload=capped(self.payload),

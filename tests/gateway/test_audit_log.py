@@ -312,7 +312,7 @@ def test_list_filters_pages_newest_first(walk: Walk) -> None:
     assert r.status_code == 200 and len(body["auditLogs"]) == 2 and body["totalSize"] >= 3
     stamps = [e["timestamp"] for e in body["auditLogs"]]
     assert stamps == sorted(stamps, reverse=True)
-    assert body["auditLogs"][0]["payload"] == {"display_name": "page 2"}  # the newest change first
+    assert body["auditLogs"][0]["payload"] == {"displayName": "page 2"}  # the newest change first
     e = body["auditLogs"][0]
     assert e["status"] == {"code": "OK", "message": ""} and e["principal"] == "ops@acme.test"
     assert e["apiKeyPrefix"] == walk.keys["admin"][:8] and e["resource"] == "accounts/acme/users/walk-user"
