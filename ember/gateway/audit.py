@@ -76,6 +76,8 @@ def record_of(request: Request, p: Principal, account_id: str) -> AuditRecord:
 def _audited(request: Request, rec: AuditRecord | None) -> Iterator[AuditRecord | None]:
     try:
         yield rec
+    except GeneratorExit:  # the generator collected unfinished: no outcome is known
+        raise
     except BaseException as e:
         if rec is not None:
             status, message = outcome_of(request, e)

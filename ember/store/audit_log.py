@@ -74,8 +74,12 @@ def redact(value: object, depth: int = 0) -> object:
         return [redact(v, depth + 1) for v in list(value)[:_MAX_ITEMS]]
     if value is None or isinstance(value, (bool, int, float)):
         return value
-    text = _KEY_SHAPED.sub("fw_[redacted]", str(value)[:_MAX_STR * 2])
-    return text[:_MAX_STR]
+    return masked(str(value)[:_MAX_STR * 2])[:_MAX_STR]
+
+
+def masked(text: str) -> str:
+    """`text` with anything shaped like an API key masked (an id or message may echo what a client sent)."""
+    return _KEY_SHAPED.sub("fw_[redacted]", text)
 
 
 def capped(payload: dict) -> dict:
@@ -136,10 +140,10 @@ class AuditRecord:
             prefix = s.scalar(select(ApiKey.prefix).where(ApiKey.key_id == self.key_id)) or ""
         return AuditLogEntry(
             entry_id=new_entry_id(), account_id=self.account_id[:63], timestamp=self.received,
-            method=self.method[:128], resource=self.resource[:512], principal=self.principal[:320],
+            method=self.method[:128], resource=masked(self.resource[:1024])[:512], principal=self.principal[:320],
             user_id=(self.user_id or "")[:63], key_id=self.key_id[:40], key_prefix=prefix[:8],
-            status_code=int(status), message=message[:2000], payload=capped(self.payload),
-            user_agent=self.user_agent[:512], client_ip=self.client_ip[:64], source=self.source[:16],
+            status_code=int(status), message=masked(message[:4000])[:2000], payload=capped(self.payload),
+            user_agent=masked(self.user_agent[:1024])[:512], client_ip=self.client_ip[:64], source=self.source[:16],
             is_admin_action=self.is_admin_action)
 
     def add_to(self, s: Session, status: int = 200, message: str = "") -> None:

@@ -388,8 +388,11 @@ def secrets_made(walk: Walk) -> list[str]:
             assert httpx.get(url, timeout=60).status_code == 200
     assert len(walk.signatures) >= 2
     r = a.patch(A + "/users/walk-user", params={"note": walk.keys["inf"], "key": walk.keys["user"]},
-                json={"displayName": "query"})
+                json={"displayName": "query"}, headers={"user-agent": f"agent {walk.keys['inf']}"})
     assert r.status_code == 200
+    # A key pasted where an id goes is echoed by the 400's message and the resource: masked in the entry.
+    r = a.post(A + "/users", params={"userId": walk.keys["user"]}, json={"role": "user"})
+    assert r.status_code == 400 and walk.keys["user"][:20] in r.text
     time.sleep(0.2)
     out = [*walk.keys.values(), *walk.signatures]
     assert len(out) >= 8
