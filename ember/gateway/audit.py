@@ -10,8 +10,9 @@ validation included:
 - the route answered without committing one (a no-op): an entry with 200 is written on its own.
 
 Requests refused before the caller is known as a member of the account (no key, a bad key, another
-account's id, an inference-user key on a Gateway path) write nothing: anyone could otherwise fill any
-account's log, and the 404 must not reveal that the account exists.
+account's id) write nothing: anyone could otherwise fill any account's log, and the 404 must not reveal
+that the account exists. A member refused by role before the route runs (an inference-user key on a
+Gateway path) is written by `write_refusal`, from the authentication dependency.
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def _write_alone(request: Request, rec: AuditRecord, status: int, message: str) 
         AuditLog(request.app.state.ember.platform.store).write(rec, status, message)
     except Exception:  # noqa: BLE001 - the client's answer stands; the operator sees the lost entry here
         log.exception("could not write the audit entry of %s %s (%d)", rec.method, rec.resource, status)
+
+
+def write_refusal(request: Request, p: Principal, account_id: str, status: int, message: str) -> None:
+    """The entry of a change refused before its route ran (no route dependency saw it)."""
+    _write_alone(request, record_of(request, p, account_id), status, message)
 
 
 def gateway_change(request: Request, account_id: str,

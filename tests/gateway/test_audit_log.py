@@ -283,9 +283,16 @@ def test_requests_refused_before_the_account_is_known_write_nothing(walk: Walk) 
     before = len(_entries(walk))
     body = {"datasetId": "walk-anon", "dataset": {}}
     assert walk.env.http(None).post(A + "/datasets", json=body).status_code == 401
+    assert walk.env.http("fw_" + "x" * 43).post(A + "/datasets", json=body).status_code == 401
     assert walk.http("globex").post(A + "/datasets", json=body).status_code == 404  # another account's id
-    assert walk.http("inf").post(A + "/datasets", json=body).status_code == 403
     assert len(_entries(walk)) == before
+    # A member of the account refused by its role before the route runs is written.
+    assert walk.http("inf").post(A + "/datasets", json=body).status_code == 403
+    assert walk.http("inf").get(A + "/datasets").status_code == 403  # a read: nothing to audit
+    [e] = _entries(walk)[before:]
+    assert (e.method, e.status_code, e.principal, e.key_prefix, e.resource) == (
+        "POST /v1/accounts/{account_id}/datasets", 403, "walk-inf@acme.test", walk.keys["inf"][:8],
+        "accounts/acme/datasets")
 
 
 def _list(w: Walk, who: str = "admin", account: str = "acme", **params: object) -> httpx.Response:
