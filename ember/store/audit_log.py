@@ -10,7 +10,9 @@ How a mutating path records itself (one small call each):
   transaction with `self.store.session(audit)`: the entry is added last inside that transaction, so it
   commits with the change or not at all, and the record is then marked committed (the dependency writes
   nothing more for a success). A new mutator needs only `audit: AuditRecord | None = None` and
-  `self.store.session(audit)`; a route that writes in its own session does the same.
+  `self.store.session(audit)`; a route that writes in its own session does the same. A compare-and-set
+  that may change nothing (`BatchJobs.transition`) adds the entry itself (`audit.add_to(s)`) only when a
+  row moved, and sets `audit.committed` after its commit.
 - An operator command builds `AuditRecord.operator(account, "cli ember ...", resource)`, passes it the
   same way, and on failure calls `AuditLog(store).write(record, status, message)`
   (`ember.cli_admin.audit_failure` does that for an exception). A change that belongs to no account (the
