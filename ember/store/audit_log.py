@@ -133,8 +133,8 @@ class AuditRecord:
         return rec
 
     def note(self, **fields: object) -> None:
-        """Add fields to the payload (redacted and capped when the entry is built)."""
-        self.payload.update(fields)
+        """Add the fields that are set to the payload (redacted and capped when the entry is built)."""
+        self.payload.update({k: v for k, v in fields.items() if v is not None})
 
     def entry(self, s: Session, status: int, message: str) -> AuditLogEntry:
         prefix = ""
