@@ -23,7 +23,7 @@ from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
 from ember.engine.metrics import EngineMetrics
-from ember.gateway import accounts, batch_jobs, datasets, openai_batch, quotas, usage
+from ember.gateway import accounts, audit_logs, batch_jobs, datasets, openai_batch, quotas, usage
 from ember.gateway.batch_runner import BatchRunner
 from ember.gateway.services import BatchServices
 from ember.model.loader import LoadedModel, load_model
@@ -88,7 +88,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     app.include_router(models.router)
     app.include_router(health.router)
     for router in (accounts.router, usage.router, quotas.router, datasets.router, batch_jobs.router,
-                   openai_batch.router):
+                   openai_batch.router, audit_logs.router):
         app.include_router(router)
     app.add_middleware(StateHeaders)
     app.add_middleware(RefuseWhileDraining)

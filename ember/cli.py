@@ -9,6 +9,7 @@ import os
 import sys
 
 from ember.cli_admin import add_admin_commands, add_store_flags, run_admin, store_config
+from ember.cli_audit import add_audit_command, run_audit
 from ember.cli_jobs import add_jobs_commands, run_jobs
 from ember.config import (
     AUTH_MODES,
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="load-test an OpenAI-compatible server (see `ember bench --help`)")
     add_admin_commands(sub)
     add_jobs_commands(sub)
+    add_audit_command(sub)
     _add_cluster_parser(sub)
     sub.add_parser("soak", help="abuse a live server for a while, then check nothing leaked (`ember soak --help`)")
     a = parser.parse_args(argv)
@@ -245,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_admin(a)
         if a.cmd == "jobs":
             return run_jobs(a)
+        if a.cmd == "audit":
+            return run_audit(a)
         if a.cmd == "cluster":
             from ember.serve.nodes import run_cluster_command
 

@@ -1,7 +1,8 @@
 """Operator commands on the platform store: `ember accounts | keys | usage`.
 
 They open the same database as `ember serve` (`--data-dir` or `--db`), whether or not a server runs on
-it; a running server sees a new account at once, a revoked key within its key cache time (5 s).
+it; a running server sees a new account at once, a revoked key within its key cache time (5 s). Every
+change they make (or fail to make) writes an audit entry of the account (source "cli").
 """
 
 from __future__ import annotations
@@ -9,9 +10,15 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from ember.config import StoreConfig
+from ember.errors import EmberError
+from ember.store.audit_log import AuditLog, AuditRecord
+
+if TYPE_CHECKING:
+    from ember.store.db import Store
 
 
 def add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -81,6 +88,39 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def operator_change(a: argparse.Namespace) -> AuditRecord | None:
+    """The audit record of a changing command, None for one that only reads."""
+    if a.cmd == "accounts" and a.action == "create":
+        return AuditRecord.operator(a.account_id, "accounts create", f"accounts/{a.account_id}", email=a.email,
+                                    displayName=a.display_name)
+    if a.cmd == "accounts" and a.action == "set-quota":
+        return AuditRecord.operator(a.account_id, "accounts set-quota", f"accounts/{a.account_id}/quotas/{a.quota_id}",
+                                    maxValue=a.max_value, value=a.value)
+    if a.cmd == "keys" and a.action == "create":
+        return AuditRecord.operator(a.account, "keys create", f"accounts/{a.account}/users/{a.user}/apiKeys",
+                                    displayName=a.display_name, expiresInDays=a.expires_in_days)
+    if a.cmd == "keys" and a.action == "revoke":
+        return AuditRecord.operator(a.account, "keys revoke", f"accounts/{a.account}/apiKeys/{a.key_id}")
+    return None
+
+
+def audit_failure(store: Store, rec: AuditRecord | None, e: Exception) -> None:
+    """Write the entry of a command that failed (its change never committed): the status the API would
+    have answered for the same error."""
+    if rec is None or rec.committed:
+        return
+    from ember.api.errors import status_of
+    from ember.store.ids import check_id
+
+    try:
+        check_id(rec.account_id, "account")
+    except EmberError:  # no account can have this id: there is no log to write it to
+        return
+
+    status = status_of(e)[0] if isinstance(e, EmberError) else 400
+    AuditLog(store).write(rec, status, e.message if isinstance(e, EmberError) else str(e))
+
+
 def run_admin(a: argparse.Namespace) -> int:
     from ember.store.accounts import Accounts
     from ember.store.api_keys import ApiKeys
@@ -90,9 +130,10 @@ def run_admin(a: argparse.Namespace) -> int:
     from ember.store.usage import usage_totals
 
     store = open_store(store_config(a))
+    rec = operator_change(a)
     try:
         if a.cmd == "accounts" and a.action == "create":
-            new = Accounts(store).create(a.account_id, a.email, a.display_name)
+            new = Accounts(store).create(a.account_id, a.email, a.display_name, audit=rec)
             print(f"created account {new.account.account_id} with admin user 'admin' and API key "
                   f"{new.key.row.key_id}; the key is shown this once:", file=sys.stderr)
             print(new.key.key)
@@ -100,13 +141,14 @@ def run_admin(a: argparse.Namespace) -> int:
             rows = [[x.account_id, x.email, x.created.strftime("%Y-%m-%d %H:%M")] for x in Accounts(store).list()]
             print(_table(rows, ["ACCOUNT", "EMAIL", "CREATED (UTC)"]))
         elif a.cmd == "accounts" and a.action == "set-quota":
-            q = Quotas(store).set_cap(check_id(a.account_id, "account_id"), a.quota_id, a.max_value, a.value)
+            q = Quotas(store).set_cap(check_id(a.account_id, "account_id"), a.quota_id, a.max_value, a.value,
+                                      audit=rec)
             print(f"{a.account_id} {q.quota_id}: maxValue {q.max_value if q.max_value is not None else 'none'}, "
                   f"enforced {q.effective if q.effective is not None else 'unlimited'} per minute")
         elif a.cmd == "keys" and a.action == "create":
             expire = utcnow() + timedelta(days=a.expires_in_days) if a.expires_in_days else None
             new_key = ApiKeys(store).create(check_id(a.account, "account"), check_id(a.user, "user"),
-                                            a.display_name, expire)
+                                            a.display_name, expire, audit=rec)
             print(f"created API key {new_key.row.key_id} for {a.account}/{a.user}; shown this once:",
                   file=sys.stderr)
             print(new_key.key)
@@ -117,7 +159,7 @@ def run_admin(a: argparse.Namespace) -> int:
                      k.last_used.strftime("%Y-%m-%d %H:%M") if k.last_used else "-"] for k in keys]
             print(_table(rows, ["KEY ID", "USER", "NAME", "PREFIX", "CREATED", "EXPIRES", "LAST USED"]))
         elif a.cmd == "keys" and a.action == "revoke":
-            ApiKeys(store).delete(check_id(a.account, "account"), None, a.key_id)
+            ApiKeys(store).delete(check_id(a.account, "account"), None, a.key_id, audit=rec)
             print(f"revoked {a.key_id}", file=sys.stderr)
         elif a.cmd == "usage":
             tz = ZoneInfo(a.timezone)
@@ -135,6 +177,9 @@ def run_admin(a: argparse.Namespace) -> int:
                   f"requests, {sum(t.prompt_tokens for t in totals)} prompt tokens, "
                   f"{sum(t.completion_tokens for t in totals)} completion tokens")
         return 0
+    except (EmberError, ValueError) as e:
+        audit_failure(store, rec, e)
+        raise
     finally:
         store.close()
 

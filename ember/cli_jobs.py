@@ -12,9 +12,10 @@ import json
 import sys
 import time
 
-from ember.cli_admin import add_store_flags, store_config
-from ember.errors import ResourceNotFound
+from ember.cli_admin import add_store_flags, audit_failure, store_config
+from ember.errors import FailedPrecondition, ResourceNotFound
 from ember.store import batch_jobs as st
+from ember.store.audit_log import AuditRecord
 from ember.store.batch_jobs import BatchJobs
 from ember.store.db import Store, open_store
 from ember.store.tables import BatchJob
@@ -83,9 +84,13 @@ def _run(a: argparse.Namespace, store: Store) -> int:
         print(json.dumps(job_json(j, jobs.progress(j.account_id, j.job_id)), indent=2))
         return 0
     if a.action == "cancel":
+        rec = AuditRecord.operator(j.account_id, "jobs cancel", f"accounts/{j.account_id}/batchInferenceJobs/{j.job_id}",
+                                   state=j.state)
         if not jobs.transition(j.account_id, j.job_id, st.CANCELLING, st.ACTIVE, "CANCELLED",
-                               "cancelled by the operator"):
-            print(f"ember: job {j.job_id} is {_short(j.state)}; nothing to cancel", file=sys.stderr)
+                               "cancelled by the operator", audit=rec):
+            msg = f"job {j.job_id} is {_short(j.state)}; nothing to cancel"
+            audit_failure(store, rec, FailedPrecondition(msg))
+            print(f"ember: {msg}", file=sys.stderr)
             return 1
         print(f"{j.job_id}: cancelling (the server stops its rows and writes the results so far)")
         return 0

@@ -66,6 +66,10 @@ def gateway_principal(request: Request, account_id: str) -> Principal:
     if p.user_id is None or p.account_id != account_id:
         raise ResourceNotFound(f"account {account_id[:63]!r} not found")
     if not p.manages:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):  # a member's refused change is audited
+            from ember.gateway.audit import write_refusal
+
+            write_refusal(request, p, account_id, 403, "inference-user keys may only run inference")
         raise PermissionDenied("inference-user keys may only run inference")
     return p
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from ember.api.auth import Principal
 from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, PermissionDenied
+from ember.gateway.audit import GatewayChange
 from ember.gateway.protocol import CreateApiKeyBody, DeleteApiKeyBody, UserBody
 from ember.gateway.wire import account_json, key_json, list_response, parse_time, user_json
 from ember.store.ids import check_id, utcnow
@@ -52,8 +53,9 @@ def _user_id_from_email(email: str) -> str:
 
 
 @router.post("/v1/accounts/{account_id}/users")
-async def create_user(account_id: str, body: UserBody, state: StateDep, p: GatewayAuth,
+async def create_user(account_id: str, body: UserBody, state: StateDep, p: GatewayAuth, change: GatewayChange,
                       user_id: str | None = Query(None, alias="userId", max_length=200)) -> dict:
+    change.note(role=body.role, email=body.email, displayName=body.displayName, serviceAccount=body.serviceAccount)
     p.require_admin()
     if not body.role:
         raise InvalidRequest("role is required (admin, user or inference-user)", param="role")
@@ -64,8 +66,9 @@ async def create_user(account_id: str, body: UserBody, state: StateDep, p: Gatew
             raise InvalidRequest("userId (query) or email is required", param="userId")
         user_id = _user_id_from_email(body.email)
     check_id(user_id, "userId")
+    change.resource = f"accounts/{account_id}/users/{user_id}"
     u = state.platform.users.create(account_id, user_id, body.role, body.email or "", body.displayName or "",
-                                    bool(body.serviceAccount))
+                                    bool(body.serviceAccount), audit=change)
     return user_json(u)
 
 
@@ -88,7 +91,8 @@ async def get_user(account_id: str, user_id: str, state: StateDep, p: GatewayAut
 
 
 @router.patch("/v1/accounts/{account_id}/users/{user_id}")
-async def update_user(account_id: str, user_id: str, body: UserBody, state: StateDep, p: GatewayAuth) -> dict:
+async def update_user(account_id: str, user_id: str, body: UserBody, state: StateDep, p: GatewayAuth,
+                      change: GatewayChange) -> dict:
     check_id(user_id, "user_id")
     p.require_admin()
     fields: dict[str, object] = {}
@@ -102,7 +106,8 @@ async def update_user(account_id: str, user_id: str, body: UserBody, state: Stat
         fields["service_account"] = body.serviceAccount
     if user_id == p.user_id and fields.get("role", "admin") != "admin":
         raise InvalidRequest("an admin cannot take its own admin role away", param="role")
-    u = state.platform.users.update(account_id, user_id, **fields)
+    change.note(**body.model_dump(exclude_none=True, include={"role", "displayName", "email", "serviceAccount"}))
+    u = state.platform.users.update(account_id, user_id, audit=change, **fields)
     state.platform.auth.forget_user(account_id, user_id)
     return user_json(u)
 
@@ -117,9 +122,10 @@ def _own_keys(p: Principal, user_id: str) -> None:
 
 @router.post("/v1/accounts/{account_id}/users/{user_id}/apiKeys")
 async def create_api_key(account_id: str, user_id: str, body: CreateApiKeyBody, state: StateDep,
-                         p: GatewayAuth) -> dict:
-    _own_keys(p, user_id)
+                         p: GatewayAuth, change: GatewayChange) -> dict:
     f = body.apiKey
+    change.note(displayName=f.displayName, expireTime=f.expireTime, annotations=len(f.annotations or {}))
+    _own_keys(p, user_id)
     expire = parse_time(f.expireTime, "expireTime", required=False)
     if expire is not None and expire <= utcnow():
         raise InvalidRequest("expireTime is in the past", param="expireTime")
@@ -129,7 +135,7 @@ async def create_api_key(account_id: str, user_id: str, body: CreateApiKeyBody, 
                              param="annotations")
     user = state.platform.users.get(account_id, user_id)
     created = state.platform.keys.create(account_id, user_id, f.displayName or "default", expire,
-                                         f.annotations or {})
+                                         f.annotations or {}, audit=change)
     state.platform.auth.forget_negative()
     return key_json(created.row, user.email, created.key)
 
@@ -147,8 +153,9 @@ async def list_api_keys(account_id: str, user_id: str, state: StateDep, p: Gatew
 
 @router.post("/v1/accounts/{account_id}/users/{user_id}/apiKeys:delete")
 async def delete_api_key(account_id: str, user_id: str, body: DeleteApiKeyBody, state: StateDep,
-                         p: GatewayAuth) -> dict:
+                         p: GatewayAuth, change: GatewayChange) -> dict:
+    change.resource = f"accounts/{account_id}/users/{user_id}/apiKeys/{body.keyId}"
     _own_keys(p, user_id)
-    row = state.platform.keys.delete(account_id, user_id, body.keyId)
+    row = state.platform.keys.delete(account_id, user_id, body.keyId, audit=change)
     state.platform.auth.forget(row.key_id)
     return {}

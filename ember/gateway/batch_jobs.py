@@ -16,6 +16,7 @@ from pydantic import Field
 
 from ember.api.deps import GatewayAuth, StateDep, resolve_served
 from ember.errors import FailedPrecondition, InvalidRequest, ResourceNotFound
+from ember.gateway.audit import GatewayChange
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep
 from ember.gateway.wire import list_response
@@ -122,8 +123,8 @@ def _params_json(ip: InferenceParameters | None) -> dict:
 
 @router.post(_BASE)
 def create_job(account_id: str, body: BatchJobBody, request: Request, state: StateDep, b: BatchDep,
-               p: GatewayAuth, job_id: str | None = Query(None, alias="batchInferenceJobId", max_length=200)
-               ) -> dict:
+               p: GatewayAuth, change: GatewayChange,
+               job_id: str | None = Query(None, alias="batchInferenceJobId", max_length=200)) -> dict:
     job_id = check_id(job_id, "batchInferenceJobId") if job_id else f"bij-{uuid.uuid4().hex[:8]}"
     parent: BatchJob | None = None
     if body.continuedFromJobName:
@@ -170,7 +171,11 @@ def create_job(account_id: str, body: BatchJobBody, request: Request, state: Sta
                    params=params, precision=body.precision or "PRECISION_UNSPECIFIED",
                    continued_from=parent.job_id if parent else "", total_rows=0, created=now, updated=now,
                    expire_time=now + timedelta(hours=b.config.job_ttl_h), api="fireworks", meta={}, owner="")
-    b.jobs.create(job, out_ds)
+    change.resource = name
+    change.note(model=body.model, inputDatasetId=input_id, outputDatasetId=out_id, displayName=body.displayName,
+                continuedFromJobName=body.continuedFromJobName, inferenceParameters={
+                    k: v for k, v in params.items() if k != "extraBody"})
+    b.jobs.create(job, out_ds, audit=change)
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:
         runner.wake_soon()
@@ -198,15 +203,19 @@ def get_job(account_id: str, job_id: str, b: BatchDep, p: GatewayAuth,
 
 
 @router.delete(_BASE + "/{job_id}")
-def delete_job(account_id: str, job_id: str, request: Request, b: BatchDep, p: GatewayAuth) -> dict:
+def delete_job(account_id: str, job_id: str, request: Request, b: BatchDep, p: GatewayAuth,
+               change: GatewayChange) -> dict:
     """An active job is cancelled (it stays, CANCELLED, with its partial results written to the output
     dataset); a finished one is removed."""
     check_id(job_id, "batchInferenceJobId")
     j = b.jobs.get(account_id, job_id)
     if j.state in st.FINISHED:
-        b.jobs.delete(account_id, job_id)
+        change.note(action="delete")
+        b.jobs.delete(account_id, job_id, audit=change)
         return {}
-    if b.jobs.transition(account_id, job_id, st.CANCELLING, st.ACTIVE, "CANCELLED", "cancelled by the user"):
+    change.note(action="cancel", state=j.state)
+    if b.jobs.transition(account_id, job_id, st.CANCELLING, st.ACTIVE, "CANCELLED", "cancelled by the user",
+                         audit=change):
         runner = getattr(request.app.state, "batch_runner", None)
         if runner is not None:
             runner.wake_soon()

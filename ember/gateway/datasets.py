@@ -9,6 +9,8 @@ pool); the upload is async because it streams the request body.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from functools import partial
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
@@ -16,11 +18,13 @@ from pydantic import Field
 
 from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, ResourceNotFound
+from ember.gateway.audit import GatewayChange
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep, BatchServices
 from ember.gateway.signing import DOWNLOAD_PREFIX
 from ember.gateway.uploads import stream_file_part
 from ember.gateway.wire import list_response
+from ember.store.audit_log import AuditRecord
 from ember.store.dataset_files import safe_filename, scan_batch_file
 from ember.store.datasets import FORMATS
 from ember.store.ids import check_id, epoch, rfc3339, utcnow
@@ -103,7 +107,11 @@ def prompt_tokens(tok: Tokenizer, bodies: list[dict]) -> int:
 
 
 @router.post(_BASE)
-def create_dataset(account_id: str, body: CreateDatasetBody, b: BatchDep, p: GatewayAuth) -> dict:
+def create_dataset(account_id: str, body: CreateDatasetBody, b: BatchDep, p: GatewayAuth,
+                   change: GatewayChange) -> dict:
+    change.resource = f"accounts/{account_id}/datasets/{body.datasetId}"
+    change.note(displayName=body.dataset.displayName, format=body.dataset.format,
+                exampleCount=body.dataset.exampleCount)
     check_id(body.datasetId, "datasetId")
     if body.sourceDatasetId or body.filter:
         raise InvalidRequest("deriving a dataset from another (sourceDatasetId, filter) is not supported",
@@ -120,19 +128,25 @@ def create_dataset(account_id: str, body: CreateDatasetBody, b: BatchDep, p: Gat
     except ValueError:
         raise InvalidRequest("exampleCount must be an integer", param="dataset.exampleCount") from None
     d = b.datasets.create(account_id, body.datasetId, display_name=body.dataset.displayName or "",
-                          example_count=max(0, count), fmt=fmt, created_by=p.email)
+                          example_count=max(0, count), fmt=fmt, created_by=p.email, audit=change)
     return dataset_json(d)
 
 
 async def receive_file(request: Request, b: BatchServices, tok: Tokenizer, account_id: str, dataset_id: str,
-                       fields: dict[str, str] | None = None) -> tuple[Dataset, str, int]:
+                       fields: dict[str, str] | None = None, *, audit: AuditRecord | None = None,
+                       check_fields: Callable[[dict[str, str]], None] | None = None) -> tuple[Dataset, str, int]:
     """Stream a multipart upload into the dataset's directory, check it as a batch input file, and only
-    then rename it into place and mark the dataset READY: (dataset, file name, bytes)."""
+    then rename it into place and mark the dataset READY: (dataset, file name, bytes). `check_fields`
+    refuses the upload by its other parts before anything is kept; `audit` commits with READY."""
     limit = b.config.max_upload_mb * 1024 * 1024
     f, tmp = await asyncio.to_thread(b.files.open_temp, account_id, dataset_id)
     try:
         size, client_name = await stream_file_part(request, f, limit, fields)
         name = safe_filename(client_name)
+        if check_fields is not None:
+            check_fields(fields if fields is not None else {})
+        if audit is not None:
+            audit.note(filename=name, bytes=size)
         # Checked before it replaces anything: a bad file leaves the dataset as it was (UPLOADING).
         f.flush()
         scan = await asyncio.to_thread(scan_batch_file, tmp, name, lambda bodies: prompt_tokens(tok, bodies))
@@ -141,17 +155,17 @@ async def receive_file(request: Request, b: BatchServices, tok: Tokenizer, accou
         f.close()
         tmp.unlink(missing_ok=True)
         raise
-    d = await asyncio.to_thread(b.datasets.mark_ready, account_id, dataset_id, [name], size, scan.rows,
-                                scan.tokens)
+    d = await asyncio.to_thread(partial(b.datasets.mark_ready, audit=audit), account_id, dataset_id, [name],
+                                size, scan.rows, scan.tokens)
     return d, name, size
 
 
 @router.post(_BASE + "/{dataset_id}:upload")
 async def upload_dataset(account_id: str, dataset_id: str, request: Request, state: StateDep, b: BatchDep,
-                         p: GatewayAuth) -> dict:
+                         p: GatewayAuth, change: GatewayChange) -> dict:
     check_id(dataset_id, "datasetId")
     await asyncio.to_thread(b.datasets.check_uploadable, account_id, dataset_id)
-    d, name, size = await receive_file(request, b, state.model.tokenizer, account_id, dataset_id)
+    d, name, size = await receive_file(request, b, state.model.tokenizer, account_id, dataset_id, audit=change)
     return {"id": f"accounts/{account_id}/datasets/{dataset_id}", "object": "file", "bytes": size,
             "created_at": epoch(d.updated), "filename": name, "purpose": "dataset"}
 
@@ -210,9 +224,11 @@ def get_dataset(account_id: str, dataset_id: str, b: BatchDep, p: GatewayAuth,
 
 
 @router.patch(_BASE + "/{dataset_id}")
-def update_dataset(account_id: str, dataset_id: str, body: DatasetFields, b: BatchDep, p: GatewayAuth) -> dict:
+def update_dataset(account_id: str, dataset_id: str, body: DatasetFields, b: BatchDep, p: GatewayAuth,
+                   change: GatewayChange) -> dict:
+    change.note(displayName=body.displayName)
     check_id(dataset_id, "datasetId")
-    with b.store.session() as s:
+    with b.store.session(change) as s:
         d = s.get(Dataset, (account_id, dataset_id))
         if d is None:
             raise ResourceNotFound(f"dataset {dataset_id!r} not found")
@@ -223,9 +239,9 @@ def update_dataset(account_id: str, dataset_id: str, body: DatasetFields, b: Bat
 
 
 @router.delete(_BASE + "/{dataset_id}")
-def delete_dataset(account_id: str, dataset_id: str, b: BatchDep, p: GatewayAuth) -> dict:
+def delete_dataset(account_id: str, dataset_id: str, b: BatchDep, p: GatewayAuth, change: GatewayChange) -> dict:
     check_id(dataset_id, "datasetId")
-    b.datasets.delete(account_id, dataset_id)
+    b.datasets.delete(account_id, dataset_id, audit=change)
     b.files.remove(account_id, dataset_id)
     return {}
 

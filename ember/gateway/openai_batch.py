@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ember.api.auth import Principal
 from ember.api.deps import InferenceAuth, StateDep
 from ember.errors import FailedPrecondition, InvalidRequest, NotFound, Unauthorized
+from ember.gateway.audit import OpenAIChange
 from ember.gateway.datasets import receive_file
 from ember.gateway.services import BatchDep, BatchServices
 from ember.store import batch_jobs as st
@@ -69,22 +70,28 @@ def _file_json(d: Dataset, file_id: str, name: str, size: int) -> dict:
 
 
 @router.post("/v1/files")
-async def create_file(request: Request, state: StateDep, b: BatchDep, p: InferenceAuth) -> dict:
+async def create_file(request: Request, state: StateDep, b: BatchDep, p: InferenceAuth,
+                      change: OpenAIChange) -> dict:
     account_id = _account(p)
     file_id = f"file-{uuid.uuid4().hex[:24]}"
+    if change is not None:
+        change.resource = f"accounts/{account_id}/files/{file_id}"
     await asyncio.to_thread(b.datasets.create, account_id, file_id, display_name="openai batch input",
                             created_by=p.email)
     fields: dict[str, str] = {}
     try:
-        d, name, size = await receive_file(request, b, state.model.tokenizer, account_id, file_id, fields)
-        if fields.get("purpose") != "batch":
-            raise InvalidRequest("purpose must be \"batch\" (the only kind of file this server keeps)",
-                                 param="purpose")
+        d, name, size = await receive_file(request, b, state.model.tokenizer, account_id, file_id, fields,
+                                           audit=change, check_fields=_check_purpose)
     except BaseException:
         await asyncio.to_thread(b.datasets.delete, account_id, file_id)
         await asyncio.to_thread(b.files.remove, account_id, file_id)
         raise
     return _file_json(d, file_id, name, size)
+
+
+def _check_purpose(fields: dict[str, str]) -> None:
+    if fields.get("purpose") != "batch":
+        raise InvalidRequest("purpose must be \"batch\" (the only kind of file this server keeps)", param="purpose")
 
 
 @router.get("/v1/files/{file_id}")
@@ -140,8 +147,11 @@ def _batch(b: BatchServices, account_id: str, batch_id: str) -> BatchJob:
 
 
 @router.post("/v1/batches")
-def create_batch(body: CreateBatchBody, request: Request, state: StateDep, b: BatchDep, p: InferenceAuth) -> dict:
+def create_batch(body: CreateBatchBody, request: Request, state: StateDep, b: BatchDep, p: InferenceAuth,
+                 change: OpenAIChange) -> dict:
     account_id = _account(p)
+    if change is not None:
+        change.note(input_file_id=body.input_file_id, endpoint=body.endpoint, metadata=body.metadata)
     if body.endpoint != "/v1/completions":
         raise InvalidRequest("this server runs batches of /v1/completions only", param="endpoint")
     if body.completion_window != "24h":
@@ -164,7 +174,9 @@ def create_batch(body: CreateBatchBody, request: Request, state: StateDep, b: Ba
                    input_dataset_id=d.dataset_id, output_dataset_id=out_id, params={},
                    precision="PRECISION_UNSPECIFIED", continued_from="", total_rows=0, created=now, updated=now,
                    expire_time=now + timedelta(hours=24), api="openai", meta=dict(body.metadata or {}), owner="")
-    b.jobs.create(job, out_ds)
+    if change is not None:
+        change.resource = f"accounts/{account_id}/batches/{job_id}"
+    b.jobs.create(job, out_ds, audit=change)
     runner = getattr(request.app.state, "batch_runner", None)
     if runner is not None:
         runner.wake_soon()
@@ -177,10 +189,13 @@ def get_batch(batch_id: str, b: BatchDep, p: InferenceAuth) -> dict:
 
 
 @router.post("/v1/batches/{batch_id}/cancel")
-def cancel_batch(batch_id: str, request: Request, b: BatchDep, p: InferenceAuth) -> dict:
+def cancel_batch(batch_id: str, request: Request, b: BatchDep, p: InferenceAuth, change: OpenAIChange) -> dict:
     account_id = _account(p)
+    if change is not None:
+        change.resource = f"accounts/{account_id}/batches/{batch_id[:100]}"
     j = _batch(b, account_id, batch_id)
-    if b.jobs.transition(account_id, j.job_id, st.CANCELLING, st.ACTIVE, "CANCELLED", "cancelled by the user"):
+    if b.jobs.transition(account_id, j.job_id, st.CANCELLING, st.ACTIVE, "CANCELLED", "cancelled by the user",
+                         audit=change):
         runner = getattr(request.app.state, "batch_runner", None)
         if runner is not None:
             runner.wake_soon()

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 
 from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, PermissionDenied
+from ember.gateway.audit import GatewayChange
 from ember.gateway.protocol import QuotaBody
 from ember.gateway.wire import list_response, quota_json
 from ember.store.quotas import CACHE_ADJUSTED_PROMPT, GENERATED, PROMPT, check_quota_id
@@ -46,7 +47,8 @@ async def get_quota(account_id: str, quota_id: str, state: StateDep, p: GatewayA
 
 @router.patch("/v1/accounts/{account_id}/quotas/{quota_id}")
 async def update_quota(account_id: str, quota_id: str, body: QuotaBody, state: StateDep, p: GatewayAuth,
-                       allow_missing: bool = Query(False, alias="allowMissing")) -> dict:
+                       change: GatewayChange, allow_missing: bool = Query(False, alias="allowMissing")) -> dict:
+    change.note(value=body.value, maxValue=body.maxValue)
     p.require_admin()
     check_quota_id(quota_id)
     value = _int64(body.value, "value")
@@ -59,7 +61,7 @@ async def update_quota(account_id: str, quota_id: str, body: QuotaBody, state: S
         cap = next((q.max_value for q in current if q.quota_id == quota_id), None)
         if max_value != cap:
             raise PermissionDenied("maxValue is set by the server's operator (ember accounts set-quota)")
-    q = quotas.set_value(account_id, quota_id, value, allow_missing)
+    q = quotas.set_value(account_id, quota_id, value, allow_missing, audit=change)
     state.platform.limiter.invalidate()
     return quota_json(account_id, q, 0.0)
 

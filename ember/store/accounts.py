@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +13,9 @@ from ember.store.api_keys import ApiKeys, CreatedKey
 from ember.store.db import Store
 from ember.store.ids import check_id, utcnow
 from ember.store.tables import Account, User
+
+if TYPE_CHECKING:
+    from ember.store.audit_log import AuditRecord
 
 ROLES = ("admin", "user", "inference-user")
 
@@ -33,14 +37,15 @@ class Accounts:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def create(self, account_id: str, email: str, display_name: str = "") -> NewAccount:
+    def create(self, account_id: str, email: str, display_name: str = "", *,
+               audit: AuditRecord | None = None) -> NewAccount:
         """The account, its first admin user (id "admin") and that user's first API key, in one transaction."""
         check_id(account_id, "account_id")
         if not email or "@" not in email or len(email) > 320:
             raise InvalidRequest("email must be an email address", param="email")
         now = utcnow()
         try:
-            with self.store.session() as s:
+            with self.store.session(audit) as s:
                 acct = Account(account_id=account_id, email=email, display_name=display_name[:63],
                                created=now, updated=now)
                 admin = User(account_id=account_id, user_id="admin", email=email, role="admin",
@@ -75,12 +80,12 @@ class Users:
         self.store = store
 
     def create(self, account_id: str, user_id: str, role: str, email: str = "", display_name: str = "",
-               service_account: bool = False) -> User:
+               service_account: bool = False, *, audit: AuditRecord | None = None) -> User:
         check_id(user_id, "userId")
         check_role(role)
         now = utcnow()
         try:
-            with self.store.session() as s:
+            with self.store.session(audit) as s:
                 if s.get(Account, account_id) is None:
                     raise ResourceNotFound(f"account {account_id!r} not found")
                 u = User(account_id=account_id, user_id=user_id, email=email, role=role,
@@ -101,8 +106,9 @@ class Users:
         with self.store.session() as s:
             return list(s.scalars(select(User).where(User.account_id == account_id).order_by(User.user_id)))
 
-    def update(self, account_id: str, user_id: str, **fields: object) -> User:
-        with self.store.session() as s:
+    def update(self, account_id: str, user_id: str, *, audit: AuditRecord | None = None,
+               **fields: object) -> User:
+        with self.store.session(audit) as s:
             u = s.get(User, (account_id, user_id))
             if u is None:
                 raise ResourceNotFound(f"user {user_id[:63]!r} not found")

@@ -12,6 +12,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -20,6 +21,9 @@ from ember.errors import ResourceNotFound
 from ember.store.db import Store
 from ember.store.ids import utcnow
 from ember.store.tables import ApiKey, User
+
+if TYPE_CHECKING:
+    from ember.store.audit_log import AuditRecord
 
 KEY_PREFIX = "fw_"
 
@@ -66,11 +70,16 @@ class ApiKeys:
         return CreatedKey(row, key)
 
     def create(self, account_id: str, user_id: str, display_name: str = "default",
-               expire_time: datetime | None = None, annotations: dict[str, str] | None = None) -> CreatedKey:
-        with self.store.session() as s:
+               expire_time: datetime | None = None, annotations: dict[str, str] | None = None, *,
+               audit: AuditRecord | None = None) -> CreatedKey:
+        with self.store.session(audit) as s:
             if s.get(User, (account_id, user_id)) is None:
                 raise ResourceNotFound(f"user {user_id[:63]!r} not found")
-            return self.create_in(s, account_id, user_id, display_name, expire_time, annotations or {})
+            created = self.create_in(s, account_id, user_id, display_name, expire_time, annotations or {})
+            if audit is not None:  # the key's id exists only now; its entry names it
+                audit.resource = f"accounts/{account_id}/users/{user_id}/apiKeys/{created.row.key_id}"
+                audit.note(keyId=created.row.key_id, prefix=created.row.prefix)
+        return created
 
     def list(self, account_id: str, user_id: str | None = None) -> list[ApiKey]:
         q = select(ApiKey).where(ApiKey.account_id == account_id, ApiKey.deleted.is_(None))
@@ -86,14 +95,17 @@ class ApiKeys:
             raise ResourceNotFound(f"API key {key_id[:40]!r} not found")
         return row
 
-    def delete(self, account_id: str, user_id: str | None, key_id: str) -> ApiKey:
+    def delete(self, account_id: str, user_id: str | None, key_id: str, *,
+               audit: AuditRecord | None = None) -> ApiKey:
         """Mark the key deleted (its row stays, so usage keeps naming it). `user_id` None: any user's."""
-        with self.store.session() as s:
+        with self.store.session(audit) as s:
             row = s.get(ApiKey, key_id)
             if (row is None or row.account_id != account_id or row.deleted is not None
                     or (user_id is not None and row.user_id != user_id)):
                 raise ResourceNotFound(f"API key {str(key_id)[:40]!r} not found")
             row.deleted = utcnow()
+            if audit is not None:  # the operator's revoke names no user: the entry names the key's own
+                audit.resource = f"accounts/{account_id}/users/{row.user_id}/apiKeys/{key_id}"
         return row
 
     def verify(self, key: str) -> KeyOwner | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,6 +20,9 @@ from ember.errors import AlreadyExists, ResourceNotFound
 from ember.store.db import Store
 from ember.store.ids import utcnow
 from ember.store.tables import BatchJob, BatchResult, Dataset
+
+if TYPE_CHECKING:
+    from ember.store.audit_log import AuditRecord
 
 VALIDATING = "JOB_STATE_VALIDATING"
 PENDING = "JOB_STATE_PENDING"
@@ -52,10 +56,11 @@ class BatchJobs:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def create(self, job: BatchJob, output_dataset: Dataset | None) -> BatchJob:
+    def create(self, job: BatchJob, output_dataset: Dataset | None, *, audit: AuditRecord | None = None
+               ) -> BatchJob:
         """The job and (when it is new) its output dataset, in one transaction."""
         try:
-            with self.store.session() as s:
+            with self.store.session(audit) as s:
                 if output_dataset is not None:
                     s.add(output_dataset)
                     s.flush()
@@ -91,7 +96,8 @@ class BatchJobs:
                                   .order_by(BatchJob.created, BatchJob.account_id, BatchJob.job_id)))
 
     def transition(self, account_id: str, job_id: str, to: str, from_states: tuple[str, ...],
-                   status_code: str = "OK", message: str = "", **times: datetime | int) -> bool:
+                   status_code: str = "OK", message: str = "", *, audit: AuditRecord | None = None,
+                   **times: datetime | int) -> bool:
         """Move a job to `to` only if it is in one of `from_states` (a compare-and-set: the runner and a
         cancelling client never overwrite each other). True if it moved."""
         now = utcnow()
@@ -102,7 +108,12 @@ class BatchJobs:
         with self.store.session() as s:
             res = s.execute(update(BatchJob).where(BatchJob.account_id == account_id, BatchJob.job_id == job_id,
                                                    BatchJob.state.in_(from_states)).values(**values))
-            return bool(res.rowcount)  # type: ignore[attr-defined]
+            moved = bool(res.rowcount)  # type: ignore[attr-defined]
+            if moved and audit is not None:  # an entry only with a change: a job that did not move has none
+                audit.add_to(s)
+        if moved and audit is not None:
+            audit.committed = True
+        return moved
 
     def claim(self, account_id: str, job_id: str, owner: str, lease_s: float) -> bool:
         """Drive this active job unless another live runner does: take it when it is unowned, already
@@ -128,8 +139,8 @@ class BatchJobs:
         with self.store.session() as s:
             s.execute(update(BatchJob).where(BatchJob.owner == owner).values(owner="", lease_until=None))
 
-    def delete(self, account_id: str, job_id: str) -> None:
-        with self.store.session() as s:
+    def delete(self, account_id: str, job_id: str, *, audit: AuditRecord | None = None) -> None:
+        with self.store.session(audit) as s:
             s.execute(delete(BatchResult).where(BatchResult.account_id == account_id, BatchResult.job_id == job_id))
             s.execute(delete(BatchJob).where(BatchJob.account_id == account_id, BatchJob.job_id == job_id))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -9,6 +11,9 @@ from ember.errors import AlreadyExists, FailedPrecondition, ResourceNotFound
 from ember.store.db import Store
 from ember.store.ids import check_id, utcnow
 from ember.store.tables import Dataset
+
+if TYPE_CHECKING:
+    from ember.store.audit_log import AuditRecord
 
 UPLOADING = "UPLOADING"
 READY = "READY"
@@ -21,11 +26,11 @@ class Datasets:
 
     def create(self, account_id: str, dataset_id: str, *, display_name: str = "", example_count: int = 0,
                fmt: str = "FORMAT_UNSPECIFIED", created_by: str = "", source_job: str = "",
-               user_uploaded: bool = True) -> Dataset:
+               user_uploaded: bool = True, audit: AuditRecord | None = None) -> Dataset:
         check_id(dataset_id, "datasetId")
         now = utcnow()
         try:
-            with self.store.session() as s:
+            with self.store.session(audit) as s:
                 d = Dataset(account_id=account_id, dataset_id=dataset_id, display_name=display_name,
                             state=UPLOADING, example_count=example_count, estimated_tokens=0, bytes=0,
                             format=fmt, filenames=[], user_uploaded=user_uploaded, source_job=source_job,
@@ -59,8 +64,8 @@ class Datasets:
         return d
 
     def mark_ready(self, account_id: str, dataset_id: str, filenames: list[str], size: int, examples: int,
-                   tokens: int) -> Dataset:
-        with self.store.session() as s:
+                   tokens: int, *, audit: AuditRecord | None = None) -> Dataset:
+        with self.store.session(audit) as s:
             d = s.get(Dataset, (account_id, dataset_id))
             if d is None:
                 raise ResourceNotFound(f"dataset {dataset_id!r} was deleted during the upload")
@@ -68,8 +73,8 @@ class Datasets:
             d.example_count, d.estimated_tokens, d.updated = examples, tokens, utcnow()
         return d
 
-    def delete(self, account_id: str, dataset_id: str) -> None:
-        with self.store.session() as s:
+    def delete(self, account_id: str, dataset_id: str, *, audit: AuditRecord | None = None) -> None:
+        with self.store.session(audit) as s:
             d = s.get(Dataset, (account_id, dataset_id))
             if d is None:
                 raise ResourceNotFound(f"dataset {dataset_id[:63]!r} not found")

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -13,6 +14,9 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from ember.config import StoreConfig
+
+if TYPE_CHECKING:
+    from ember.store.audit_log import AuditRecord
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 0x656D626572  # "ember": one process migrates at a time on a shared PostgreSQL
@@ -80,10 +84,15 @@ class Store:
                 return None
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back if it raises."""
+    def session(self, audit: AuditRecord | None = None) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises. With `audit`, the
+        change's audit entry is added last, inside it: it commits with the change or not at all."""
         with self._sessions.begin() as s:
             yield s
+            if audit is not None:
+                audit.add_to(s)
+        if audit is not None:
+            audit.committed = True
 
     def close(self) -> None:
         self.engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -11,6 +12,9 @@ from ember.errors import InvalidRequest, ResourceNotFound
 from ember.store.db import Store
 from ember.store.ids import utcnow
 from ember.store.tables import Account, Quota
+
+if TYPE_CHECKING:
+    from ember.store.audit_log import AuditRecord
 
 REQUESTS = "requests-per-minute"
 PROMPT = "prompt-tokens-per-minute"
@@ -71,12 +75,13 @@ class Quotas:
             raise ResourceNotFound(f"quota {quota_id!r} is not set for this account (unlimited)")
         return _value(q)
 
-    def set_value(self, account_id: str, quota_id: str, value: int, allow_missing: bool) -> QuotaValue:
+    def set_value(self, account_id: str, quota_id: str, value: int, allow_missing: bool, *,
+                  audit: AuditRecord | None = None) -> QuotaValue:
         """An account admin's PATCH: any value up to the operator's cap."""
         check_quota_id(quota_id)
         if value < 0:
             raise InvalidRequest("quota value must not be negative", param="value")
-        with self.store.session() as s:
+        with self.store.session(audit) as s:
             q = s.get(Quota, (account_id, quota_id))
             if q is None and not allow_missing:
                 raise ResourceNotFound(f"quota {quota_id!r} is not set; PATCH with allowMissing=true creates it")
@@ -90,13 +95,14 @@ class Quotas:
                 q.value, q.updated = value, utcnow()
         return _value(q)
 
-    def set_cap(self, account_id: str, quota_id: str, max_value: int | None, value: int | None = None) -> QuotaValue:
+    def set_cap(self, account_id: str, quota_id: str, max_value: int | None, value: int | None = None, *,
+                audit: AuditRecord | None = None) -> QuotaValue:
         """The operator's `ember accounts set-quota`: the cap, and optionally the value under it."""
         check_quota_id(quota_id)
         for name, v in (("max_value", max_value), ("value", value)):
             if v is not None and v < 0:
                 raise InvalidRequest(f"{name} must not be negative", param=name)
-        with self.store.session() as s:
+        with self.store.session(audit) as s:
             if s.get(Account, account_id) is None:
                 raise ResourceNotFound(f"account {account_id!r} not found")
             q = s.get(Quota, (account_id, quota_id))
