@@ -4,6 +4,11 @@ Each tick it reads the active jobs (oldest first) and moves them along: VALIDATI
 -> WRITING_RESULTS -> COMPLETED, or FAILED / EXPIRED / CANCELLED. Rows go to the same engine as
 interactive requests, marked background, so they only use room interactive traffic leaves.
 
+Rate limits: a row draws from its account's per-minute buckets (ember.api.limits), the same ones the
+account's interactive requests draw from, before it reaches the engine. Where a bucket is short the row
+waits until the bucket refills (a batch is not in a hurry; it must not fail for it), keeping its slot; a
+row that needs more than a whole minute's quota is that row's error line, as it is a 429 interactively.
+
 Fairness: a fixed number of rows is in flight (BatchConfig.max_inflight_rows, all jobs together); free
 slots are dealt one row per job per round, oldest job first, so every running job moves and the oldest
 gets the spare slots first.
@@ -34,9 +39,10 @@ from pydantic import ValidationError
 from ember.api.completions import reject_unsupported
 from ember.api.deps import ServedModel
 from ember.api.errors import error_payload, validation_body
+from ember.api.limits import RateLimiter, Reservation
 from ember.api.protocol import CompletionRequest
 from ember.api.responses import Head, ResponseBuilder, to_json
-from ember.api.translate import to_engine_requests
+from ember.api.translate import Plan, to_engine_requests
 from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
 from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
@@ -52,6 +58,9 @@ T = TypeVar("T")
 LEASE_S = 10.0
 """How long a job stays with its runner without word from it: after a crash, another server (or the
 restarted one) resumes it this much later at most."""
+MAX_QUOTA_WAIT_S = 5.0
+"""A row waiting for its account's buckets asks again at least this often (a raised quota, or one that
+another process changed, applies within this)."""
 
 @dataclass
 class JobRun:
@@ -85,11 +94,12 @@ class JobRun:
 
 class BatchRunner:
     def __init__(self, services: BatchServices, client: EngineClient, served: ServedModel,
-                 meter: UsageMeter) -> None:
+                 meter: UsageMeter, limiter: RateLimiter) -> None:
         self.b = services
         self.client = client
         self.served = served
         self.meter = meter
+        self.limiter = limiter
         self.runs: dict[tuple[str, str], JobRun] = {}
         self.owner = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:40]
         """This runner's name on the jobs it drives (see BatchJobs.claim)."""
@@ -313,13 +323,20 @@ class BatchRunner:
         try:
             reject_unsupported(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
-            plan = await self._io(to_engine_requests, req, self.served.tokenizer,
-                                           self.served.max_model_len, engine_id, self.served.grammars)
+            # A row runs for its job's account: its prompt shares that account's prefix cache only.
+            plan = await self._io(to_engine_requests, req, self.served.tokenizer, self.served.max_model_len,
+                                  engine_id, self.served.grammars, j.account_id)
             reqs = [replace(r, background=True) for r in plan.requests]
+            reservation = await self._reserve(j, plan)
             builder = ResponseBuilder("completion", req, self.served.tokenizer, plan,
                                       Head(engine_id, int(time.time()), self.served.model_id), time.monotonic())
-            async for c, out in self.client.generate_all(reqs):
-                builder.add(c, out)
+            try:
+                async for c, out in self.client.generate_all(reqs):
+                    builder.add(c, out)
+            finally:  # refund what the row reserved and did not use (all of it, if it never ran)
+                u = builder.usage()
+                cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
+                reservation.settle(u.prompt_tokens, cached or 0, u.completion_tokens or 0)
         except Overloaded:
             raise
         except EmberError as e:
@@ -327,6 +344,16 @@ class BatchRunner:
         body, _ = builder.response()
         response = to_json(body)
         return True, ok_line(j, row.custom_id, engine_id, response), response["usage"]
+
+    async def _reserve(self, j: BatchJob, plan: Plan) -> Reservation:
+        """Take the row's tokens from its account's buckets, waiting (not failing) while one is short."""
+        prompt = sum(len(p.token_ids) for p in plan.prompts)
+        generated = sum(r.params.max_tokens for r in plan.requests)
+        while True:
+            got = await self._io(self.limiter.try_reserve, j.account_id, self.served.model_id, prompt, generated)
+            if isinstance(got, Reservation):
+                return got
+            await asyncio.sleep(min(got, MAX_QUOTA_WAIT_S))
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:
