@@ -6,8 +6,10 @@ interactive requests, marked background, so they only use room interactive traff
 
 Rate limits: a row draws from its account's per-minute buckets (ember.api.limits), the same ones the
 account's interactive requests draw from, before it reaches the engine. Where a bucket is short the row
-waits until the bucket refills (a batch is not in a hurry; it must not fail for it), keeping its slot; a
-row that needs more than a whole minute's quota is that row's error line, as it is a 429 interactively.
+goes back to the head of its job and the job pauses until the bucket could give it (a batch must not
+fail for a rate limit, only wait), giving its slot back: one account's empty bucket never holds the
+slots other accounts' jobs need. A row that needs more than a whole minute's quota is that row's error
+line, as it is a 429 interactively.
 
 Fairness: a fixed number of rows is in flight (BatchConfig.max_inflight_rows, all jobs together); free
 slots are dealt one row per job per round, oldest job first, so every running job moves and the oldest
@@ -59,8 +61,16 @@ LEASE_S = 10.0
 """How long a job stays with its runner without word from it: after a crash, another server (or the
 restarted one) resumes it this much later at most."""
 MAX_QUOTA_WAIT_S = 5.0
-"""A row waiting for its account's buckets asks again at least this often (a raised quota, or one that
+"""A job paused for its account's buckets tries again at least this often (a raised quota, or one that
 another process changed, applies within this)."""
+
+
+class _QuotaWait(Exception):
+    """A row's account bucket is short: try the row again in `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"rate limited for {seconds:.1f} s")
+        self.seconds = seconds
 
 @dataclass
 class JobRun:
@@ -76,6 +86,8 @@ class JobRun:
     retry: deque[Row] = field(default_factory=deque)
     exhausted: bool = False
     ran: int = 0
+    paused_until: float = 0.0
+    """time.monotonic() before which no row of this job is dispatched: its account's bucket is short."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -245,7 +257,8 @@ class BatchRunner:
 
     def _dispatch(self) -> None:
         free = self.b.config.max_inflight_rows - sum(len(r.tasks) for r in self.runs.values())
-        runs = sorted(self.runs.values(), key=lambda r: (r.job.created, r.key))
+        now = time.monotonic()
+        runs = sorted((r for r in self.runs.values() if r.paused_until <= now), key=lambda r: (r.job.created, r.key))
         while free > 0 and runs:
             for run in list(runs):
                 if free <= 0:
@@ -279,6 +292,10 @@ class BatchRunner:
         except Overloaded:  # the engine is stopping: leave the row for the next start
             run.retry.append(row)
             await asyncio.sleep(1.0)
+            return
+        except _QuotaWait as w:  # first in line again once the bucket could give it; the slot is free now
+            run.retry.appendleft(row)
+            run.paused_until = max(run.paused_until, time.monotonic() + min(w.seconds, MAX_QUOTA_WAIT_S))
             return
         except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
             log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
@@ -346,14 +363,13 @@ class BatchRunner:
         return True, ok_line(j, row.custom_id, engine_id, response), response["usage"]
 
     async def _reserve(self, j: BatchJob, plan: Plan) -> Reservation:
-        """Take the row's tokens from its account's buckets, waiting (not failing) while one is short."""
+        """Take the row's tokens from its account's buckets; _QuotaWait while one is short."""
         prompt = sum(len(p.token_ids) for p in plan.prompts)
         generated = sum(r.params.max_tokens for r in plan.requests)
-        while True:
-            got = await self._io(self.limiter.try_reserve, j.account_id, self.served.model_id, prompt, generated)
-            if isinstance(got, Reservation):
-                return got
-            await asyncio.sleep(min(got, MAX_QUOTA_WAIT_S))
+        got = await self._io(self.limiter.try_reserve, j.account_id, self.served.model_id, prompt, generated)
+        if not isinstance(got, Reservation):
+            raise _QuotaWait(got)
+        return got
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:

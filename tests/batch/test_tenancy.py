@@ -183,7 +183,7 @@ def test_batch_rows_share_only_their_accounts_cache(env: Env) -> None:
 # -- item 7: batch rows draw from the account's per-minute buckets -------------------------------------
 
 def test_batch_rows_wait_for_the_operators_generated_token_cap(env: Env) -> None:
-    cap, rows, per_row = 100, 12, 20
+    cap, rows, per_row = 100, 16, 20  # more rows waiting than the runner's 8 slots
     assert ember_cli(["accounts", "set-quota", "initech", "generated-tokens-per-minute", "--max-value", str(cap),
                       "--data-dir", env.data_dir]) == 0
     time.sleep(1.5)  # the server reloads quotas every second
@@ -205,6 +205,12 @@ def test_batch_rows_wait_for_the_operators_generated_token_cap(env: Env) -> None
     with env.http(env.admin["initech"]) as c:
         r = c.post("/v1/completions", json={"model": MODEL_ID, "prompt": "hi", "max_tokens": per_row})
         assert_openai_error(r, 429, "rate_limit_exceeded")
+    # initech's waiting rows hold none of the runner's slots: another account's job runs meanwhile.
+    g = env.openai(env.admin["globex"])
+    other = g.batches.create(input_file_id=file_of(g, [line(f"g{i}", f"Name {i}:", 4) for i in range(12)]),
+                             endpoint="/v1/completions", completion_window="24h")
+    assert wait(g, other.id, timeout=30).request_counts.completed == 12
+    assert o.batches.retrieve(b.id).status == "in_progress"
     # Lifting the cap lets the waiting rows run: none of them failed for the wait.
     assert ember_cli(["accounts", "set-quota", "initech", "generated-tokens-per-minute",
                       "--data-dir", env.data_dir]) == 0
