@@ -72,6 +72,7 @@ class _QuotaWait(Exception):
         super().__init__(f"rate limited for {seconds:.1f} s")
         self.seconds = seconds
 
+
 @dataclass
 class JobRun:
     """A running job's live state (in memory only; everything that matters is in the store)."""
@@ -350,7 +351,7 @@ class BatchRunner:
             try:
                 async for c, out in self.client.generate_all(reqs):
                     builder.add(c, out)
-            finally:  # refund what the row reserved and did not use (all of it, if it never ran)
+            finally:  # refund what the row reserved and did not use (as an interactive request's settle)
                 u = builder.usage()
                 cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
                 reservation.settle(u.prompt_tokens, cached or 0, u.completion_tokens or 0)
