@@ -83,8 +83,14 @@ def _config(a: argparse.Namespace) -> Config:
         store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
         platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
                                 allow_unauthenticated=getattr(a, "allow_unauthenticated", False),
-                                max_queued_requests=getattr(a, "max_queued_requests", 1024)),
-        batch=BatchConfig(max_upload_mb=getattr(a, "max_upload_mb", BatchConfig.max_upload_mb)),
+                                max_queued_requests=getattr(a, "max_queued_requests", 1024),
+                                max_keys_per_account=getattr(a, "max_keys_per_account",
+                                                             PlatformConfig.max_keys_per_account)),
+        batch=BatchConfig(max_upload_mb=getattr(a, "max_upload_mb", BatchConfig.max_upload_mb),
+                          max_active_jobs_per_account=getattr(a, "max_active_jobs_per_account",
+                                                              BatchConfig.max_active_jobs_per_account),
+                          max_datasets_per_account=getattr(a, "max_datasets_per_account",
+                                                           BatchConfig.max_datasets_per_account)),
     )
 
 
@@ -205,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     add_store_flags(s)
     s.add_argument("--max-upload-mb", type=int, default=BatchConfig.max_upload_mb,
                    help="largest dataset file :upload accepts (413 past it)")
+    s.add_argument("--max-active-jobs-per-account", type=int, default=BatchConfig.max_active_jobs_per_account,
+                   help="unfinished batch jobs an account may have; one more gets 429 resource_exhausted")
+    s.add_argument("--max-datasets-per-account", type=int, default=BatchConfig.max_datasets_per_account,
+                   help="datasets (and OpenAI files) an account may hold, job outputs aside; one more gets 429")
+    s.add_argument("--max-keys-per-account", type=int, default=PlatformConfig.max_keys_per_account,
+                   help="live API keys an account may hold; the Gateway refuses one more (429)")
     s.add_argument("--log-level", default="info")
     s.add_argument("--drain-timeout", type=float, default=ServerConfig.drain_timeout_s,
                    help="seconds requests in flight may run on after SIGTERM/SIGINT; a second signal exits at once")

@@ -199,12 +199,19 @@ class PlatformConfig:
     key_cache_s: float = 5.0
     """How long a verified key is trusted before the store is asked again (bounds how late another
     process sees a deleted key)."""
+    max_keys_per_account: int = 1000
+    """Live API keys an account may hold; the Gateway refuses one more (429 resource_exhausted). Per
+    account, not per user: a user key mints its own keys and an admin mints users, so only an account-wide
+    bound caps what one tenant can make the server keep and check. 1,000 covers hundreds of people and
+    services with keys in rotation; the operator's `ember accounts create-key` is not refused."""
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
             raise ValueError(f"auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
         if self.max_queued_requests < 1:
             raise ValueError("max_queued_requests must be at least 1")
+        if self.max_keys_per_account < 1:
+            raise ValueError("max_keys_per_account must be at least 1")
         if not 0.05 <= self.usage_flush_s <= 60:
             raise ValueError("usage_flush_s must be in 0.05..60")
 
@@ -221,6 +228,14 @@ class BatchConfig:
     """A job not finished this long after creation ends EXPIRED (its results so far are kept)."""
     poll_s: float = 0.5
     """How often the job runner looks for new, cancelled or expired jobs."""
+    max_active_jobs_per_account: int = 100
+    """Batch jobs (Gateway and OpenAI batches together) an account may have not yet finished; one more is
+    refused (429 resource_exhausted). The runner deals rows one per job per round, so a tenant's many jobs
+    cost the others nothing but the store's rows and the runner's per-tick work, which this bounds; 100
+    is far past what one server drains at once."""
+    max_datasets_per_account: int = 1000
+    """Datasets an account may hold: Gateway datasets and OpenAI files, each up to max_upload_mb on disk.
+    A job's output dataset is not counted, so an account at its cap still gets its jobs' results."""
 
     def __post_init__(self) -> None:
         if self.max_upload_mb < 1:
@@ -231,6 +246,8 @@ class BatchConfig:
             raise ValueError("max_inflight_rows must be at least 1")
         if self.job_ttl_h <= 0:
             raise ValueError("job_ttl_h must be positive")
+        if self.max_active_jobs_per_account < 1 or self.max_datasets_per_account < 1:
+            raise ValueError("max_active_jobs_per_account and max_datasets_per_account must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,13 @@ class RateLimited(EmberError):
     code = "rate_limit_exceeded"
 
 
+class ResourceExhausted(RateLimited):
+    """A per-account cap on what an account may hold (jobs, datasets, keys): a 429 that waiting alone
+    does not clear (google.rpc RESOURCE_EXHAUSTED, as the Gateway answers a quota on resources)."""
+
+    code = "resource_exhausted"
+
+
 class Overloaded(EmberError):
     code = "overloaded"
 

@@ -40,6 +40,12 @@ class Principal:
         """May use the management (Gateway) paths at all."""
         return self.user_id is not None and self.role in ("admin", "user")
 
+    @property
+    def cache_tenant(self) -> str | None:
+        """Whose prefix cache a request of this principal uses: its account's; None where no account
+        authenticated (open mode, a static --api-key key), which keeps one shared cache."""
+        return self.account_id if self.user_id is not None else None
+
     def require_admin(self) -> None:
         if self.role != "admin":
             raise PermissionDenied("this needs an admin key of the account")

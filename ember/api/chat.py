@@ -36,7 +36,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     rid = request.headers.get("x-request-id") or engine_id
     # Rendering, tokenizing and compiling a schema are CPU work: off the event loop.
     creq, plan = await asyncio.to_thread(chat_to_engine_requests, body, served.chat_template, served.tokenizer,
-                                         served.max_model_len, engine_id, served.grammars)
+                                         served.max_model_len, engine_id, served.grammars,
+                                         principal.cache_tenant)
     adm = admit_plan(request, state, principal, served, plan, body.service_tier == "priority")
     head = Head(rid, int(time.time()), served.model_id)
     builder = ResponseBuilder("chat", creq, served.tokenizer, plan, head, t0)

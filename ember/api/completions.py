@@ -38,7 +38,7 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     rid = request.headers.get("x-request-id") or engine_id
     # Tokenizing a long prompt and compiling a new schema are CPU work: off the event loop.
     plan = await asyncio.to_thread(to_engine_requests, body, served.tokenizer, served.max_model_len, engine_id,
-                                   served.grammars)
+                                   served.grammars, principal.cache_tenant)
     adm = admit_plan(request, state, principal, served, plan, body.service_tier == "priority")
     head = Head(rid, int(time.time()), served.model_id)
     builder = ResponseBuilder("completion", body, served.tokenizer, plan, head, t0)

@@ -29,6 +29,7 @@ from ember.errors import (
     Overloaded,
     PermissionDenied,
     RateLimited,
+    ResourceExhausted,
     Unauthorized,
 )
 
@@ -158,6 +159,8 @@ def _headers(request: Request, exc: BaseException | None = None) -> dict[str, st
     retry = getattr(exc, "retry_after", None)
     if retry is not None:
         h["retry-after"] = str(max(1, math.ceil(retry)))
+    if isinstance(exc, ResourceExhausted):  # a cap: retrying alone never clears it (the SDKs read this)
+        h["x-should-retry"] = "false"
     return h
 
 

@@ -129,6 +129,18 @@ class RateLimiter:
         self._stale = True
 
     def reserve(self, account_id: str, model: str, prompt_tokens: int, generated_tokens: int) -> Reservation:
+        """Reserve for an interactive request: 429 (with retry-after) when a bucket is short."""
+        got = self.try_reserve(account_id, model, prompt_tokens, generated_tokens)
+        if isinstance(got, Reservation):
+            return got
+        retry = min(60, max(1, math.ceil(got)))
+        raise RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s", retry_after=retry)
+
+    def try_reserve(self, account_id: str, model: str, prompt_tokens: int,
+                    generated_tokens: int) -> Reservation | float:
+        """The reservation, or the seconds until the buckets could give it (a batch row waits that long
+        and asks again, where an interactive request gets a 429). Raises RateLimited only for what no
+        bucket can ever give: more than a whole minute's quota."""
         limits = self.limits(account_id)
         if not limits:
             return Reservation(None, account_id, model)
@@ -141,10 +153,7 @@ class RateLimiter:
                                   f"limit of {limits[q]}: it can never be admitted; lower max_tokens or n, "
                                   "or raise the quota")
         wait = self.buckets.take(account_id, model, limits, amounts)
-        if wait > 0:
-            retry = min(60, max(1, math.ceil(wait)))
-            raise RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s", retry_after=retry)
-        return Reservation(self, account_id, model, amounts)
+        return wait if wait > 0 else Reservation(self, account_id, model, amounts)
 
     def refund(self, account_id: str, model: str, amounts: dict[str, int]) -> None:
         self.buckets.refund(account_id, model, amounts)

@@ -164,7 +164,8 @@ def reject_invalid_text(req: CompletionRequest) -> None:
 
 
 def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str,
-                       grammars: GrammarCompiler | None = None) -> Plan:
+                       grammars: GrammarCompiler | None = None, cache_tenant: str | None = None) -> Plan:
+    """The engine requests of a completion; `cache_tenant` (the caller's account) scopes its prefix cache."""
     reject_invalid_text(req)
     prompts = tokenize_prompts(req, tok)
     n = req.n
@@ -209,7 +210,8 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
                 speculation=speculation,
             )
             reqs.append(EngineRequest(f"{request_id}-{c}", tuple(prompt.token_ids), params,
-                                      cache_salt=req.prompt_cache_isolation_key, arrival_time=now))
+                                      cache_salt=req.prompt_cache_isolation_key, arrival_time=now,
+                                      cache_tenant=cache_tenant))
     return Plan(prompts, reqs, n)
 
 
@@ -304,8 +306,8 @@ def chat_to_completion(req: ChatCompletionRequest, prompt_ids: list[int], max_mo
 
 
 def chat_to_engine_requests(req: ChatCompletionRequest, template: ChatTemplate | None, tok: Tokenizer,
-                            max_model_len: int, request_id: str,
-                            grammars: GrammarCompiler | None = None) -> tuple[CompletionRequest, Plan]:
+                            max_model_len: int, request_id: str, grammars: GrammarCompiler | None = None,
+                            cache_tenant: str | None = None) -> tuple[CompletionRequest, Plan]:
     reject_invalid_text(req)
     reject_unsupported_chat(req)
     if template is None:
@@ -313,7 +315,7 @@ def chat_to_engine_requests(req: ChatCompletionRequest, template: ChatTemplate |
                              "/v1/completions with a prompt", param="messages", code="no_chat_template")
     text, ids = render_chat(req, template)
     creq = chat_to_completion(req, ids, max_model_len)
-    plan = to_engine_requests(creq, tok, max_model_len, request_id, grammars)
+    plan = to_engine_requests(creq, tok, max_model_len, request_id, grammars, cache_tenant)
     plan.prompts[0].text = text  # raw_output's prompt_fragments: the rendered conversation
     return creq, plan
 

@@ -1,8 +1,10 @@
 """The KV block pool: reference counts, a prefix-cache hash chain, and an LRU free list.
 
 A sequence's KV lives in fixed-size blocks listed by its block table. A full block may be *cached*: it
-gets a key H(parent key, its token ids, isolation key), so the key of block i covers every token before
-it, and a later request whose prompt hashes to the same chain reuses the block instead of recomputing.
+gets a key H(parent key, its token ids, scope), so the key of block i covers every token before it, and a
+later request whose prompt hashes to the same chain reuses the block instead of recomputing. The scope
+(EngineRequest.cache_scope: the tenant and its isolation key) seeds the chain's root, so two scopes never
+share a block, even for the same tokens.
 
     free queue (LRU first):  [ b7 | b3 | b9 | ... ]   ref == 0; cached ones keep their key until reused
     hash map:                key -> block id           cached blocks, referenced or free
@@ -28,9 +30,9 @@ class Block:
     token_ids: tuple[int, ...] = ()
 
 
-def block_key(parent: bytes | None, token_ids: Sequence[int], salt: str | None) -> bytes:
+def block_key(parent: bytes | None, token_ids: Sequence[int], scope: str | None) -> bytes:
     h = hashlib.blake2b(digest_size=16)
-    h.update(parent if parent is not None else (b"root:" + (salt or "").encode("utf-8", "surrogatepass")))
+    h.update(parent if parent is not None else (b"root:" + (scope or "").encode("utf-8", "surrogatepass")))
     h.update(b"|".join(str(t).encode() for t in token_ids))
     return h.digest()
 
@@ -93,8 +95,8 @@ class BlockPool:
             if block.ref_count == 0:
                 self.free[bid] = None
 
-    def match_prefix(self, token_ids: Sequence[int], salt: str | None, max_blocks: int) -> list[int]:
-        """Take a reference on the longest run of cached full blocks that starts `token_ids`."""
+    def match_prefix(self, token_ids: Sequence[int], scope: str | None, max_blocks: int) -> list[int]:
+        """Take a reference on the longest run of cached full blocks of `scope` that starts `token_ids`."""
         if not self.enable_prefix_caching:
             return []
         bs = self.block_size
@@ -102,7 +104,7 @@ class BlockPool:
         parent: bytes | None = None
         for i in range(min(max_blocks, len(token_ids) // bs)):
             chunk = tuple(token_ids[i * bs : (i + 1) * bs])
-            key = block_key(parent, chunk, salt)
+            key = block_key(parent, chunk, scope)
             bid = self.cached.get(key)
             # A hash collision must never serve another prompt's KV: compare the tokens too.
             if bid is None or self.blocks[bid].token_ids != chunk:
@@ -120,7 +122,7 @@ class BlockPool:
 
     def cache_full_blocks(
         self, block_ids: Sequence[int], token_ids: Sequence[int], num_cached: int, num_full: int,
-        parent: bytes | None, salt: str | None,
+        parent: bytes | None, scope: str | None,
     ) -> bytes | None:
         """Give keys to blocks num_cached..num_full-1 of a sequence; returns the last key of the chain.
 
@@ -129,7 +131,7 @@ class BlockPool:
         bs = self.block_size
         for i in range(num_cached, num_full):
             chunk = tuple(token_ids[i * bs : (i + 1) * bs])
-            key = block_key(parent, chunk, salt)
+            key = block_key(parent, chunk, scope)
             block = self.blocks[block_ids[i]]
             if self.enable_prefix_caching and block.key is None and key not in self.cached:
                 block.key = key

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass, field
 
 
@@ -58,10 +59,25 @@ class EngineRequest:
     prompt_token_ids: tuple[int, ...]
     params: SamplingParams = field(default_factory=SamplingParams)
     cache_salt: str | None = None
-    """Isolation key: cached prefixes are shared only between requests with the same salt."""
+    """Isolation key (`prompt_cache_isolation_key`): within one tenant, cached prefixes are shared only
+    between requests with the same salt."""
     arrival_time: float = 0.0
     background: bool = False
     """A batch-job row: scheduled only into room interactive requests leave, and preempted first."""
+    cache_tenant: str | None = None
+    """The account the request runs for: cached prefixes are never shared across tenants, whatever the
+    salt. None: no account (an open server, the CLI), whose requests share by salt alone."""
+
+    @property
+    def cache_scope(self) -> str | None:
+        """The prefix-cache namespace: requests share cached blocks iff their scopes are equal.
+
+        Without a tenant it is the salt itself; with one, a JSON pair, which no tenant-less scope can equal
+        (the "t" / "s" tags differ) and which no (tenant, salt) choice can forge for another tenant."""
+        salt = self.cache_salt or None
+        if self.cache_tenant is None:
+            return None if salt is None else "s" + salt
+        return "t" + json.dumps([self.cache_tenant, salt])
 
 
 @dataclass(frozen=True)

@@ -311,7 +311,7 @@ class Scheduler:
     def _match_prefix(self, seq: Sequence) -> None:
         # Leave at least the last token uncomputed: its logits are needed to sample the next one.
         max_blocks = (seq.num_tokens - 1) // self.pool.block_size
-        matched = self.pool.match_prefix(seq.token_ids, seq.request.cache_salt, max_blocks)
+        matched = self.pool.match_prefix(seq.token_ids, seq.request.cache_scope, max_blocks)
         if not matched:
             return
         seq.block_ids = matched
@@ -328,7 +328,7 @@ class Scheduler:
         if full > seq.num_cached_blocks:
             seq.last_block_key = self.pool.cache_full_blocks(
                 seq.block_ids, seq.token_ids, seq.num_cached_blocks, full, seq.last_block_key,
-                seq.request.cache_salt)
+                seq.request.cache_scope)
             seq.num_cached_blocks = full
 
     def finish(self, seq: Sequence) -> None:

@@ -10,6 +10,7 @@ from ember.api.auth import Principal
 from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, PermissionDenied
 from ember.gateway.audit import GatewayChange
+from ember.gateway.caps import check_keys
 from ember.gateway.protocol import CreateApiKeyBody, DeleteApiKeyBody, UserBody
 from ember.gateway.wire import account_json, key_json, list_response, parse_time, user_json
 from ember.store.ids import check_id, utcnow
@@ -134,6 +135,7 @@ async def create_api_key(account_id: str, user_id: str, body: CreateApiKeyBody, 
         raise InvalidRequest("annotations: at most 64 entries, keys up to 63 and values up to 255 characters",
                              param="annotations")
     user = state.platform.users.get(account_id, user_id)
+    check_keys(state.platform.keys, account_id, state.platform.config.max_keys_per_account)
     created = state.platform.keys.create(account_id, user_id, f.displayName or "default", expire,
                                          f.annotations or {}, audit=change)
     state.platform.auth.forget_negative()

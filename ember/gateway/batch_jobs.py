@@ -17,6 +17,7 @@ from pydantic import Field
 from ember.api.deps import GatewayAuth, StateDep, resolve_served
 from ember.errors import FailedPrecondition, InvalidRequest, ResourceNotFound
 from ember.gateway.audit import GatewayChange
+from ember.gateway.caps import check_active_jobs
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep
 from ember.gateway.wire import list_response
@@ -159,6 +160,7 @@ def create_job(account_id: str, body: BatchJobBody, request: Request, state: Sta
     if b.datasets.find(account_id, out_id) is not None:
         raise FailedPrecondition(f"output dataset {out_id!r} already exists; name a new one or leave "
                                  "outputDatasetId out")
+    check_active_jobs(b, account_id)
     now = utcnow()
     name = f"accounts/{account_id}/batchInferenceJobs/{job_id}"
     out_ds = Dataset(account_id=account_id, dataset_id=out_id, display_name=f"output of {job_id}"[:63],

@@ -4,6 +4,13 @@ Each tick it reads the active jobs (oldest first) and moves them along: VALIDATI
 -> WRITING_RESULTS -> COMPLETED, or FAILED / EXPIRED / CANCELLED. Rows go to the same engine as
 interactive requests, marked background, so they only use room interactive traffic leaves.
 
+Rate limits: a row draws from its account's per-minute buckets (ember.api.limits), the same ones the
+account's interactive requests draw from, before it reaches the engine. Where a bucket is short the row
+goes back to the head of its job and the job pauses until the bucket could give it (a batch must not
+fail for a rate limit, only wait), giving its slot back: one account's empty bucket never holds the
+slots other accounts' jobs need. A row that needs more than a whole minute's quota is that row's error
+line, as it is a 429 interactively.
+
 Fairness: a fixed number of rows is in flight (BatchConfig.max_inflight_rows, all jobs together); free
 slots are dealt one row per job per round, oldest job first, so every running job moves and the oldest
 gets the spare slots first.
@@ -34,9 +41,10 @@ from pydantic import ValidationError
 from ember.api.completions import reject_unsupported
 from ember.api.deps import ServedModel
 from ember.api.errors import error_payload, validation_body
+from ember.api.limits import RateLimiter, Reservation
 from ember.api.protocol import CompletionRequest
 from ember.api.responses import Head, ResponseBuilder, to_json
-from ember.api.translate import to_engine_requests
+from ember.api.translate import Plan, to_engine_requests
 from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
 from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
@@ -52,6 +60,18 @@ T = TypeVar("T")
 LEASE_S = 10.0
 """How long a job stays with its runner without word from it: after a crash, another server (or the
 restarted one) resumes it this much later at most."""
+MAX_QUOTA_WAIT_S = 5.0
+"""A job paused for its account's buckets tries again at least this often (a raised quota, or one that
+another process changed, applies within this)."""
+
+
+class _QuotaWait(Exception):
+    """A row's account bucket is short: try the row again in `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"rate limited for {seconds:.1f} s")
+        self.seconds = seconds
+
 
 @dataclass
 class JobRun:
@@ -67,6 +87,8 @@ class JobRun:
     retry: deque[Row] = field(default_factory=deque)
     exhausted: bool = False
     ran: int = 0
+    paused_until: float = 0.0
+    """time.monotonic() before which no row of this job is dispatched: its account's bucket is short."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -85,11 +107,12 @@ class JobRun:
 
 class BatchRunner:
     def __init__(self, services: BatchServices, client: EngineClient, served: ServedModel,
-                 meter: UsageMeter) -> None:
+                 meter: UsageMeter, limiter: RateLimiter) -> None:
         self.b = services
         self.client = client
         self.served = served
         self.meter = meter
+        self.limiter = limiter
         self.runs: dict[tuple[str, str], JobRun] = {}
         self.owner = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:40]
         """This runner's name on the jobs it drives (see BatchJobs.claim)."""
@@ -235,7 +258,8 @@ class BatchRunner:
 
     def _dispatch(self) -> None:
         free = self.b.config.max_inflight_rows - sum(len(r.tasks) for r in self.runs.values())
-        runs = sorted(self.runs.values(), key=lambda r: (r.job.created, r.key))
+        now = time.monotonic()
+        runs = sorted((r for r in self.runs.values() if r.paused_until <= now), key=lambda r: (r.job.created, r.key))
         while free > 0 and runs:
             for run in list(runs):
                 if free <= 0:
@@ -269,6 +293,10 @@ class BatchRunner:
         except Overloaded:  # the engine is stopping: leave the row for the next start
             run.retry.append(row)
             await asyncio.sleep(1.0)
+            return
+        except _QuotaWait as w:  # first in line again once the bucket could give it; the slot is free now
+            run.retry.appendleft(row)
+            run.paused_until = max(run.paused_until, time.monotonic() + min(w.seconds, MAX_QUOTA_WAIT_S))
             return
         except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
             log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
@@ -313,13 +341,20 @@ class BatchRunner:
         try:
             reject_unsupported(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
-            plan = await self._io(to_engine_requests, req, self.served.tokenizer,
-                                           self.served.max_model_len, engine_id, self.served.grammars)
+            # A row runs for its job's account: its prompt shares that account's prefix cache only.
+            plan = await self._io(to_engine_requests, req, self.served.tokenizer, self.served.max_model_len,
+                                  engine_id, self.served.grammars, j.account_id)
             reqs = [replace(r, background=True) for r in plan.requests]
+            reservation = await self._reserve(j, plan)
             builder = ResponseBuilder("completion", req, self.served.tokenizer, plan,
                                       Head(engine_id, int(time.time()), self.served.model_id), time.monotonic())
-            async for c, out in self.client.generate_all(reqs):
-                builder.add(c, out)
+            try:
+                async for c, out in self.client.generate_all(reqs):
+                    builder.add(c, out)
+            finally:  # refund what the row reserved and did not use (as an interactive request's settle)
+                u = builder.usage()
+                cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
+                reservation.settle(u.prompt_tokens, cached or 0, u.completion_tokens or 0)
         except Overloaded:
             raise
         except EmberError as e:
@@ -327,6 +362,15 @@ class BatchRunner:
         body, _ = builder.response()
         response = to_json(body)
         return True, ok_line(j, row.custom_id, engine_id, response), response["usage"]
+
+    async def _reserve(self, j: BatchJob, plan: Plan) -> Reservation:
+        """Take the row's tokens from its account's buckets; _QuotaWait while one is short."""
+        prompt = sum(len(p.token_ids) for p in plan.prompts)
+        generated = sum(r.params.max_tokens for r in plan.requests)
+        got = await self._io(self.limiter.try_reserve, j.account_id, self.served.model_id, prompt, generated)
+        if not isinstance(got, Reservation):
+            raise _QuotaWait(got)
+        return got
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:

@@ -19,6 +19,7 @@ from pydantic import Field
 from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, ResourceNotFound
 from ember.gateway.audit import GatewayChange
+from ember.gateway.caps import check_datasets
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep, BatchServices
 from ember.gateway.signing import DOWNLOAD_PREFIX
@@ -127,6 +128,7 @@ def create_dataset(account_id: str, body: CreateDatasetBody, b: BatchDep, p: Gat
         count = int(declared) if declared not in (None, "") else 0
     except ValueError:
         raise InvalidRequest("exampleCount must be an integer", param="dataset.exampleCount") from None
+    check_datasets(b, account_id)
     d = b.datasets.create(account_id, body.datasetId, display_name=body.dataset.displayName or "",
                           example_count=max(0, count), fmt=fmt, created_by=p.email, audit=change)
     return dataset_json(d)

@@ -20,8 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ember.api.auth import Principal
 from ember.api.deps import InferenceAuth, StateDep
-from ember.errors import FailedPrecondition, InvalidRequest, NotFound, Unauthorized
+from ember.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Unauthorized
 from ember.gateway.audit import OpenAIChange
+from ember.gateway.caps import check_active_jobs, check_datasets
 from ember.gateway.datasets import receive_file
 from ember.gateway.services import BatchDep, BatchServices
 from ember.store import batch_jobs as st
@@ -46,9 +47,15 @@ class CreateBatchBody(BaseModel):
 
 
 def _account(p: Principal) -> str:
-    """The Batch API keeps files and jobs per account: an open server or a static key has none."""
+    """The caller's account, where its role may use batch data: the Gateway's rule for datasets and jobs
+    (admin and user keys; an inference-user key may only run inference: 403). Every file and batch is
+    then looked up within this account only, so another account's id is a 404.
+
+    An open server or a static key has no account: 401."""
     if p.user_id is None:
         raise Unauthorized("the Batch API needs an API key of an account (ember accounts create)")
+    if not p.manages:
+        raise PermissionDenied("inference-user keys may only run inference, not use the Files or Batches API")
     return p.account_id
 
 
@@ -73,6 +80,7 @@ def _file_json(d: Dataset, file_id: str, name: str, size: int) -> dict:
 async def create_file(request: Request, state: StateDep, b: BatchDep, p: InferenceAuth,
                       change: OpenAIChange) -> dict:
     account_id = _account(p)
+    await asyncio.to_thread(check_datasets, b, account_id)
     file_id = f"file-{uuid.uuid4().hex[:24]}"
     if change is not None:
         change.resource = f"accounts/{account_id}/files/{file_id}"
@@ -161,6 +169,7 @@ def create_batch(body: CreateBatchBody, request: Request, state: StateDep, b: Ba
         raise NotFound(f"no input file {body.input_file_id[:100]!r}", param="input_file_id", code="not_found")
     if d.state == UPLOADING:
         raise FailedPrecondition("the input file is still uploading")
+    check_active_jobs(b, account_id)
     job_id = f"batch-{uuid.uuid4().hex[:24]}"
     out_id = f"{job_id}-output"
     now = utcnow()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ember.errors import ResourceNotFound
@@ -87,6 +87,12 @@ class ApiKeys:
             q = q.where(ApiKey.user_id == user_id)
         with self.store.session() as s:
             return list(s.scalars(q.order_by(ApiKey.created, ApiKey.key_id)))
+
+    def count_live(self, account_id: str) -> int:
+        """The account's keys not deleted, expired ones included (what max_keys_per_account caps)."""
+        with self.store.session() as s:
+            return s.scalar(select(func.count()).select_from(ApiKey).where(
+                ApiKey.account_id == account_id, ApiKey.deleted.is_(None))) or 0
 
     def get(self, account_id: str, key_id: str) -> ApiKey:
         with self.store.session() as s:

@@ -89,6 +89,12 @@ class BatchJobs:
         with self.store.session() as s:
             return list(s.scalars(q))
 
+    def count_active(self, account_id: str) -> int:
+        """The account's jobs not yet finished (what BatchConfig.max_active_jobs_per_account caps)."""
+        with self.store.session() as s:
+            return s.scalar(select(func.count()).select_from(BatchJob).where(
+                BatchJob.account_id == account_id, BatchJob.state.in_(ACTIVE))) or 0
+
     def active(self) -> list[BatchJob]:
         """Jobs the runner must drive, oldest first."""
         with self.store.session() as s:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from ember.errors import AlreadyExists, FailedPrecondition, ResourceNotFound
@@ -55,6 +55,12 @@ class Datasets:
         with self.store.session() as s:
             return list(s.scalars(select(Dataset).where(Dataset.account_id == account_id)
                                   .order_by(Dataset.dataset_id)))
+
+    def count_inputs(self, account_id: str) -> int:
+        """The account's datasets other than jobs' outputs (what max_datasets_per_account caps)."""
+        with self.store.session() as s:
+            return s.scalar(select(func.count()).select_from(Dataset).where(
+                Dataset.account_id == account_id, Dataset.source_job == "")) or 0
 
     def check_uploadable(self, account_id: str, dataset_id: str) -> Dataset:
         d = self.get(account_id, dataset_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import torch
 
@@ -117,6 +118,29 @@ def test_isolation_keys_never_share(tiny: LoadedModel) -> None:
     same = run_all(engine, [req("d", base, salt="tenant-a")])["d"]
     assert other.cached_tokens == 0 and none.cached_tokens == 0
     assert same.cached_tokens == 64
+
+
+def test_tenants_never_share_cache_and_isolation_keys_scope_within_a_tenant(tiny: LoadedModel) -> None:
+    """Cached prefixes are keyed by account first: another account's request for the same tokens, or
+    with the same isolation key, starts cold; the same account (and key) still hits; no account (an
+    open server) shares as before."""
+    engine = make_engine(tiny)
+    base = prompts(1, 80, 80, tiny.args.vocab_size, seed=19)[0]
+
+    def run(rid: str, tenant: str | None, salt: str | None = None) -> int:
+        r = replace(req(rid, base, salt=salt), cache_tenant=tenant)
+        return run_all(engine, [r])[rid].cached_tokens
+
+    assert run("a1", "acme") == 0
+    assert run("b1", "globex") == 0, "another account hit acme's cached prompt"
+    assert run("a2", "acme") == 64
+    assert run("a3", "acme", salt="k") == 0
+    assert run("b2", "globex", salt="k") == 0, "an isolation key reached across accounts"
+    assert run("a4", "acme", salt="k") == 64
+    assert run("o1", None) == 0, "an open request hit an account's cache"
+    assert run("o2", None) == 64
+    # A tenant-less salt spelled like an account's scope cannot reach that account's blocks.
+    assert run("o3", None, salt=replace(req("x", base), cache_tenant="acme").cache_scope) == 0
 
 
 def test_abort_frees_every_block(tiny: LoadedModel) -> None:
