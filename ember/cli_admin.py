@@ -1,4 +1,4 @@
-"""Operator commands on the platform store: `ember accounts | keys | usage`.
+"""Operator commands on the platform store: `ember accounts | users | keys | usage | secrets`.
 
 They open the same database as `ember serve` (`--data-dir` or `--db`), whether or not a server runs on
 it; a running server sees a new account at once, a revoked key within its key cache time (5 s).
@@ -60,6 +60,22 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
     kr.add_argument("--account", required=True)
     add_store_flags(kr)
 
+    users = sub.add_parser("users", help="disable or enable a user (a disabled user's keys stop working)")
+    us_sub = users.add_subparsers(dest="action", required=True)
+    for action, what in (("disable", "its keys and their download URLs stop working"),
+                         ("enable", "its keys work again")):
+        ud = us_sub.add_parser(action, help=f"{action} a user: {what}")
+        ud.add_argument("user_id")
+        ud.add_argument("--account", required=True)
+        add_store_flags(ud)
+
+    sec = sub.add_parser("secrets", help="rotate the server's secrets")
+    sec_sub = sec.add_subparsers(dest="action", required=True)
+    rs = sec_sub.add_parser("rotate-signing-key",
+                            help="replace the key that signs dataset download URLs: every URL handed out "
+                                 "before stops working (within 5 s on running servers)")
+    add_store_flags(rs)
+
     u = sub.add_parser("usage", help="usage per API key and model over a date range")
     u.add_argument("--account", required=True)
     u.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default: 7 days ago)")
@@ -82,11 +98,12 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def run_admin(a: argparse.Namespace) -> int:
-    from ember.store.accounts import Accounts
+    from ember.store.accounts import Accounts, Users
     from ember.store.api_keys import ApiKeys
     from ember.store.db import open_store
     from ember.store.ids import check_id, utcnow
     from ember.store.quotas import Quotas
+    from ember.store.secrets import DOWNLOAD_URL_SECRET, rotate_secret
     from ember.store.usage import usage_totals
 
     store = open_store(store_config(a))
@@ -119,6 +136,13 @@ def run_admin(a: argparse.Namespace) -> int:
         elif a.cmd == "keys" and a.action == "revoke":
             ApiKeys(store).delete(check_id(a.account, "account"), None, a.key_id)
             print(f"revoked {a.key_id}", file=sys.stderr)
+        elif a.cmd == "users":
+            state = "DISABLED" if a.action == "disable" else "ACTIVE"
+            Users(store).set_state(check_id(a.account, "account"), check_id(a.user_id, "user_id"), state)
+            print(f"{a.account}/{a.user_id}: {state}", file=sys.stderr)
+        elif a.cmd == "secrets" and a.action == "rotate-signing-key":
+            rotate_secret(store, DOWNLOAD_URL_SECRET)
+            print("rotated the download-URL signing key; URLs signed before no longer work", file=sys.stderr)
         elif a.cmd == "usage":
             tz = ZoneInfo(a.timezone)
             today = datetime.now(tz).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)

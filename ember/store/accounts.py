@@ -14,6 +14,8 @@ from ember.store.ids import check_id, utcnow
 from ember.store.tables import Account, User
 
 ROLES = ("admin", "user", "inference-user")
+USER_STATES = ("ACTIVE", "DISABLED")
+"""A DISABLED user's keys authenticate nobody (and their download URLs stop working) until it is ACTIVE again."""
 
 
 def check_role(role: str) -> str:
@@ -110,5 +112,18 @@ class Users:
                 if k == "role":
                     check_role(str(v))
                 setattr(u, k, v)
+            u.updated = utcnow()
+        return u
+
+    def set_state(self, account_id: str, user_id: str, state: str) -> User:
+        """Disable or enable a user: the one place a user's state changes (the Gateway's PATCH and
+        `ember users disable|enable` both come here). Callers drop the user's cached keys."""
+        if state not in USER_STATES:
+            raise InvalidRequest(f"state must be one of {', '.join(USER_STATES)}", param="state")
+        with self.store.session() as s:
+            u = s.get(User, (account_id, user_id))
+            if u is None:
+                raise ResourceNotFound(f"user {user_id[:63]!r} not found")
+            u.state = state
             u.updated = utcnow()
         return u

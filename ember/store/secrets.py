@@ -1,4 +1,4 @@
-"""Secrets shared by every process on one database, made once on first use."""
+"""Secrets shared by every process on one database, made once on first use, replaced on rotation."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from ember.store.db import Store
 from ember.store.tables import ServerSecret
+
+DOWNLOAD_URL_SECRET = "dataset-download-url"
+"""The HMAC key of signed dataset download URLs (ember.gateway.signing)."""
 
 
 def shared_secret(store: Store, name: str) -> bytes:
@@ -20,3 +23,14 @@ def shared_secret(store: Store, name: str) -> bytes:
         row = s.get(ServerSecret, name)
         assert row is not None
         return bytes.fromhex(row.value)
+
+
+def rotate_secret(store: Store, name: str) -> None:
+    """Replace the secret called `name` with a new random one (created if missing): whatever the old one
+    signed stops verifying. The one place a rotation happens (`ember secrets rotate-signing-key`)."""
+    with store.session() as s:
+        row = s.get(ServerSecret, name)
+        if row is None:
+            s.add(ServerSecret(name=name, value=secrets.token_hex(32)))
+        else:
+            row.value = secrets.token_hex(32)
