@@ -29,6 +29,9 @@ from tests.conftest import LiveServer, server_config
 ROWS = [{"custom_id": f"r{i}", "body": {"prompt": f"Row {i}", "max_tokens": 2}} for i in range(3)]
 
 
+CREATED_MODES: dict[str, int] = {}
+
+
 def mode(p: str | Path) -> int:
     return stat.S_IMODE(os.stat(p).st_mode)
 
@@ -42,7 +45,7 @@ def env(tiny: LoadedModel) -> Iterator[BatchEnv]:
     assert ember_cli(["accounts", "create", "acme", "--email", "ops@acme.test", "--data-dir", data_dir]) == 0
     assert ember_cli(["accounts", "create", "globex", "--email", "ops@globex.test", "--data-dir", data_dir]) == 0
     db = os.path.join(data_dir, "ember.db")
-    assert mode(db) == 0o600  # created private by the very first operator command
+    CREATED_MODES["ember.db"] = mode(db)  # what the very first operator command made
     os.chmod(db, 0o644)  # as an older ember made it
     old = Path(data_dir, "datasets", "acme", "old-ds")
     old.mkdir(parents=True)
@@ -80,7 +83,8 @@ def get(url: str) -> httpx.Response:
 
 def test_the_database_and_customer_files_are_the_owners_alone(env: BatchEnv) -> None:
     d = env.data_dir
-    assert mode(os.path.join(d, "ember.db")) == 0o600  # narrowed at start
+    assert CREATED_MODES["ember.db"] == 0o600  # created so in a 0755 directory
+    assert mode(os.path.join(d, "ember.db")) == 0o600  # and narrowed at start after an older ember's 0644
     for side in ("-wal", "-shm"):
         if os.path.exists(os.path.join(d, "ember.db" + side)):
             assert mode(os.path.join(d, "ember.db" + side)) == 0o600
