@@ -23,7 +23,7 @@ from ember.model.loader import LoadedModel
 from ember.store.accounts import Users
 from ember.store.api_keys import ApiKeys
 from ember.store.db import open_store
-from tests.batch.helpers import MODEL_ID, BatchEnv, jsonl, upload
+from tests.batch.helpers import MODEL_ID, BatchEnv, jsonl, upload, wait_job
 from tests.conftest import LiveServer, server_config
 
 ROWS = [{"custom_id": f"r{i}", "body": {"prompt": f"Row {i}", "max_tokens": 2}} for i in range(3)]
@@ -91,9 +91,16 @@ def test_the_database_and_customer_files_are_the_owners_alone(env: BatchEnv) -> 
     old = Path(d, "datasets", "acme", "old-ds")
     assert mode(old / "input.jsonl") == 0o600
     assert {mode(p) for p in (Path(d, "datasets"), old.parent, old)} == {0o700}
-    upload(env.sdk(), "fresh", jsonl(ROWS))
+    c = env.sdk()
+    upload(c, "fresh", jsonl(ROWS))
     fresh = Path(d, "datasets", "acme", "fresh")
     assert mode(fresh) == 0o700 and mode(fresh / "input.jsonl") == 0o600
+    c.batch_inference_jobs.create(model=MODEL_ID, input_dataset_id="fresh", output_dataset_id="fresh-out",
+                                  batch_inference_job_id="fresh-job")
+    assert wait_job(c, "fresh-job").state == "JOB_STATE_COMPLETED"
+    out = Path(d, "datasets", "acme", "fresh-out")
+    assert mode(out) == 0o700 and {mode(p) for p in out.iterdir()} == {0o600}
+    assert len(list(out.iterdir())) == 2  # the results and error-data
 
 
 def test_a_validly_signed_url_past_the_lifetime_is_refused(env: BatchEnv) -> None:
