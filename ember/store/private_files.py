@@ -10,8 +10,11 @@ an operator may point ember at a directory that holds other things.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+log = logging.getLogger("ember")
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -39,7 +42,11 @@ def narrow(path: Path) -> None:
     except FileNotFoundError:
         return
     if mode & 0o077:
-        os.chmod(path, mode & 0o700)
+        try:
+            os.chmod(path, mode & 0o700)
+        except PermissionError:  # another user's file: ember can still use it, so say so and go on
+            log.warning("%s is mode %o and not ours to narrow; it should be readable by its owner only",
+                        path, mode)
 
 
 def secure_sqlite(db_path: Path) -> None:
