@@ -22,10 +22,9 @@ SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def private_dir(path: Path) -> None:
-    """`path` exists and is 0700 (created so, or narrowed)."""
+    """`path` exists, and no one but its owner has any access (created 0700, or narrowed)."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-    if path.stat().st_mode & 0o777 != DIR_MODE:
-        os.chmod(path, DIR_MODE)
+    narrow(path)
 
 
 def create_private(path: Path) -> None:
