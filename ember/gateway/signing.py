@@ -9,9 +9,9 @@ Invariants a URL must meet to be served, besides its signature:
   signed with a leaked secret cannot outlive that lifetime;
 - the key it was made for is still live (not deleted, not expired, its user not disabled): revoking the
   key revokes its URLs;
-- it was signed with the current secret. `ember secrets rotate-signing-key` replaces the secret; every
-  URL signed before stops working (no grace period: a rotation is for a secret that may have leaked),
-  at once in the process that rotated and within SECRET_REFRESH_S on other processes sharing the store.
+- it was signed with the current secret. `ember secrets rotate-signing-key` replaces the secret in the
+  store; every URL signed before stops working (no grace period: a rotation is for a secret that may
+  have leaked) within SECRET_REFRESH_S on every server sharing the store.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class UrlSigner:
         self._read_at = time.monotonic()
 
     def reload(self) -> None:
-        """Read the secret again now (after a rotation in this process)."""
+        """Read the secret from the store again now."""
         secret = self._load()
         with self._lock:
             self._secret, self._read_at = secret, time.monotonic()
