@@ -14,7 +14,7 @@ from ember.store.batch_jobs import BatchJobs
 from ember.store.dataset_files import DatasetFiles
 from ember.store.datasets import Datasets
 from ember.store.db import Store
-from ember.store.secrets import DOWNLOAD_URL_SECRET, shared_secret
+from ember.store.secrets import DOWNLOAD_URL_SECRET, current_secret
 
 
 @dataclass
@@ -35,7 +35,7 @@ class BatchServices:
         files = DatasetFiles(data_dir)
         files.secure()
         keys = ApiKeys(store)
-        signer = UrlSigner(lambda: shared_secret(store, DOWNLOAD_URL_SECRET), config.download_url_ttl_s,
+        signer = UrlSigner(lambda: current_secret(store, DOWNLOAD_URL_SECRET), config.download_url_ttl_s,
                            keys.is_usable)
         return cls(store, config, Datasets(store), BatchJobs(store), files, signer, public_url)
 

@@ -25,6 +25,16 @@ def shared_secret(store: Store, name: str) -> bytes:
         return bytes.fromhex(row.value)
 
 
+def current_secret(store: Store, name: str) -> bytes:
+    """The secret called `name` as the store holds it now (a read only, unless it does not exist yet):
+    what a process rereads to notice a rotation."""
+    with store.session() as s:
+        row = s.get(ServerSecret, name)
+        if row is not None:
+            return bytes.fromhex(row.value)
+    return shared_secret(store, name)
+
+
 def rotate_secret(store: Store, name: str) -> None:
     """Replace the secret called `name` with a new random one (created if missing): whatever the old one
     signed stops verifying. The one place a rotation happens (`ember secrets rotate-signing-key`)."""
