@@ -20,12 +20,14 @@ Python's recursion limit sits."""
 
 def depth_exceeds(obj: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     """Whether `obj` (parsed JSON: dicts, lists, scalars) nests more than `limit` levels; iterative."""
-    stack: list[tuple[Any, int]] = [(obj, 1)]
+    if not isinstance(obj, (dict, list)):
+        return False
+    stack: list[tuple[dict | list, int]] = [(obj, 1)]
     while stack:
         node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
         if depth > limit:
             return True
+        children = node.values() if isinstance(node, dict) else node
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
     return False
 
