@@ -12,13 +12,16 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
+from ember.api.docs_page import mount_docs
 from ember.api.draining import RefuseWhileDraining
 from ember.api.errors import install_error_handlers
+from ember.api.host_check import HostCheck
 from ember.api.limits import Buckets
 from ember.api.platform import Platform
 from ember.api.playground import mount_playground
 from ember.api.response_headers import StateHeaders
 from ember.api.responses import document_stream_models
+from ember.api.security_headers import SecurityHeaders
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
@@ -64,7 +67,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
                                    max_request_timeout_s=config.server.max_request_timeout_s)
         # Datasets and batch jobs: the runner resumes every job the store holds as active.
         app.state.batch = await asyncio.to_thread(BatchServices.build, store, config.store.resolved_data_dir(),
-                                                  config.batch)
+                                                  config.batch, config.server.public_url)
         runner = BatchRunner(app.state.batch, client, served, platform.meter, platform.limiter)
         app.state.batch_runner = runner
         runner.start()
@@ -80,7 +83,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
             tt.shutdown()
             await asyncio.to_thread(platform.stop)
 
-    app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="ember", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.include_router(completions.router)
     app.include_router(chat.router)
@@ -92,6 +95,9 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         app.include_router(router)
     app.add_middleware(StateHeaders)
     app.add_middleware(RefuseWhileDraining)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(HostCheck, allowed_hosts=config.server.allowed_hosts())
     document_stream_models(app)
     mount_playground(app)
+    mount_docs(app)
     return app

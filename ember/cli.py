@@ -78,7 +78,8 @@ def _config(a: argparse.Namespace) -> Config:
                             drain_timeout_s=getattr(a, "drain_timeout", ServerConfig.drain_timeout_s),
                             stall_timeout_s=getattr(a, "health_stall_timeout", ServerConfig.stall_timeout_s),
                             max_request_timeout_s=getattr(a, "max_request_timeout", None),
-                            keep_alive_timeout_s=getattr(a, "keep_alive_timeout", ServerConfig.keep_alive_timeout_s)),
+                            keep_alive_timeout_s=getattr(a, "keep_alive_timeout", ServerConfig.keep_alive_timeout_s),
+                            public_url=getattr(a, "public_url", None)),
         speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
         store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
         platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cap on a request's total time in seconds (clients may ask for less: x-request-timeout)")
     s.add_argument("--keep-alive-timeout", type=float, default=ServerConfig.keep_alive_timeout_s,
                    help="seconds an idle keep-alive connection stays open (longer than clients' pool expiry)")
+    s.add_argument("--public-url", default=None,
+                   help="the base URL clients reach this server at (e.g. https://ember.example.com): the host "
+                        "of download URLs, and a Host an open server answers to (default: the socket's address)")
     s.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray Serve behind one endpoint (needs ember[cluster]); 1: no Ray")
     s.add_argument("--address", default=None,
@@ -255,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if a.cmd in ("accounts", "keys", "usage"):
+        if a.cmd in ("accounts", "users", "keys", "usage", "secrets"):
             return run_admin(a)
         if a.cmd == "jobs":
             return run_jobs(a)

@@ -1,4 +1,4 @@
-"""Operator commands on the platform store: `ember accounts | keys | usage`.
+"""Operator commands on the platform store: `ember accounts | users | keys | usage | secrets`.
 
 They open the same database as `ember serve` (`--data-dir` or `--db`), whether or not a server runs on
 it; a running server sees a new account at once, a revoked key within its key cache time (5 s). Every
@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from ember.config import StoreConfig
 from ember.errors import EmberError
-from ember.store.audit_log import AuditLog, AuditRecord
+from ember.store.audit_log import SERVER_SCOPE, AuditLog, AuditRecord
 
 if TYPE_CHECKING:
     from ember.store.db import Store
@@ -67,6 +67,22 @@ def add_admin_commands(sub: argparse._SubParsersAction) -> None:
     kr.add_argument("--account", required=True)
     add_store_flags(kr)
 
+    users = sub.add_parser("users", help="disable or enable a user (a disabled user's keys stop working)")
+    us_sub = users.add_subparsers(dest="action", required=True)
+    for action, what in (("disable", "its keys and their download URLs stop working"),
+                         ("enable", "its keys work again")):
+        ud = us_sub.add_parser(action, help=f"{action} a user: {what}")
+        ud.add_argument("user_id")
+        ud.add_argument("--account", required=True)
+        add_store_flags(ud)
+
+    sec = sub.add_parser("secrets", help="rotate the server's secrets")
+    sec_sub = sec.add_subparsers(dest="action", required=True)
+    rs = sec_sub.add_parser("rotate-signing-key",
+                            help="replace the key that signs dataset download URLs: every URL handed out "
+                                 "before stops working (within 5 s on running servers)")
+    add_store_flags(rs)
+
     u = sub.add_parser("usage", help="usage per API key and model over a date range")
     u.add_argument("--account", required=True)
     u.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default: 7 days ago)")
@@ -101,6 +117,10 @@ def operator_change(a: argparse.Namespace) -> AuditRecord | None:
                                     displayName=a.display_name, expiresInDays=a.expires_in_days)
     if a.cmd == "keys" and a.action == "revoke":
         return AuditRecord.operator(a.account, "keys revoke", f"accounts/{a.account}/apiKeys/{a.key_id}")
+    if a.cmd == "users":
+        return AuditRecord.operator(a.account, f"users {a.action}", f"accounts/{a.account}/users/{a.user_id}")
+    if a.cmd == "secrets" and a.action == "rotate-signing-key":
+        return AuditRecord.operator(SERVER_SCOPE, "secrets rotate-signing-key", "secrets/download-url-signing-key")
     return None
 
 
@@ -122,11 +142,12 @@ def audit_failure(store: Store, rec: AuditRecord | None, e: Exception) -> None:
 
 
 def run_admin(a: argparse.Namespace) -> int:
-    from ember.store.accounts import Accounts
+    from ember.store.accounts import Accounts, Users
     from ember.store.api_keys import ApiKeys
     from ember.store.db import open_store
     from ember.store.ids import check_id, utcnow
     from ember.store.quotas import Quotas
+    from ember.store.secrets import DOWNLOAD_URL_SECRET, rotate_secret
     from ember.store.usage import usage_totals
 
     store = open_store(store_config(a))
@@ -161,6 +182,14 @@ def run_admin(a: argparse.Namespace) -> int:
         elif a.cmd == "keys" and a.action == "revoke":
             ApiKeys(store).delete(check_id(a.account, "account"), None, a.key_id, audit=rec)
             print(f"revoked {a.key_id}", file=sys.stderr)
+        elif a.cmd == "users":
+            state = "DISABLED" if a.action == "disable" else "ACTIVE"
+            Users(store).set_state(check_id(a.account, "account"), check_id(a.user_id, "user_id"), state,
+                                   audit=rec)
+            print(f"{a.account}/{a.user_id}: {state}", file=sys.stderr)
+        elif a.cmd == "secrets" and a.action == "rotate-signing-key":
+            rotate_secret(store, DOWNLOAD_URL_SECRET, audit=rec)
+            print("rotated the download-URL signing key; URLs signed before no longer work", file=sys.stderr)
         elif a.cmd == "usage":
             tz = ZoneInfo(a.timezone)
             today = datetime.now(tz).replace(tzinfo=None, hour=0, minute=0, second=0, microsecond=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 QUANTIZATIONS = ("auto", "int4", "int8", "none")
 
@@ -145,8 +146,21 @@ class ServerConfig:
     pools (httpx and Node: 5 s, aiohttp: 15 s, a cloud load balancer: 60 s): a server that closes first
     races the client's next request on that connection, which then fails with a reset and no status line.
     uvicorn's own 5 s equals httpx's, which is how a soak lost 3 requests in 2,789. 75 s as nginx."""
+    public_url: str | None = None
+    """The base URL clients reach this server at (`http(s)://host[:port]`), for the download URLs it hands
+    out and, while it serves open, as one more Host it answers to. None: the address of the socket a
+    request came in on (never the request's own Host header)."""
+
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Hosts an open server answers to besides localhost and IP literals (ember.api.host_check)."""
+        public = urlsplit(self.public_url).hostname if self.public_url else None
+        return tuple(h for h in (self.host, public) if h)
 
     def __post_init__(self) -> None:
+        if self.public_url is not None:
+            u = urlsplit(self.public_url)
+            if u.scheme not in ("http", "https") or not u.hostname or u.query or u.fragment:
+                raise ValueError("public_url must be an http:// or https:// URL like https://ember.example.com")
         if self.stall_timeout_s <= 0:
             raise ValueError("stall_timeout_s must be positive")
         if self.drain_timeout_s < 0:

@@ -29,6 +29,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from ember.access_log import log_config
 from ember.api.deps import AppState
 from ember.config import ServerConfig
 from ember.errors import Overloaded
@@ -100,7 +101,7 @@ class DrainingServer(uvicorn.Server):
 
 
 def uvicorn_config(app: FastAPI, server: ServerConfig, log_level: str = "info") -> uvicorn.Config:
-    return uvicorn.Config(app, host=server.host, port=server.port, log_level=log_level,
+    return uvicorn.Config(app, host=server.host, port=server.port, log_level=log_level, log_config=log_config(),
                           timeout_keep_alive=server.keep_alive_timeout_s,
                           timeout_graceful_shutdown=server.drain_timeout_s + CUT_GRACE_S)
 

@@ -15,8 +15,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
+from starlette.requests import Request
+
 from ember.config import PlatformConfig
-from ember.errors import PermissionDenied, Unauthorized
+from ember.errors import InvalidRequest, PermissionDenied, Unauthorized
 from ember.store.accounts import Accounts
 from ember.store.api_keys import ApiKeys, KeyOwner, digest
 from ember.store.ids import utcnow
@@ -49,6 +51,15 @@ class Principal:
     def require_admin(self) -> None:
         if self.role != "admin":
             raise PermissionDenied("this needs an admin key of the account")
+
+
+def authorization_of(request: Request) -> str | None:
+    """The request's one Authorization header. Two are refused (400): proxies and frameworks disagree on
+    which one counts, so a front end could check one key while ember served another."""
+    values = request.headers.getlist("authorization")
+    if len(values) > 1:
+        raise InvalidRequest("send one Authorization header, not several")
+    return values[0] if values else None
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -115,6 +126,8 @@ class Authenticator:
             raise Unauthorized("the API key you provided is invalid")
         if owner.expire_time is not None and owner.expire_time <= utcnow():
             raise Unauthorized("the API key you provided has expired")
+        if owner.disabled:
+            raise PermissionDenied("the user this API key belongs to is disabled")
         self._last_used[owner.key_id] = utcnow()
         return Principal(owner.account_id, owner.role, owner.key_id, owner.user_id, owner.email)
 

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ember.api.auth import Principal
+from ember.api.auth import Principal, authorization_of
 from ember.api.chat_template import ChatTemplate, chat_template_of
 from ember.api.platform import Platform
 from ember.engine.client import EngineClient
@@ -55,14 +55,14 @@ def get_state(request: Request) -> AppState:
 def inference_principal(request: Request) -> Principal:
     """Any live key (or nobody, where the server serves open) may run inference."""
     st: AppState = request.app.state.ember
-    return st.platform.auth.authenticate(request.headers.get("authorization"), inference=True)
+    return st.platform.auth.authenticate(authorization_of(request), inference=True)
 
 
 def gateway_principal(request: Request, account_id: str) -> Principal:
     """A key of `account_id` whose role may manage: 401 without one, 404 for another account's id (its
     existence is not revealed), 403 for an inference-user key."""
     st: AppState = request.app.state.ember
-    p = st.platform.auth.authenticate(request.headers.get("authorization"), inference=False)
+    p = st.platform.auth.authenticate(authorization_of(request), inference=False)
     if p.user_id is None or p.account_id != account_id:
         raise ResourceNotFound(f"account {account_id[:63]!r} not found")
     if not p.manages:

@@ -110,7 +110,14 @@ def param_of(loc: tuple | list) -> str | None:
     return ".".join(parts) or None
 
 
-def _jsonable(v: object) -> object:
+ECHO_DEPTH = 16
+"""Levels of a rejected input echoed back in `detail`; deeper parts are elided. A body nested a few hundred
+levels deep (the JSON parser admits ~1,000) otherwise recursed past Python's limit here: a 500."""
+
+
+def _jsonable(v: object, depth: int = 0) -> object:
+    if depth > ECHO_DEPTH and isinstance(v, (dict, list, tuple)):
+        return "..."
     if isinstance(v, str):
         # A lone surrogate ("\\ud800" in the request) cannot be encoded as UTF-8: echoed into `detail`
         # or the message as it came, it turned the 422 into a 500. Written out as its escape instead.
@@ -120,9 +127,9 @@ def _jsonable(v: object) -> object:
     if isinstance(v, float):
         return v if math.isfinite(v) else str(v)
     if isinstance(v, dict):
-        return {_jsonable(str(k)): _jsonable(x) for k, x in v.items()}
+        return {_jsonable(str(k)): _jsonable(x, depth + 1) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [_jsonable(x, depth + 1) for x in v]
     return str(v)
 
 

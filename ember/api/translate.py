@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ember.api.chat_template import ChatTemplate
@@ -18,6 +19,7 @@ from ember.api.protocol import ChatCompletionRequest, ChatMessage, CompletionReq
 from ember.engine.grammar import GrammarCompiler, response_format_grammar
 from ember.engine.request import EngineRequest, RequestOutput, SamplingParams, TokenLogprob
 from ember.errors import ContextLengthExceeded, InvalidRequest
+from ember.json_depth import MAX_JSON_DEPTH, too_deep
 from ember.tokenizer import Tokenizer
 
 DEFAULT_MAX_TOKENS = 16
@@ -138,27 +140,39 @@ def speculation_of(req: CompletionRequest, tok: Tokenizer) -> tuple[int, ...] | 
     return tuple(spec)
 
 
-def _has_lone_surrogate(v: object) -> bool:
-    if isinstance(v, str):
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(v, dict):
-        return any(_has_lone_surrogate(k) or _has_lone_surrogate(x) for k, x in v.items())
-    if isinstance(v, (list, tuple)):
-        return any(_has_lone_surrogate(x) for x in v)
-    if hasattr(v, "__dict__"):
-        return any(_has_lone_surrogate(x) for x in vars(v).values())
+def _has_lone_surrogate(v: object, name: str) -> bool:
+    """Whether any string in `v` (keys included) holds a lone surrogate; InvalidRequest naming `name` when
+    `v` nests deeper than MAX_JSON_DEPTH. Iterative: a free-form object (a schema, a tool's parameters) may
+    arrive nested hundreds of levels deep, where a recursive walk ran out of stack (a 500)."""
+    stack: list[tuple[object, int]] = [(v, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+            continue
+        if isinstance(node, dict):
+            children: Iterable[object] = (x for kv in node.items() for x in kv)
+        elif isinstance(node, (list, tuple)):
+            children = node
+        elif hasattr(node, "__dict__"):
+            children = vars(node).values()
+        else:
+            continue
+        if depth >= MAX_JSON_DEPTH:
+            raise too_deep(name)
+        stack.extend((x, depth + 1) for x in children if not isinstance(x, (int, float)) and x is not None)
     return False
 
 
 def reject_invalid_text(req: CompletionRequest) -> None:
     """JSON may escape half of a UTF-16 surrogate pair ("\\ud800"), which is no text: the tokenizer, the
-    prefix-cache keys and the detokenizer cannot take it, so it is refused here, naming the field."""
+    prefix-cache keys and the detokenizer cannot take it, so it is refused here, naming the field. So is
+    a field nested deeper than MAX_JSON_DEPTH (what reads it further down may recurse)."""
     for name, value in req:
-        if _has_lone_surrogate(value):
+        if _has_lone_surrogate(value, name):
             raise InvalidRequest(f"{name} contains a lone UTF-16 surrogate (an unpaired \\uD800-\\uDFFF escape); "
                                  "text must be valid Unicode", param=name, code="invalid_unicode")
 

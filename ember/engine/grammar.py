@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ember.errors import InvalidRequest
+from ember.json_depth import check_depth, loads_bounded
 from ember.tokenizer import Tokenizer
 
 ANY_JSON_OBJECT = '{"type": "object"}'
@@ -85,9 +86,10 @@ def response_format_grammar(rf: Any) -> tuple[str, str] | None:
 def _schema_text(schema: str | dict) -> str:
     if isinstance(schema, str):
         try:
-            schema = json.loads(schema)
+            schema = loads_bounded(schema, "response_format")
         except json.JSONDecodeError as e:
             raise InvalidRequest(f"the JSON schema is not valid JSON: {e}", param="response_format") from e
+    check_depth(schema, "response_format")
     if not isinstance(schema, dict):
         raise InvalidRequest("the JSON schema must be an object", param="response_format")
     # OpenAI's wrapper {"name": ..., "schema": {...}, "strict": ...} carries the schema one level down.

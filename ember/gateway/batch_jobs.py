@@ -6,7 +6,6 @@ is active in the store, so a job created here, or left RUNNING by a crash, runs 
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from datetime import timedelta
@@ -21,6 +20,7 @@ from ember.gateway.caps import check_active_jobs
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep
 from ember.gateway.wire import list_response
+from ember.json_depth import loads_bounded
 from ember.store import batch_jobs as st
 from ember.store.batch_jobs import Progress
 from ember.store.datasets import READY, UPLOADING
@@ -109,7 +109,7 @@ def _params_json(ip: InferenceParameters | None) -> dict:
     out = ip.model_dump(exclude_none=True)
     if ip.extraBody is not None and ip.extraBody.strip():
         try:
-            extra = json.loads(ip.extraBody)
+            extra = loads_bounded(ip.extraBody, "inferenceParameters.extraBody")
         except ValueError:
             raise InvalidRequest("inferenceParameters.extraBody must be a JSON object as a string",
                                  param="inferenceParameters.extraBody") from None

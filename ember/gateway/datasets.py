@@ -22,7 +22,7 @@ from ember.gateway.audit import GatewayChange
 from ember.gateway.caps import check_datasets
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep, BatchServices
-from ember.gateway.signing import DOWNLOAD_PREFIX
+from ember.gateway.signing import DOWNLOAD_PREFIX, own_address
 from ember.gateway.uploads import stream_file_part
 from ember.gateway.wire import list_response
 from ember.store.audit_log import AuditRecord
@@ -197,13 +197,12 @@ def download_endpoint(account_id: str, dataset_id: str, request: Request, b: Bat
                       read_mask: str | None = Query(None, alias="readMask", max_length=512)) -> dict:
     check_id(dataset_id, "datasetId")
     d = b.datasets.get(account_id, dataset_id)
-    base = str(request.base_url)
-    ttl = b.config.download_url_ttl_s
+    base = b.public_url or own_address(request)
     urls: dict[str, str] = {}
     for ds in _lineage(b, account_id, d) if download_lineage else [d]:
         for name in ds.filenames:
             key = f"{ds.dataset_id}/{name}" if download_lineage else name
-            urls[key] = b.signer.url(base, account_id, ds.dataset_id, name, ttl)
+            urls[key] = b.signer.url(base, account_id, ds.dataset_id, name, p.key_id)
     return {"filenameToSignedUrls": urls}
 
 
@@ -250,10 +249,10 @@ def delete_dataset(account_id: str, dataset_id: str, b: BatchDep, p: GatewayAuth
 
 @router.get(DOWNLOAD_PREFIX + "/{account_id}/{dataset_id}/{filename}")
 def download_file(account_id: str, dataset_id: str, filename: str, b: BatchDep,
-                  expires: str = Query("", max_length=20), signature: str = Query("", max_length=128)
-                  ) -> FileResponse:
+                  expires: str = Query("", max_length=20), kid: str = Query("", max_length=40),
+                  signature: str = Query("", max_length=128)) -> FileResponse:
     """A signed URL from :getDownloadEndpoint: the signature is the credential (no bearer key)."""
-    b.signer.check(account_id, dataset_id, filename, expires, signature)
+    b.signer.check(account_id, dataset_id, filename, expires, kid, signature)
     d = b.datasets.find(account_id, dataset_id)
     if d is None or filename not in d.filenames:
         raise ResourceNotFound("the file no longer exists")

@@ -28,10 +28,15 @@ def account_json(a: Account) -> dict:
             "suspendState": "UNSUSPENDED", "updateTime": rfc3339(a.updated)}
 
 
+def user_state(u: User) -> str:
+    """The spec's READY for an active user; DISABLED (ember's addition to the enum) for a disabled one."""
+    return "READY" if u.state == "ACTIVE" else u.state
+
+
 def user_json(u: User) -> dict:
     return {"name": f"accounts/{u.account_id}/users/{u.user_id}", "displayName": u.display_name,
             "serviceAccount": u.service_account, "createTime": rfc3339(u.created), "role": u.role,
-            "email": u.email, "state": "READY", "status": _OK, "updateTime": rfc3339(u.updated)}
+            "email": u.email, "state": user_state(u), "status": _OK, "updateTime": rfc3339(u.updated)}
 
 
 def key_json(k: ApiKey, email: str, plaintext: str | None = None) -> dict:

@@ -44,7 +44,7 @@ def key_from_body(raw: bytes, header: str | None) -> str | None:
     if raw and len(raw) <= MAX_BODY_BYTES:
         try:
             body = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             body = None
     return affinity_key(header, body)
 

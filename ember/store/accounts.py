@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from ember.store.audit_log import AuditRecord
 
 ROLES = ("admin", "user", "inference-user")
+USER_STATES = ("ACTIVE", "DISABLED")
+"""A DISABLED user's keys authenticate nobody (and their download URLs stop working) until it is ACTIVE again."""
 
 
 def check_role(role: str) -> str:
@@ -115,6 +117,14 @@ class Users:
             for k, v in fields.items():
                 if k == "role":
                     check_role(str(v))
+                if k == "state" and v not in USER_STATES:
+                    raise InvalidRequest(f"state must be one of {', '.join(USER_STATES)}", param="state")
                 setattr(u, k, v)
             u.updated = utcnow()
         return u
+
+    def set_state(self, account_id: str, user_id: str, state: str, *,
+                  audit: AuditRecord | None = None) -> User:
+        """Disable or enable a user (`ember users disable|enable`; the Gateway's PATCH sets `state` through
+        `update`). Callers drop the user's cached keys."""
+        return self.update(account_id, user_id, audit=audit, state=state)

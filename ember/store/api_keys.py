@@ -53,6 +53,12 @@ class KeyOwner:
     role: str
     email: str
     expire_time: datetime | None
+    user_state: str = "ACTIVE"
+    """The user's state: a DISABLED user's keys authenticate nobody."""
+
+    @property
+    def disabled(self) -> bool:
+        return self.user_state != "ACTIVE"
 
 
 class ApiKeys:
@@ -121,21 +127,35 @@ class ApiKeys:
         d = digest(key)
         with self.store.session() as s:
             hit = s.execute(
-                select(ApiKey, User.role, User.email)
+                select(ApiKey, User.role, User.email, User.state)
                 .join(User, (User.account_id == ApiKey.account_id) & (User.user_id == ApiKey.user_id))
                 .where(ApiKey.digest == d)
             ).first()
         if hit is None:
             return None
-        row, role, email = hit
+        row, role, email, user_state = hit
         if not hmac.compare_digest(row.digest, d) or row.deleted is not None:
             return None
-        return KeyOwner(row.key_id, row.account_id, row.user_id, role, email, row.expire_time)
+        return KeyOwner(row.key_id, row.account_id, row.user_id, role, email, row.expire_time, user_state)
 
     def is_live(self, key_id: str) -> bool:
         with self.store.session() as s:
             row = s.get(ApiKey, key_id)
             return row is not None and row.deleted is None
+
+    def is_usable(self, account_id: str, key_id: str) -> bool:
+        """Whether the key of `account_id` still authenticates: not deleted, not expired, user not disabled."""
+        with self.store.session() as s:
+            hit = s.execute(
+                select(ApiKey, User.state)
+                .join(User, (User.account_id == ApiKey.account_id) & (User.user_id == ApiKey.user_id))
+                .where(ApiKey.key_id == key_id)
+            ).first()
+        if hit is None:
+            return False
+        row, user_state = hit
+        return (row.account_id == account_id and row.deleted is None and user_state == "ACTIVE"
+                and (row.expire_time is None or row.expire_time > utcnow()))
 
     def touch(self, last_used: dict[str, datetime]) -> None:
         """Record when keys were last used (batched: the hot path never writes per request)."""

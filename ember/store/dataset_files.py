@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ember.errors import InvalidRequest, ResourceNotFound
+from ember.json_depth import TOO_DEEP, depth_exceeds
 from ember.store.ids import check_id
+from ember.store.private_files import FILE_MODE, narrow_tree, private_dir
 
 RESULTS_FILE = "BIJOutputSet.jsonl"
 ERRORS_FILE = "error-data"
@@ -37,8 +39,15 @@ def safe_filename(name: str | None, default: str = "data.jsonl") -> str:
 
 
 class DatasetFiles:
+    """Customer data: every directory here is 0700 and every file 0600 (ember.store.private_files)."""
+
     def __init__(self, data_dir: str) -> None:
         self.root = Path(data_dir) / "datasets"
+
+    def secure(self) -> None:
+        """Make the tree private, narrowing what an older ember wrote with the process umask (at start)."""
+        private_dir(self.root)
+        narrow_tree(self.root)
 
     def dir_of(self, account_id: str, dataset_id: str) -> Path:
         return self.root / check_id(account_id, "account_id") / check_id(dataset_id, "datasetId")
@@ -51,9 +60,12 @@ class DatasetFiles:
     def open_temp(self, account_id: str, dataset_id: str) -> tuple[BinaryIO, Path]:
         """A new temporary file in the dataset's directory (same file system, so the rename is atomic)."""
         d = self.dir_of(account_id, dataset_id)
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # One level at a time: mkdir(parents=True) would make the parents with the umask's mode.
+        for level in (self.root, d.parent, d):
+            private_dir(level)
         tmp = d / f".part-{uuid.uuid4().hex}"
-        return open(tmp, "xb"), tmp  # noqa: SIM115 - handed to the caller, who closes it
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE)
+        return os.fdopen(fd, "wb"), tmp
 
     def commit(self, f: BinaryIO, tmp: Path, final: Path) -> None:
         """fsync the file, rename it into place, fsync the directory (the rename itself is durable)."""
@@ -140,8 +152,12 @@ def read_rows(f: BinaryIO, where: str) -> Iterator[Row]:
             continue
         try:
             obj = json.loads(text)
-        except (ValueError, RecursionError):
+        except RecursionError:
+            raise InvalidRequest(f"{where}:{line_no}: {TOO_DEEP}", param="file") from None
+        except ValueError:
             raise InvalidRequest(f"{where}:{line_no}: not a JSON object", param="file") from None
+        if depth_exceeds(obj):
+            raise InvalidRequest(f"{where}:{line_no}: {TOO_DEEP}", param="file")
         if not isinstance(obj, dict):
             raise InvalidRequest(f"{where}:{line_no}: not a JSON object", param="file")
         cid = obj.get("custom_id")

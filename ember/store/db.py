@@ -14,6 +14,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from ember.config import StoreConfig
+from ember.store.private_files import private_dir, secure_sqlite
 
 if TYPE_CHECKING:
     from ember.store.audit_log import AuditRecord
@@ -38,7 +39,13 @@ class Store:
     def __init__(self, config: StoreConfig) -> None:
         url = config.database_url()
         if url.startswith("sqlite"):
-            Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # The database holds the URL-signing secret and key digests: the owner's alone (0600).
+            db_file = url.split("///", 1)[1]
+            if db_file and db_file != ":memory:":
+                db_path = Path(db_file)
+                if not db_path.parent.exists():
+                    private_dir(db_path.parent)
+                secure_sqlite(db_path)
             self.engine: Engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:

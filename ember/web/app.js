@@ -405,25 +405,41 @@ function currentRequest() {
   return buildRequest($("input").value || "Hello!");
 }
 
-function curlSnippet(req) {
+// Snippets never hold the key itself (they get pasted into chats, tickets and shell history): they read
+// it from $FIREWORKS_API_KEY where the page sends one.
+const KEY_VAR = "FIREWORKS_API_KEY";
+
+function snippetHeaders() {
   const h = headers();
+  const hasKey = "Authorization" in h;
+  delete h["Authorization"];
+  return { plain: h, hasKey };
+}
+
+function curlSnippet(req) {
+  const { plain, hasKey } = snippetHeaders();
   const lines = [`curl -sS${req.body.stream ? " -N" : ""} ${shellQuote(location.origin + req.url)}`];
-  for (const [k, v] of Object.entries(h)) lines.push(`  -H ${shellQuote(k + ": " + v)}`);
+  for (const [k, v] of Object.entries(plain)) lines.push(`  -H ${shellQuote(k + ": " + v)}`);
+  if (hasKey) lines.push(`  -H "Authorization: Bearer $${KEY_VAR}"`);
   lines.push(`  -d ${shellQuote(JSON.stringify(req.body))}`);
   return lines.join(" \\\n");
 }
 
 function pythonSnippet(req) {
   const body = JSON.stringify(req.body, null, 2).replace(/\\/g, "\\\\").replace(/'''/g, "\\'\\'\\'");
+  const { plain, hasKey } = snippetHeaders();
+  const headersExpr = JSON.stringify(plain).replace(/}$/, hasKey
+    ? `, "Authorization": "Bearer " + os.environ["${KEY_VAR}"]}` : "}");
   return [
     "import json",
+    "import os",
     "import urllib.request",
     "",
     `body = json.loads('''${body}''')`,
     "req = urllib.request.Request(",
     `    ${JSON.stringify(location.origin + req.url)},`,
     "    data=json.dumps(body).encode(),",
-    `    headers=${JSON.stringify(headers())},`,
+    `    headers=${headersExpr},`,
     ")",
     "with urllib.request.urlopen(req) as resp:",
     "    for line in resp:",

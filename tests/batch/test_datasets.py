@@ -187,10 +187,11 @@ def test_signed_urls_are_tamper_proof_and_expire(env: BatchEnv) -> None:
         assert h.get(url.replace("/ds-signed/", "/ds-other/")).status_code == 403
         assert h.get(url.replace("/acme/", "/globex/")).status_code == 403
         assert h.get(url.replace("input.jsonl", "error-data")).status_code == 403
-        past = env.app_batch.signer.url(env.url, "acme", "ds-signed", "input.jsonl", -5)
+        kid = parse_qs(urlparse(url).query)["kid"][0]
+        past = env.app_batch.signer.url(env.url, "acme", "ds-signed", "input.jsonl", kid, -5)
         r = h.get(past)
         assert r.status_code == 403 and "expired" in r.text
-        fresh = env.app_batch.signer.url(env.url, "acme", "ds-signed", "input.jsonl", 60)
+        fresh = env.app_batch.signer.url(env.url, "acme", "ds-signed", "input.jsonl", kid, 60)
         assert h.get(fresh).status_code == 200
         c.datasets.delete("ds-signed")
         assert h.get(url).status_code == 404  # a valid signature outlives nothing it signed

@@ -188,6 +188,37 @@ def test_copy_as_curl_and_python_reproduce_the_request(smol_server, page: Page) 
     assert "chat.completion.chunk" in run.stdout and "[DONE]" in run.stdout
 
 
+def test_copied_snippets_never_hold_the_key_and_the_page_obeys_its_csp(key_server, page: Page) -> None:
+    csp_errors: list[str] = []
+    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(key_server.url + "/")
+    page.get_by_label("API key").fill(KEY)
+    page.get_by_label("API key").press("Tab")
+    expect(page.locator("#model option")).to_have_text([MODEL_ID])
+    set_greedy(page, 4)
+    page.get_by_label("Message", exact=True).fill("Say hello.")
+    page.get_by_role("button", name="Send").click()
+    wait_done(page)
+    shown = page.locator(".msg.assistant .body").last.inner_text()
+    env = {**os.environ, "FIREWORKS_API_KEY": KEY}
+
+    page.get_by_role("button", name="Copy as curl").click()
+    curl = page.evaluate("() => navigator.clipboard.readText()")
+    assert KEY not in curl and "$FIREWORKS_API_KEY" in curl
+    run = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=120, check=True, env=env)
+    chunks = [json.loads(x[6:]) for x in run.stdout.splitlines() if x.startswith("data: ") and x != "data: [DONE]"]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == shown
+
+    page.get_by_role("button", name="Copy as Python").click()
+    py = page.evaluate("() => navigator.clipboard.readText()")
+    assert KEY not in py and 'os.environ["FIREWORKS_API_KEY"]' in py
+    run = subprocess.run([sys.executable, "-c", py], capture_output=True, text=True, timeout=120, check=True,
+                         env=env)
+    assert "chat.completion.chunk" in run.stdout and "[DONE]" in run.stdout
+    shot(page, "4b-copied-without-key")
+    assert csp_errors == []
+
+
 def test_wrong_key_is_a_clear_401(key_server, page: Page) -> None:
     page.goto(key_server.url + "/")
     banner = page.locator("#banner")
