@@ -1,4 +1,5 @@
-"""uvicorn's access log without credentials: query parameters that carry one are written as REDACTED.
+"""uvicorn's access log without credentials: query parameters that carry one are written as REDACTED,
+and anything shaped like an API key, under whatever name, is masked.
 
 A signed download URL's `signature` is a bearer credential until it expires, and some clients send API
 keys as `?key=` / `?api_key=`; uvicorn writes the whole request line to its access log, which is
@@ -15,6 +16,8 @@ from typing import Any
 
 from uvicorn.config import LOGGING_CONFIG
 
+from ember.store.audit_log import masked
+
 SECRET_PARAM = re.compile(r"(key|token|secret|signature|sig|password|passwd|auth|credential)", re.I)
 _PARAM = re.compile(r"([^&=?#]+)=([^&#]*)")
 REDACTED = "REDACTED"
@@ -25,7 +28,8 @@ def redact_query(path: str) -> str:
     base, sep, query = path.partition("?")
     if not sep:
         return path
-    return base + sep + _PARAM.sub(lambda m: f"{m[1]}={REDACTED}" if SECRET_PARAM.search(m[1]) else m[0], query)
+    query = _PARAM.sub(lambda m: f"{m[1]}={REDACTED}" if SECRET_PARAM.search(m[1]) else m[0], query)
+    return base + sep + masked(query)
 
 
 class RedactSecrets(logging.Filter):
@@ -33,9 +37,17 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
-            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], masked(redact_query(args[2])), *args[3:])
         return True
+
+
+def redact_access_log() -> None:
+    """Put the filter on uvicorn's access logger of this process, once, however the app is served
+    (`ember serve`, a test's uvicorn, a Ray Serve replica): create_app calls it at start-up."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in access.filters):
+        access.addFilter(RedactSecrets())
 
 
 def log_config() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
+from ember.access_log import redact_access_log
 from ember.api import chat, completions, health, models, tokenize
 from ember.api.deps import AppState, ServedModel
 from ember.api.docs_page import mount_docs
@@ -47,6 +48,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        redact_access_log()
         store = await asyncio.to_thread(open_store, config.store)
         platform = Platform(store, config.platform, config.server.api_keys, config.scheduler.max_num_seqs,
                             buckets=buckets)
