@@ -17,6 +17,7 @@ from ember.api.errors import install_error_handlers
 from ember.api.limits import Buckets
 from ember.api.platform import Platform
 from ember.api.playground import mount_playground
+from ember.api.request_bounds import BoundedRequests
 from ember.api.response_headers import StateHeaders
 from ember.api.responses import document_stream_models
 from ember.config import Config
@@ -91,6 +92,8 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
                    openai_batch.router):
         app.include_router(router)
     app.add_middleware(StateHeaders)
+    app.add_middleware(BoundedRequests, max_body_bytes=int(config.server.max_body_mb * 1024 * 1024),
+                       max_upload_bytes=config.batch.max_upload_mb * 1024 * 1024)
     app.add_middleware(RefuseWhileDraining)
     document_stream_models(app)
     mount_playground(app)
