@@ -135,6 +135,32 @@ class RateLimiter:
         want = {REQUESTS: 1, PROMPT: prompt_tokens, CACHE_ADJUSTED_PROMPT: prompt_tokens,
                 GENERATED: generated_tokens}
         amounts = {q: want[q] for q in limits}
+        self._take(account_id, model, limits, amounts)
+        return Reservation(self, account_id, model, amounts)
+
+    def reserve_request(self, account_id: str, model: str) -> Reservation:
+        """The request-rate quota alone, before any work on the request: its token quotas need the prompt's
+        token count (`reserve_tokens`, once tokenized), but a request the rate refuses is never tokenized."""
+        limits = self.limits(account_id)
+        if not limits:
+            return Reservation(None, account_id, model)
+        amounts = {REQUESTS: 1} if REQUESTS in limits else {}
+        if amounts:
+            self._take(account_id, model, limits, amounts)
+        return Reservation(self, account_id, model, amounts)
+
+    def reserve_tokens(self, reservation: Reservation, prompt_tokens: int, generated_tokens: int) -> None:
+        """Add the token quotas to a request's reservation (all of them or none; RateLimited when short)."""
+        if reservation.limiter is None:
+            return
+        limits = self.limits(reservation.account_id)
+        want = {PROMPT: prompt_tokens, CACHE_ADJUSTED_PROMPT: prompt_tokens, GENERATED: generated_tokens}
+        amounts = {q: want[q] for q in limits if q in want}
+        if amounts:
+            self._take(reservation.account_id, reservation.model, limits, amounts)
+            reservation.amounts.update(amounts)
+
+    def _take(self, account_id: str, model: str, limits: dict[str, int], amounts: dict[str, int]) -> None:
         for q, amount in amounts.items():
             if amount > limits[q]:
                 raise RateLimited(f"this request needs {amount} of quota {q}, more than its whole per-minute "
@@ -144,7 +170,6 @@ class RateLimiter:
         if wait > 0:
             retry = min(60, max(1, math.ceil(wait)))
             raise RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s", retry_after=retry)
-        return Reservation(self, account_id, model, amounts)
 
     def refund(self, account_id: str, model: str, amounts: dict[str, int]) -> None:
         self.buckets.refund(account_id, model, amounts)
