@@ -79,7 +79,9 @@ def _config(a: argparse.Namespace) -> Config:
                             stall_timeout_s=getattr(a, "health_stall_timeout", ServerConfig.stall_timeout_s),
                             max_request_timeout_s=getattr(a, "max_request_timeout", None),
                             keep_alive_timeout_s=getattr(a, "keep_alive_timeout", ServerConfig.keep_alive_timeout_s),
-                            public_url=getattr(a, "public_url", None)),
+                            public_url=getattr(a, "public_url", None),
+                            max_header_kb=getattr(a, "max_header_kb", ServerConfig.max_header_kb),
+                            max_body_mb=getattr(a, "max_body_mb", ServerConfig.max_body_mb)),
         speculative=SpeculativeConfig(ngram_lookup=a.speculative_ngram, num_draft_tokens=a.num_draft_tokens),
         store=store_config(a) if hasattr(a, "data_dir") else StoreConfig(),
         platform=PlatformConfig(auth=getattr(a, "auth", "auto"),
@@ -230,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--public-url", default=None,
                    help="the base URL clients reach this server at (e.g. https://ember.example.com): the host "
                         "of download URLs, and a Host an open server answers to (default: the socket's address)")
+    s.add_argument("--max-header-kb", type=int, default=ServerConfig.max_header_kb,
+                   help="largest request line + headers in KiB (431 past it)")
+    s.add_argument("--max-body-mb", type=float, default=ServerConfig.max_body_mb,
+                   help="largest request body in MiB on every path but uploads (413 past it)")
     s.add_argument("--replicas", type=int, default=1,
                    help="engine replicas on Ray Serve behind one endpoint (needs ember[cluster]); 1: no Ray")
     s.add_argument("--address", default=None,

@@ -146,6 +146,12 @@ class ServerConfig:
     pools (httpx and Node: 5 s, aiohttp: 15 s, a cloud load balancer: 60 s): a server that closes first
     races the client's next request on that connection, which then fails with a reset and no status line.
     uvicorn's own 5 s equals httpx's, which is how a soak lost 3 requests in 2,789. 75 s as nginx."""
+    max_header_kb: int = 64
+    """A request's line and headers together; past it the connection gets 431 and is closed before more is
+    parsed (a 120 MB header block otherwise slowed every other client for seconds)."""
+    max_body_mb: float = 8.0
+    """A request body on any path but the uploads (`--max-upload-mb` bounds those); past it 413. 8 MiB
+    holds a full 128k-token prompt as token ids, or a full context of text, with room to spare."""
     public_url: str | None = None
     """The base URL clients reach this server at (`http(s)://host[:port]`), for the download URLs it hands
     out and, while it serves open, as one more Host it answers to. None: the address of the socket a
@@ -169,6 +175,10 @@ class ServerConfig:
             raise ValueError("max_request_timeout_s must be positive")
         if self.keep_alive_timeout_s <= 0:
             raise ValueError("keep_alive_timeout_s must be positive")
+        if self.max_header_kb < 1:
+            raise ValueError("max_header_kb must be at least 1")
+        if self.max_body_mb <= 0:
+            raise ValueError("max_body_mb must be positive")
 
 
 AUTH_MODES = ("auto", "keys", "none")

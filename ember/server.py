@@ -30,6 +30,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from ember.access_log import log_config
+from ember.api.bounded_http import bounded_http_protocol
 from ember.api.deps import AppState
 from ember.config import ServerConfig
 from ember.errors import Overloaded
@@ -103,6 +104,7 @@ class DrainingServer(uvicorn.Server):
 def uvicorn_config(app: FastAPI, server: ServerConfig, log_level: str = "info") -> uvicorn.Config:
     return uvicorn.Config(app, host=server.host, port=server.port, log_level=log_level, log_config=log_config(),
                           timeout_keep_alive=server.keep_alive_timeout_s,
+                          http=bounded_http_protocol(server.max_header_kb * 1024),
                           timeout_graceful_shutdown=server.drain_timeout_s + CUT_GRACE_S)
 
 

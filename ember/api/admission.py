@@ -37,9 +37,33 @@ class Admission:
                                        prompt_tokens, cached_prompt_tokens, completion_tokens, self.usage_type)
 
 
+    def reserve_tokens(self, prompt_tokens: int, generated_tokens: int) -> None:
+        """The token quotas, once the prompt is tokenized: RateLimited (429) when a bucket is short."""
+        self.platform.limiter.reserve_tokens(self.reservation, prompt_tokens, generated_tokens)
+
+
 def admit(platform: Platform, principal: Principal, model: str, sequences: int, prompt_tokens: int,
           generated_tokens: int, priority: bool, stats: EngineStats) -> Admission:
-    """Admit a request of `sequences` engine sequences, or raise Overloaded (503) / RateLimited (429).
+    """Admit a request already tokenized: the queue bound, then every quota at once (or none)."""
+    shed(platform, sequences, priority, stats)
+    reservation = platform.limiter.reserve(principal.account_id, model, prompt_tokens, generated_tokens)
+    platform.inflight += sequences
+    return Admission(platform, principal, model, reservation, sequences)
+
+
+def admit_request(platform: Platform, principal: Principal, model: str, sequences: int, priority: bool,
+                  stats: EngineStats) -> Admission:
+    """Admit a request before any work on it (tokenizing, compiling a grammar): the queue bound and the
+    request rate. Its token quotas follow once it is tokenized (`Admission.reserve_tokens`)."""
+    shed(platform, sequences, priority, stats)
+    reservation = platform.limiter.reserve_request(principal.account_id, model)
+    # Counted from here: requests still being tokenized are queued work too, so a burst of them is shed.
+    platform.inflight += sequences
+    return Admission(platform, principal, model, reservation, sequences)
+
+
+def shed(platform: Platform, sequences: int, priority: bool, stats: EngineStats) -> None:
+    """Raise Overloaded (503) for a request of `sequences` engine sequences that the queue has no room for.
 
     The waiting queue is what the API has admitted and the engine is not yet running; past
     `max_queued_requests` new work is shed, whatever the caller's quota; `service_tier: "priority"`
@@ -53,6 +77,3 @@ def admit(platform: Platform, principal: Principal, model: str, sequences: int, 
     if waiting + sequences > bound and waiting > 0:
         raise Overloaded(f"the server is overloaded ({waiting} sequences waiting); retry shortly",
                          retry_after=min(30, 1 + waiting // 32))
-    reservation = platform.limiter.reserve(principal.account_id, model, prompt_tokens, generated_tokens)
-    platform.inflight += sequences
-    return Admission(platform, principal, model, reservation, sequences)

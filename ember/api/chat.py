@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -18,8 +18,8 @@ from ember.api.responses import (
     ResponseBuilder,
     sse_content,
 )
-from ember.api.serving import admit_plan, request_deadline, respond
-from ember.api.translate import chat_to_engine_requests
+from ember.api.serving import admit_early, plan_admitted, request_deadline, respond
+from ember.api.translate import chat_to_engine_requests, check_chat_bounds
 
 router = APIRouter()
 
@@ -34,11 +34,14 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request, 
     engine_id = f"chatcmpl-{uuid.uuid4().hex}"
     # As on completions: the client's x-request-id names the response, never the engine's requests.
     rid = request.headers.get("x-request-id") or engine_id
-    # Rendering, tokenizing and compiling a schema are CPU work: off the event loop.
-    creq, plan = await asyncio.to_thread(chat_to_engine_requests, body, served.chat_template, served.tokenizer,
-                                         served.max_model_len, engine_id, served.grammars,
-                                         principal.cache_tenant)
-    adm = admit_plan(request, state, principal, served, plan, body.service_tier == "priority")
+    # The cheap refusals, load shedding and the request rate first: only an admitted request is rendered,
+    # tokenized and has its schema compiled.
+    sequences = check_chat_bounds(body, served.tokenizer, served.max_model_len)
+    adm = admit_early(request, state, principal, served, sequences, body.service_tier == "priority")
+    creq, plan = await plan_admitted(adm, partial(chat_to_engine_requests, body, served.chat_template,
+                                                  served.tokenizer, served.max_model_len, engine_id,
+                                                  served.grammars, principal.cache_tenant),
+                                        lambda out: out[1])
     head = Head(rid, int(time.time()), served.model_id)
     builder = ResponseBuilder("chat", creq, served.tokenizer, plan, head, t0)
     return await respond(request, state.client, plan, builder, rid, adm, deadline)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
+from functools import partial
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -12,8 +12,8 @@ from fastapi.responses import Response
 from ember.api.deps import InferenceAuth, StateDep, resolve_served
 from ember.api.protocol import CompletionRequest
 from ember.api.responses import CompletionChunk, CompletionResponse, Head, ResponseBuilder, sse_content
-from ember.api.serving import admit_plan, request_deadline, respond
-from ember.api.translate import reject_reasoning, to_engine_requests
+from ember.api.serving import admit_early, plan_admitted, request_deadline, respond
+from ember.api.translate import check_completion_bounds, reject_reasoning, to_engine_requests
 from ember.errors import InvalidRequest
 
 router = APIRouter()
@@ -36,10 +36,12 @@ async def create_completion(body: CompletionRequest, request: Request, state: St
     # A client's x-request-id names the response, never the engine's requests: two clients sending the
     # same one must not reach (and abort) each other's sequences.
     rid = request.headers.get("x-request-id") or engine_id
-    # Tokenizing a long prompt and compiling a new schema are CPU work: off the event loop.
-    plan = await asyncio.to_thread(to_engine_requests, body, served.tokenizer, served.max_model_len, engine_id,
-                                   served.grammars, principal.cache_tenant)
-    adm = admit_plan(request, state, principal, served, plan, body.service_tier == "priority")
+    # The cheap refusals first (a text that cannot fit, too many choices), then load shedding and the
+    # request rate: only an admitted request is tokenized and has its schema compiled.
+    sequences = check_completion_bounds(body, served.tokenizer, served.max_model_len)
+    adm = admit_early(request, state, principal, served, sequences, body.service_tier == "priority")
+    plan = await plan_admitted(adm, partial(to_engine_requests, body, served.tokenizer, served.max_model_len,
+                                            engine_id, served.grammars, principal.cache_tenant), lambda p: p)
     head = Head(rid, int(time.time()), served.model_id)
     builder = ResponseBuilder("completion", body, served.tokenizer, plan, head, t0)
     return await respond(request, state.client, plan, builder, rid, adm, deadline)

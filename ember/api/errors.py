@@ -140,8 +140,31 @@ def _param_for(err: dict) -> str | None:
     return param_of(loc)
 
 
+MAX_DETAIL = 8
+"""Errors listed in a 422's `detail`; the message counts the fields beyond them."""
+_CLIP_CHARS = 200
+_CLIP_ITEMS = 16
+_CLIP_DEPTH = 3
+
+
+def _clip(v: object, depth: int = 0) -> object:
+    """An echoed input cut to a few hundred bytes: the input of a `string_type` error on `prompt` is the
+    whole 300,000-item list, and echoing it made the error as large as the request."""
+    if isinstance(v, str):
+        return v if len(v) <= _CLIP_CHARS else v[:_CLIP_CHARS] + f"... ({len(v)} characters)"
+    if isinstance(v, (list, tuple, dict)):
+        if depth >= _CLIP_DEPTH or len(v) > _CLIP_ITEMS:
+            return f"<{type(v).__name__} of {len(v)} items>"
+        if isinstance(v, dict):
+            return {_clip(str(k), depth + 1): _clip(x, depth + 1) for k, x in v.items()}
+        return [_clip(x, depth + 1) for x in v]
+    return v
+
+
 def validation_body(errors: list[dict]) -> dict:
-    detail = [_jsonable({k: e[k] for k in ("type", "loc", "msg", "input", "ctx") if k in e}) for e in errors]
+    detail = [_jsonable({k: (_clip(e[k]) if k in ("input", "ctx") else e[k])
+                         for k in ("type", "loc", "msg", "input", "ctx") if k in e})
+              for e in errors[:MAX_DETAIL]]
     first = next((e for e in errors if not _BRANCH_MISS.match(e.get("type", ""))),
                  errors[0] if errors else {"loc": (), "msg": "invalid request"})
     param = _param_for(first)
@@ -181,6 +204,19 @@ def ember_error_response(request: Request, exc: EmberError) -> JSONResponse:
     return JSONResponse(error_payload(exc), status_code=status, headers=_headers(request, exc))
 
 
+def http_error_response(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """An HTTP-level refusal (404, 405, 413, ...) in the shape of the path's API."""
+    typ = _STATUS_TYPES.get(exc.status_code, "server_error" if exc.status_code >= 500 else
+                            "invalid_request_error")
+    msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 404 and msg == "Not Found":
+        msg = f"no route for {request.method} {request.url.path}"
+    headers = dict(exc.headers or {}) | _headers(request)
+    if is_gateway(request):
+        return JSONResponse(status_body(exc.status_code, msg), status_code=exc.status_code, headers=headers)
+    return JSONResponse(error_body(msg, typ), status_code=exc.status_code, headers=headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -195,15 +231,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        typ = _STATUS_TYPES.get(exc.status_code, "server_error" if exc.status_code >= 500 else
-                                "invalid_request_error")
-        msg = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 404 and msg == "Not Found":
-            msg = f"no route for {request.method} {request.url.path}"
-        headers = dict(exc.headers or {}) | _headers(request)
-        if is_gateway(request):
-            return JSONResponse(status_body(exc.status_code, msg), status_code=exc.status_code, headers=headers)
-        return JSONResponse(error_body(msg, typ), status_code=exc.status_code, headers=headers)
+        return http_error_response(request, exc)
 
     app.add_middleware(CatchUnexpected)
 

@@ -133,8 +133,7 @@ class RateLimiter:
         got = self.try_reserve(account_id, model, prompt_tokens, generated_tokens)
         if isinstance(got, Reservation):
             return got
-        retry = min(60, max(1, math.ceil(got)))
-        raise RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s", retry_after=retry)
+        raise _limited(model, got)
 
     def try_reserve(self, account_id: str, model: str, prompt_tokens: int,
                     generated_tokens: int) -> Reservation | float:
@@ -147,13 +146,40 @@ class RateLimiter:
         want = {REQUESTS: 1, PROMPT: prompt_tokens, CACHE_ADJUSTED_PROMPT: prompt_tokens,
                 GENERATED: generated_tokens}
         amounts = {q: want[q] for q in limits}
+        wait = self._take(account_id, model, limits, amounts)
+        return wait if wait > 0 else Reservation(self, account_id, model, amounts)
+
+    def reserve_request(self, account_id: str, model: str) -> Reservation:
+        """The request-rate quota alone, before any work on the request: its token quotas need the prompt's
+        token count (`reserve_tokens`, once tokenized), but a request the rate refuses is never tokenized."""
+        limits = self.limits(account_id)
+        if not limits:
+            return Reservation(None, account_id, model)
+        amounts = {REQUESTS: 1} if REQUESTS in limits else {}
+        if amounts and (wait := self._take(account_id, model, limits, amounts)) > 0:
+            raise _limited(model, wait)
+        return Reservation(self, account_id, model, amounts)
+
+    def reserve_tokens(self, reservation: Reservation, prompt_tokens: int, generated_tokens: int) -> None:
+        """Add the token quotas to a request's reservation (all of them or none; RateLimited when short)."""
+        if reservation.limiter is None:
+            return
+        limits = self.limits(reservation.account_id)
+        want = {PROMPT: prompt_tokens, CACHE_ADJUSTED_PROMPT: prompt_tokens, GENERATED: generated_tokens}
+        amounts = {q: want[q] for q in limits if q in want}
+        if amounts:
+            if (wait := self._take(reservation.account_id, reservation.model, limits, amounts)) > 0:
+                raise _limited(reservation.model, wait)
+            reservation.amounts.update(amounts)
+
+    def _take(self, account_id: str, model: str, limits: dict[str, int], amounts: dict[str, int]) -> float:
+        """Take `amounts` from the buckets (0.0), or the seconds until they could be (nothing taken)."""
         for q, amount in amounts.items():
             if amount > limits[q]:
                 raise RateLimited(f"this request needs {amount} of quota {q}, more than its whole per-minute "
                                   f"limit of {limits[q]}: it can never be admitted; lower max_tokens or n, "
                                   "or raise the quota")
-        wait = self.buckets.take(account_id, model, limits, amounts)
-        return wait if wait > 0 else Reservation(self, account_id, model, amounts)
+        return self.buckets.take(account_id, model, limits, amounts)
 
     def refund(self, account_id: str, model: str, amounts: dict[str, int]) -> None:
         self.buckets.refund(account_id, model, amounts)
@@ -180,6 +206,11 @@ class RateLimiter:
     def effective(self, account_id: str) -> dict[str, float | None]:
         limits = self.limits(account_id)
         return {q: (limits[q] / 60.0 if q in limits else None) for q in QUOTA_IDS}
+
+
+def _limited(model: str, wait: float) -> RateLimited:
+    retry = min(60, max(1, math.ceil(wait)))
+    return RateLimited(f"rate limit exceeded for model {model}; retry in {retry} s", retry_after=retry)
 
 
 def _decimal(x: float) -> str:

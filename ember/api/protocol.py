@@ -16,6 +16,11 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
 
 NonNegInt = Annotated[StrictInt, Field(ge=0)]
+FAIL_FAST = Field(fail_fast=True)
+"""On every list and dict a request may hold: validation stops at the first bad item. Collecting them all
+cost seconds of event-loop time and a 70 MB 422 for a 1 MB body of 300,000 bad items, and in a union each
+branch reported every item again."""
+TokenIds = Annotated[list[NonNegInt], FAIL_FAST]
 MAX_STOP = 4
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 _TOKEN_ID_KEY = re.compile(r"-?[0-9]{1,12}")
@@ -51,11 +56,11 @@ class ThinkingConfigDisabled(WireModel):
 
 
 class PredictedOutput(WireModel):
-    content: str | list[dict]
+    content: str | Annotated[list[dict], FAIL_FAST]
     type: Literal["content"] = "content"
 
 
-Prompt = str | list[str] | list[NonNegInt] | list[list[NonNegInt]]
+Prompt = str | Annotated[list[str], FAIL_FAST] | TokenIds | Annotated[list[TokenIds], FAIL_FAST]
 
 
 class GenerationRequest(WireModel):
@@ -71,7 +76,7 @@ class GenerationRequest(WireModel):
     stream_options: StreamOptions | None = None
     n: Annotated[StrictInt, Field(ge=1, le=128)] = 1
     service_tier: Literal["auto", "default", "flex", "priority"] = "default"
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], FAIL_FAST] | None = None
     max_tokens: NonNegInt | None = None
     max_completion_tokens: NonNegInt | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
@@ -93,10 +98,10 @@ class GenerationRequest(WireModel):
     ignore_eos: StrictBool = False
     context_length_exceeded_behavior: Literal["error", "truncate"] = "truncate"
     response_format: ResponseFormat | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
-    speculation: str | list[NonNegInt] | None = None
+    logit_bias: Annotated[dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]], FAIL_FAST] | None = None
+    speculation: str | TokenIds | None = None
     prediction: PredictedOutput | str | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Annotated[dict[str, str], FAIL_FAST] | None = None
     reasoning_effort: Literal["low", "medium", "high", "max", "none"] | StrictBool | StrictInt | None = None
     reasoning_history: Literal["disabled", "interleaved", "preserved"] | None = None
     thinking: Annotated[ThinkingConfigEnabled | ThinkingConfigDisabled, Field(discriminator="type")] | None = None
@@ -150,7 +155,7 @@ class GenerationRequest(WireModel):
 
 class CompletionRequest(GenerationRequest):
     prompt: Prompt
-    images: list[str] | list[list[str]] | None = None
+    images: Annotated[list[str], FAIL_FAST] | Annotated[list[Annotated[list[str], FAIL_FAST]], FAIL_FAST] | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -200,9 +205,9 @@ class ToolCall(WireModel):
 
 class ChatMessage(WireModel):
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], FAIL_FAST] | None = None
     reasoning_content: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: Annotated[list[ToolCall], FAIL_FAST] | None = None
     tool_call_id: str | None = None
     name: str | None = None
 
@@ -228,11 +233,11 @@ class ChatTool(WireModel):
 
 
 class ChatCompletionRequest(GenerationRequest):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, fail_fast=True)
     # Accepted by the schema so the refusal can name them (400) instead of a bare "unknown field".
-    tools: list[ChatTool] | None = None
+    tools: Annotated[list[ChatTool], FAIL_FAST] | None = None
     tool_choice: Literal["auto", "none", "any", "required"] | dict | None = None
-    functions: list[FunctionDef] | None = None
+    functions: Annotated[list[FunctionDef], FAIL_FAST] | None = None
     function_call: Literal["auto", "none"] | dict | None = None
     parallel_tool_calls: StrictBool | None = None
     prompt_truncate_len: Annotated[StrictInt, Field(ge=1)] | None = None
@@ -250,7 +255,7 @@ class TokenizeCompletionRequest(WireModel):
 
 class TokenizeChatRequest(WireModel):
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, fail_fast=True)
     add_generation_prompt: StrictBool = True
     """Ignored when the last message is the assistant's (it is continued, as chat does)."""
     return_token_strs: StrictBool = False
@@ -265,7 +270,7 @@ class TokenizeResponse(WireModel):
 
 class DetokenizeRequest(WireModel):
     model: str | None = None
-    tokens: list[Annotated[StrictInt, Field(ge=0)]]
+    tokens: TokenIds
 
 
 class DetokenizeResponse(WireModel):

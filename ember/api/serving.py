@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ember.api.admission import Admission, admit
+from ember.api.admission import Admission, admit_request
 from ember.api.auth import Principal
 from ember.api.deps import AppState, ServedModel
 from ember.api.errors import error_payload
@@ -26,6 +27,7 @@ from ember.errors import InvalidRequest
 
 Outputs = AsyncIterator[tuple[int, RequestOutput]]
 MAX_TIMEOUT_S = 24 * 3600.0
+T = TypeVar("T")
 
 
 def request_deadline(request: Request, t0: float, server_cap: float | None) -> float | None:
@@ -49,16 +51,30 @@ def request_deadline(request: Request, t0: float, server_cap: float | None) -> f
     return None if limit is None else t0 + limit
 
 
-def admit_plan(request: Request, state: AppState, principal: Principal, served: ServedModel, plan: Plan,
-               priority: bool) -> Admission:
-    """Load shedding and rate limits for a translated request; the limits' headers go on every answer."""
+def admit_early(request: Request, state: AppState, principal: Principal, served: ServedModel, sequences: int,
+                priority: bool) -> Admission:
+    """Load shedding and the request rate, before any work on the request (tokenizing, a grammar); the
+    limits' headers go on every answer."""
     platform = state.platform
     request.state.response_headers = platform.limiter.headers(principal.account_id, served.model_id)
-    adm = admit(platform, principal, served.model_id, len(plan.requests), sum(len(p.token_ids) for p in plan.prompts),
-                sum(r.params.max_tokens for r in plan.requests), priority, state.client.stats())
+    adm = admit_request(platform, principal, served.model_id, sequences, priority, state.client.stats())
     if "x-ratelimit-remaining-requests" in request.state.response_headers:  # count this request too
         request.state.response_headers = platform.limiter.headers(principal.account_id, served.model_id)
     return adm
+
+
+async def plan_admitted(adm: Admission, translate: Callable[[], T], plan_of: Callable[[T], Plan]) -> T:
+    """Run `translate` (tokenizing, compiling a schema: CPU work, off the event loop) for an admitted
+    request, then take its token quotas; whatever fails on the way ends the admission unserved."""
+    try:
+        out = await asyncio.to_thread(translate)
+        plan = plan_of(out)
+        adm.reserve_tokens(sum(len(p.token_ids) for p in plan.prompts),
+                           sum(r.params.max_tokens for r in plan.requests))
+    except BaseException:
+        adm.finish(0, 0, 0, served=False)
+        raise
+    return out
 
 
 def settle(adm: Admission, builder: ResponseBuilder) -> None:

@@ -10,7 +10,8 @@ import asyncio
 
 from fastapi import APIRouter
 
-from ember.api.deps import InferenceDep, ServedModel, StateDep, resolve_served
+from ember.api.auth import Principal
+from ember.api.deps import AppState, InferenceAuth, ServedModel, StateDep, resolve_served
 from ember.api.protocol import (
     ChatCompletionRequest,
     DetokenizeRequest,
@@ -19,7 +20,7 @@ from ember.api.protocol import (
     TokenizeCompletionRequest,
     TokenizeResponse,
 )
-from ember.api.translate import reject_invalid_text, reject_unsupported_chat, render_chat
+from ember.api.translate import check_text_fits, reject_invalid_text, reject_unsupported_chat, render_chat
 from ember.errors import InvalidRequest
 
 router = APIRouter()
@@ -27,6 +28,20 @@ router = APIRouter()
 
 def _served(state: StateDep, model: str | None) -> ServedModel:
     return state.model if model is None else resolve_served(state, model)
+
+
+def _check_fits(served: ServedModel, body: TokenizeCompletionRequest | TokenizeChatRequest) -> None:
+    """A text that cannot fit the context window is refused by its length, not tokenized to say so."""
+    if isinstance(body, TokenizeCompletionRequest):
+        check_text_fits(len(body.prompt), served.tokenizer, served.max_model_len, "prompt")
+    else:
+        check_text_fits(sum(len(m.text()) for m in body.messages), served.tokenizer, served.max_model_len,
+                        "messages", "conversation")
+
+
+def _rate_limit(state: AppState, principal: Principal, served: ServedModel) -> None:
+    """A request of the key's account like any inference request: it takes from the request-rate quota."""
+    state.platform.limiter.reserve_request(principal.account_id, served.model_id)
 
 
 def _tokenize(served: ServedModel, body: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
@@ -40,19 +55,23 @@ def _tokenize(served: ServedModel, body: TokenizeCompletionRequest | TokenizeCha
     return render_chat(chat, served.chat_template, body.add_generation_prompt)[1]
 
 
-@router.post("/tokenize", dependencies=[InferenceDep], response_model=TokenizeResponse, response_model_exclude_none=True)
-async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest, state: StateDep) -> TokenizeResponse:
+@router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True)
+async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest, state: StateDep,
+                   principal: InferenceAuth) -> TokenizeResponse:
     served = _served(state, body.model)
+    _check_fits(served, body)
+    _rate_limit(state, principal, served)
     ids = await asyncio.to_thread(_tokenize, served, body)
     strs = [served.tokenizer.id_to_piece(t) for t in ids] if body.return_token_strs else None
     return TokenizeResponse(count=len(ids), max_model_len=served.max_model_len, tokens=ids, token_strs=strs)
 
 
-@router.post("/detokenize", dependencies=[InferenceDep], response_model=DetokenizeResponse)
-async def detokenize(body: DetokenizeRequest, state: StateDep) -> DetokenizeResponse:
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(body: DetokenizeRequest, state: StateDep, principal: InferenceAuth) -> DetokenizeResponse:
     served = _served(state, body.model)
+    _rate_limit(state, principal, served)
     bad = [t for t in body.tokens if t >= served.tokenizer.vocab_size]
     if bad:
         raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{served.tokenizer.vocab_size - 1})",
                              param="tokens", code="invalid_token_id")
-    return DetokenizeResponse(prompt=served.tokenizer.decode(body.tokens))
+    return DetokenizeResponse(prompt=await asyncio.to_thread(served.tokenizer.decode, body.tokens))

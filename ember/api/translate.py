@@ -46,17 +46,77 @@ class Plan:
         return self.prompts[choice // self.n]
 
 
-def tokenize_prompts(req: CompletionRequest, tok: Tokenizer) -> list[Prompt]:
+def prompt_items(req: CompletionRequest) -> list[str | list[int]]:
+    """The request's prompts: one text, one list of token ids, or a list of either."""
     p = req.prompt
     if isinstance(p, str):
-        items: list[str | list[int]] = [p]
-    elif p and all(isinstance(x, int) for x in p):
-        items = [list(p)]  # type: ignore[arg-type]
-    else:
-        items = list(p)  # type: ignore[arg-type]
+        return [p]
+    if p and all(isinstance(x, int) for x in p):
+        return [p]  # type: ignore[list-item]
+    return list(p)  # type: ignore[arg-type]
+
+
+def text_limit(tok: Tokenizer, max_tokens: int) -> int:
+    """The most characters a text of at most `max_tokens` tokens can have: past it, it is surely longer."""
+    return max_tokens * tok.max_token_chars
+
+
+def check_text_fits(chars: int, tok: Tokenizer, max_model_len: int, param: str, what: str = "prompt") -> None:
+    """ContextLengthExceeded for a text that cannot fit the context window, told from its length alone:
+    before it is tokenized, which for a 50 MB prompt took 50 s and 6.5 GB to reach the same answer."""
+    if chars > text_limit(tok, max_model_len):
+        raise ContextLengthExceeded(
+            f"the {what} has {chars} characters, more than any text that fits the context window of "
+            f"{max_model_len} tokens (at most {tok.max_token_chars} characters a token)", param=param)
+
+
+def check_choices(prompts: int, n: int) -> None:
+    if prompts * n > MAX_CHOICES:
+        raise InvalidRequest(
+            f"{prompts} prompts x n={n} asks for {prompts * n} choices; at most {MAX_CHOICES} "
+            "per request", param="n", code="too_many_choices")
+
+
+def prediction_text(req: GenerationRequest) -> str | list[int] | None:
+    """`speculation` (text or token ids), else `prediction` (PredictedOutput or text), or None."""
+    spec = req.speculation
+    if spec is None and req.prediction is not None:
+        pred = req.prediction
+        if isinstance(pred, str):
+            spec = pred
+        elif isinstance(pred.content, str):
+            spec = pred.content
+        else:  # content parts: the text ones, in order
+            spec = "".join(str(part.get("text", "")) for part in pred.content if isinstance(part, dict))
+    return spec
+
+
+def check_prediction_fits(req: GenerationRequest, tok: Tokenizer, max_model_len: int) -> None:
+    spec = prediction_text(req)
+    if spec is not None and len(spec) > (max_model_len if isinstance(spec, list) else text_limit(tok, max_model_len)):
+        raise ContextLengthExceeded(f"the prediction is longer than the context window of {max_model_len} tokens",
+                                    param="prediction" if req.speculation is None else "speculation")
+
+
+def check_completion_bounds(req: CompletionRequest, tok: Tokenizer, max_model_len: int) -> int:
+    """The cheap refusals of a completion, before any tokenizing or grammar work: too many choices, a text
+    that cannot fit the context window; the number of engine sequences it asks for."""
+    items = prompt_items(req)
+    check_choices(len(items), req.n)
+    for item in items:
+        if isinstance(item, str):
+            check_text_fits(len(item), tok, max_model_len, "prompt")
+    check_prediction_fits(req, tok, max_model_len)
+    return len(items) * req.n
+
+
+def tokenize_prompts(req: CompletionRequest, tok: Tokenizer, max_model_len: int | None = None) -> list[Prompt]:
+    items = prompt_items(req)
     out = []
     for i, item in enumerate(items):
         if isinstance(item, str):
+            if max_model_len is not None:
+                check_text_fits(len(item), tok, max_model_len, "prompt")
             ids = tok.encode(item)
             out.append(Prompt(ids, item))
         else:
@@ -121,15 +181,7 @@ def grammar_of(req: CompletionRequest, grammars: GrammarCompiler | None) -> str 
 
 def speculation_of(req: CompletionRequest, tok: Tokenizer) -> tuple[int, ...] | None:
     """`speculation` (text or token ids) or `prediction` (PredictedOutput or text) as token ids."""
-    spec = req.speculation
-    if spec is None and req.prediction is not None:
-        pred = req.prediction
-        if isinstance(pred, str):
-            spec = pred
-        elif isinstance(pred.content, str):
-            spec = pred.content
-        else:  # content parts: the text ones, in order
-            spec = "".join(str(part.get("text", "")) for part in pred.content if isinstance(part, dict))
+    spec = prediction_text(req)
     if spec is None or spec == "" or spec == []:
         return None
     if isinstance(spec, str):
@@ -181,12 +233,9 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
                        grammars: GrammarCompiler | None = None, cache_tenant: str | None = None) -> Plan:
     """The engine requests of a completion; `cache_tenant` (the caller's account) scopes its prefix cache."""
     reject_invalid_text(req)
-    prompts = tokenize_prompts(req, tok)
+    check_completion_bounds(req, tok, max_model_len)
+    prompts = tokenize_prompts(req, tok, max_model_len)
     n = req.n
-    if len(prompts) * n > MAX_CHOICES:
-        raise InvalidRequest(
-            f"{len(prompts)} prompts x n={n} asks for {len(prompts) * n} choices; at most {MAX_CHOICES} "
-            "per request", param="n", code="too_many_choices")
     stop = tuple(req.stop_list)
     nlp = logprobs_count(req)
     echo = bool(req.echo) or bool(req.echo_last)
@@ -290,21 +339,52 @@ def _render(template: ChatTemplate, messages: list[dict[str, str]], generation_p
     return r.text, r.token_ids
 
 
-def render_chat(req: ChatCompletionRequest, template: ChatTemplate,
-                generation_prompt: bool = True) -> tuple[str, list[int]]:
+def _oldest_turn(messages: list[dict[str, str]]) -> int | None:
+    """What prompt_truncate_len drops next: the oldest message that is neither a system one nor the last."""
+    return next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
+
+
+def _chars(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"]) for m in messages)
+
+
+def render_chat(req: ChatCompletionRequest, template: ChatTemplate, generation_prompt: bool = True,
+                max_token_chars: int | None = None) -> tuple[str, list[int]]:
     """The prompt text and ids; with prompt_truncate_len, the oldest turns go first (system messages and
-    the last message stay) until the prompt fits."""
+    the last message stay) until the prompt fits.
+
+    Given `max_token_chars` (Tokenizer.max_token_chars), turns are first dropped by their length alone
+    while their characters alone cannot fit the limit: exactly the turns the token count would drop,
+    without rendering and tokenizing a long history once per turn."""
     messages = _template_messages(req)
     safe = bool(req.safe_tokenization)
-    text, ids = _render(template, messages, generation_prompt, safe)
     limit = req.prompt_truncate_len
+    if limit is not None and max_token_chars is not None:
+        total = _chars(messages)
+        while total > limit * max_token_chars and (drop := _oldest_turn(messages)) is not None:
+            total -= len(messages[drop]["content"])
+            del messages[drop]
+    text, ids = _render(template, messages, generation_prompt, safe)
     while limit is not None and len(ids) > limit:
-        drop = next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
+        drop = _oldest_turn(messages)
         if drop is None:
             break  # only system messages and the last one are left: the context check decides
         del messages[drop]
         text, ids = _render(template, messages, generation_prompt, safe)
     return text, ids
+
+
+def check_chat_bounds(req: ChatCompletionRequest, tok: Tokenizer, max_model_len: int) -> int:
+    """The cheap refusals of a chat request, before rendering or tokenizing: a conversation whose text
+    cannot fit the context window (with prompt_truncate_len, what truncation keeps: the system messages
+    and the last one), a prediction too long; the number of engine sequences it asks for."""
+    check_choices(1, req.n)
+    kept = req.messages
+    if req.prompt_truncate_len is not None:
+        kept = [m for m in req.messages[:-1] if m.role in ("system", "developer")] + req.messages[-1:]
+    check_text_fits(sum(len(m.text()) for m in kept), tok, max_model_len, "messages", "conversation")
+    check_prediction_fits(req, tok, max_model_len)
+    return req.n
 
 
 def chat_to_completion(req: ChatCompletionRequest, prompt_ids: list[int], max_model_len: int) -> CompletionRequest:
@@ -327,7 +407,8 @@ def chat_to_engine_requests(req: ChatCompletionRequest, template: ChatTemplate |
     if template is None:
         raise InvalidRequest("the served model has no chat template, so it cannot take chat messages; use "
                              "/v1/completions with a prompt", param="messages", code="no_chat_template")
-    text, ids = render_chat(req, template)
+    check_chat_bounds(req, tok, max_model_len)
+    text, ids = render_chat(req, template, max_token_chars=tok.max_token_chars)
     creq = chat_to_completion(req, ids, max_model_len)
     plan = to_engine_requests(creq, tok, max_model_len, request_id, grammars, cache_tenant)
     plan.prompts[0].text = text  # raw_output's prompt_fragments: the rendered conversation

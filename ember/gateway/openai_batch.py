@@ -43,7 +43,7 @@ class CreateBatchBody(BaseModel):
     input_file_id: str = Field(max_length=200)
     endpoint: str = Field(max_length=200)
     completion_window: str = Field(max_length=16)
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, str] | None = Field(default=None, max_length=16, fail_fast=True)
 
 
 def _account(p: Principal) -> str:
