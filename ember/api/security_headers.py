@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 PAGE_PATHS = ("/", "/docs")
-PAGE_PREFIXES = ("/playground/",)
+PAGE_PREFIXES = ("/playground/", "/docs/")
 
 
 def is_page(path: str) -> bool:

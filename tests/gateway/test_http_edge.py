@@ -65,8 +65,12 @@ def test_pages_carry_a_csp_nosniff_and_frame_protection(smol_server: LiveServer)
 def test_docs_load_nothing_from_another_origin(smol_server: LiveServer) -> None:
     with httpx.Client(base_url=smol_server.url, timeout=60) as h:
         page = h.get("/docs").text
-        assert "/v1/chat/completions" in page and "/openapi.json" in page
-        assert "http://" not in page and "https://" not in page and "<script" not in page
+        assert "http://" not in page and "https://" not in page and "<script>" not in page  # no inline script
+        for src in ("/docs/assets/swagger-ui-bundle.js", "/docs/assets/swagger-ui.css", "/docs/init.js"):
+            assert src in page
+            r = h.get(src)
+            assert r.status_code == 200 and r.headers["content-security-policy"], src
+        assert "/openapi.json" in h.get("/docs/init.js").text
         assert h.get("/redoc").status_code == 404  # ReDoc came from a CDN too
 
 

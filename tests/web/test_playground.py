@@ -316,3 +316,24 @@ def test_page_is_static_and_public(key_server) -> None:
         assert httpx.get(key_server.url + src, timeout=10).status_code == 200
     assert "http" not in r.text.replace("http-equiv", "")  # nothing loaded from elsewhere
     assert httpx.get(key_server.url + "/v1/models", timeout=10).status_code == 401
+
+
+def test_docs_run_swagger_ui_from_this_server_alone(key_server, page: Page) -> None:
+    """/docs is Swagger UI over /openapi.json, with every request to this server and no CSP violation:
+    it lists the operations and "try it out" reaches the API."""
+    csp_errors: list[str] = []
+    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    origins: set[str] = set()
+    page.on("request", lambda r: origins.add(r.url.split("/")[2]))
+    page.goto(key_server.url + "/docs")
+    ops = page.locator(".opblock-summary-path")
+    expect(ops.filter(has_text="/v1/completions").first).to_be_visible(timeout=30_000)
+    assert ops.count() > 20
+    page.locator("#operations-default-list_models_v1_models_get, .opblock-get:has-text('/v1/models')").first.click()
+    page.get_by_role("button", name="Try it out").first.click()
+    page.get_by_role("button", name="Execute").first.click()
+    expect(page.locator(".live-responses-table tr.response .response-col_status").first).to_contain_text("401",
+                                                                                              timeout=30_000)
+    shot(page, "docs")
+    assert origins == {key_server.url.split("/")[2]}, origins
+    assert csp_errors == []
