@@ -6,7 +6,7 @@ with no key, or a bad one, had its 200 MB body read and parsed before its 401. H
 - a body larger than its path's limit is refused with 413 as soon as that is known: at once when
   `content-length` says so, else the moment the bytes read pass the limit (a chunked body);
 - a request that carries a body to an authenticated path is authenticated first: no key, or a key the
-  store does not know, is a 401 sent without reading the body.
+  store does not know, is a 401 (a disabled user's key 403) sent without reading the body.
 
 Both answers close the connection: the body the client is still sending is never read.
 The upload paths (a dataset's `:upload`, `/v1/files`) stream their files under `--max-upload-mb` and are
@@ -21,8 +21,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ember.api.auth import authorization_of
 from ember.api.errors import ember_error_response, http_error_response
-from ember.errors import Unauthorized
+from ember.errors import EmberError
 
 UPLOAD_SLACK = 64 * 1024
 """Room for multipart framing beyond the file itself (as ember.gateway.uploads allows)."""
@@ -83,24 +84,25 @@ class BoundedRequests:
                 return
         await self.app(scope, _counting(receive, limit), send)
 
-    async def _authenticate(self, scope: Scope) -> Unauthorized | None:
+    async def _authenticate(self, scope: Scope) -> EmberError | None:
+        """The refusal the route's own authentication would give (401 no or unknown key, 403 a disabled
+        user's key, 400 two Authorization headers), or None to go on."""
         state = getattr(scope["app"].state, "ember", None)
         if state is None:  # not started yet: the route's own dependency answers
             return None
-        auth = _header(scope, b"authorization")
-        header = auth.decode("latin-1") if auth is not None else None
         inference = not scope["path"].startswith("/v1/accounts/")
         try:
+            header = authorization_of(Request(scope))
             # A key not in the cache is looked up in the store: off the event loop.
             await asyncio.to_thread(state.platform.auth.authenticate, header, inference=inference)
-        except Unauthorized as e:
+        except EmberError as e:
             return e
         return None
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send,
-                      exc: BodyTooLarge | Unauthorized) -> None:
+                      exc: BodyTooLarge | EmberError) -> None:
         request = Request(scope)
-        if isinstance(exc, Unauthorized):
+        if isinstance(exc, EmberError):
             response = ember_error_response(request, exc)
         else:
             response = http_error_response(request, exc)

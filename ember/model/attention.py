@@ -90,8 +90,14 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, KV, G, D)
 
 
+PROBE_CASES = ((1, 40, 3), (5, 17, 2), (17, 333, 4), (31, 64, 32), (100, 101, 5), (200, 1000, 9), (333, 700, 2),
+               (700, 2000, 17))
+"""(a row's context, the batch's longest context, batch size) that decode_padding_is_invariant tries."""
+
+
 def decode_padding_is_invariant(n_heads: int, n_kv_heads: int, head_dim: int, multiple: int,
-                                device: torch.device, dtype: torch.dtype = torch.float32) -> bool:
+                                device: torch.device, dtype: torch.dtype = torch.float32,
+                                cases: tuple[tuple[int, int, int], ...] = PROBE_CASES) -> bool:
     """Whether `decode_attention` gives a row the same bits alone as in a batch padded to a longer
     context, when every context is padded to a multiple of `multiple`.
 
@@ -107,8 +113,7 @@ def decode_padding_is_invariant(n_heads: int, n_kv_heads: int, head_dim: int, mu
         return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
 
     with torch.inference_mode():
-        for length, longest, batch in [(1, 40, 3), (5, 17, 2), (17, 333, 4), (31, 64, 32), (100, 101, 5),
-                                       (200, 1000, 9), (333, 700, 2), (700, 2000, 17)]:
+        for length, longest, batch in cases:
             own = -(-length // multiple) * multiple
             padded = -(-longest // multiple) * multiple
             q, k, v = rand(batch, n_kv_heads, group, head_dim), rand(batch, n_kv_heads, padded, head_dim), \
