@@ -19,7 +19,7 @@ from fastapi import APIRouter, Query
 
 from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest
-from ember.gateway.wire import parse_time
+from ember.gateway.wire import page_size_of, parse_time
 from ember.store.audit_log import AuditLog, AuditQuery
 from ember.store.ids import rfc3339, utcnow
 from ember.store.tables import AuditLogEntry
@@ -27,7 +27,7 @@ from ember.store.tables import AuditLogEntry
 router = APIRouter(tags=["gateway"])
 
 DEFAULT_PAGE_SIZE = 10
-MAX_PAGE_SIZE = 200
+"""The Gateway's default for ListAuditLogs (other List calls: 50); the maximum, 200, is shared."""
 DEFAULT_WINDOW = timedelta(days=30)
 _METHOD_FILTER = re.compile(r'\s*method\s*=\s*"([^"\\]{1,128})"\s*')
 
@@ -84,14 +84,6 @@ def _after(token: str, fp: str) -> tuple[datetime, str]:
     return t, eid
 
 
-def page_size_of(page_size: int | None) -> int:
-    if page_size is None or page_size == 0:
-        return DEFAULT_PAGE_SIZE
-    if page_size < 0:
-        raise InvalidRequest("pageSize must not be negative", param="pageSize")
-    return min(page_size, MAX_PAGE_SIZE)
-
-
 @router.get("/v1/accounts/{account_id}/auditLogs")
 def list_audit_logs(account_id: str, state: StateDep, p: GatewayAuth,
                     start_time: str | None = Query(None, alias="startTime", max_length=64),
@@ -108,7 +100,7 @@ def list_audit_logs(account_id: str, state: StateDep, p: GatewayAuth,
     start = parse_time(start_time, "startTime", required=False) or end - DEFAULT_WINDOW
     if start > end:
         raise InvalidRequest("startTime is after endTime", param="startTime")
-    size = page_size_of(page_size)
+    size = page_size_of(page_size, DEFAULT_PAGE_SIZE)
     q = AuditQuery(account_id, start, end, email or None, method_of_filter(filter))
     fp = _fingerprint(account_id, start_time, end_time, email, filter, size)
     before = _after(page_token, fp) if page_token else None

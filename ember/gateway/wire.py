@@ -74,9 +74,10 @@ def parse_time(value: str | None, param: str, required: bool = True) -> datetime
     return to_naive_utc(t)
 
 
-def page_size_of(page_size: int | None) -> int:
+def page_size_of(page_size: int | None, default: int = DEFAULT_PAGE_SIZE) -> int:
+    """A List call's page size: `default` when unset or 0, at most MAX_PAGE_SIZE (larger is coerced)."""
     if page_size is None or page_size == 0:
-        return DEFAULT_PAGE_SIZE
+        return default
     if page_size < 0:
         raise InvalidRequest("pageSize must not be negative", param="pageSize")
     return min(page_size, MAX_PAGE_SIZE)

@@ -57,6 +57,13 @@ def key_server(smol_served) -> Iterator[LiveServer]:
         yield s
 
 
+def csp_violations(page: Page) -> list[str]:
+    """The page's Content-Security-Policy complaints, as the console reports them from now on."""
+    found: list[str] = []
+    page.on("console", lambda m: found.append(m.text) if "Content Security Policy" in m.text else None)
+    return found
+
+
 def shot(page: Page, name: str) -> None:
     page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
 
@@ -189,8 +196,7 @@ def test_copy_as_curl_and_python_reproduce_the_request(smol_server, page: Page) 
 
 
 def test_copied_snippets_never_hold_the_key_and_the_page_obeys_its_csp(key_server, page: Page) -> None:
-    csp_errors: list[str] = []
-    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    csp_errors = csp_violations(page)
     page.goto(key_server.url + "/")
     page.get_by_label("API key").fill(KEY)
     page.get_by_label("API key").press("Tab")
@@ -321,8 +327,7 @@ def test_page_is_static_and_public(key_server) -> None:
 def test_docs_run_swagger_ui_from_this_server_alone(key_server, page: Page) -> None:
     """/docs is Swagger UI over /openapi.json, with every request to this server and no CSP violation:
     it lists the operations and "try it out" reaches the API."""
-    csp_errors: list[str] = []
-    page.on("console", lambda m: csp_errors.append(m.text) if "Content Security Policy" in m.text else None)
+    csp_errors = csp_violations(page)
     origins: set[str] = set()
     page.on("request", lambda r: origins.add(r.url.split("/")[2]))
     page.goto(key_server.url + "/docs")
