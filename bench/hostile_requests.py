@@ -53,6 +53,8 @@ class Hostile:
     sent: int = 0
     statuses: dict[str, int] = field(default_factory=dict)
     slowest_s: float = 0.0
+    client_cpu_s: float = 0.0
+    """CPU time the hostile clients themselves spent (building and sending their payloads)."""
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -200,9 +202,13 @@ def hostile_cases(port: int, key: str, spent: str) -> list[tuple[str, object]]:
 
 
 def hostile_loop(port: int, key: str, spent: str, duration: float, max_requests: int, interval: float,
-                 seed: int, results: Any) -> None:
+                 seed: int, niceness: int, results: Any) -> None:
     """One hostile client, in its own process (its sending must not take the normal clients' CPU time
-    in their process): random cases until the time or the count is up."""
+    in their process): random cases until the time or the count is up. It stands in for another machine:
+    at `niceness` the scheduler gives this host's two cores to the server and the normal clients first,
+    so what is measured is what the server spends on the hostile requests, not what their senders do."""
+    os.nice(niceness)
+    cpu0 = time.process_time()
     cases = hostile_cases(port, key, spent)
     rng = random.Random(seed)
     out = Hostile()
@@ -219,6 +225,7 @@ def hostile_loop(port: int, key: str, spent: str, duration: float, max_requests:
         k = f"{name} -> {status}"
         out.statuses[k] = out.statuses.get(k, 0) + 1
         time.sleep(max(0.0, interval - (time.monotonic() - t)))
+    out.client_cpu_s = time.process_time() - cpu0
     results.put(out)
 
 
@@ -242,7 +249,8 @@ async def phase(port: int, key: str, spent: str, duration: float, hostile: bool,
         results = ctx.Queue()
         per_client = args.max_hostile // args.hostile_clients
         procs = [ctx.Process(target=hostile_loop, args=(port, key, spent, duration, per_client, args.hostile_interval,
-                                                         99 + i, results)) for i in range(args.hostile_clients)]
+                                                         99 + i, args.hostile_nice, results))
+                 for i in range(args.hostile_clients)]
         for p in procs:
             p.start()
     await asyncio.gather(*tasks)
@@ -252,6 +260,7 @@ async def phase(port: int, key: str, spent: str, duration: float, hostile: bool,
             one = await asyncio.to_thread(results.get, True, 120)
             h.sent += one.sent
             h.slowest_s = max(h.slowest_s, one.slowest_s)
+            h.client_cpu_s += one.client_cpu_s
             for k, v in one.statuses.items():
                 h.statuses[k] = h.statuses.get(k, 0) + v
         for p in procs:
@@ -274,6 +283,9 @@ def main() -> int:
     ap.add_argument("--max-hostile", type=int, default=400, help="most hostile requests in the run")
     ap.add_argument("--hostile-interval", type=float, default=0.25,
                     help="seconds between the starts of one hostile client's requests")
+    ap.add_argument("--hostile-nice", type=int, default=19,
+                    help="niceness of the hostile clients (0: they compete with the server for this host's cores "
+                         "as equals, which measures their own sending as well as the server's handling)")
     ap.add_argument("--json", default=None, help="write the results here too")
     ap.add_argument("--url", default=None, help="a running ember (http://127.0.0.1:PORT) instead of starting one")
     ap.add_argument("--api-key", default=None, help="with --url: a key of an account with room in its quotas")
@@ -337,7 +349,8 @@ def one_run(args: argparse.Namespace, hostile: bool) -> dict:
                                   "peak_rss_mb": vm_hwm_mb(pid) if pid else float("nan"),
                                   "server_cpu_s": cpu_s(pid) - cpu0 if pid else float("nan")}
         if h is not None:
-            out["hostile"] = {"sent": h.sent, "slowest_s": h.slowest_s, "answers": h.statuses}
+            out["hostile"] = {"sent": h.sent, "slowest_s": h.slowest_s, "client_cpu_s": h.client_cpu_s,
+                              "answers": h.statuses}
         return out
     finally:
         if proc is not None:
