@@ -2,7 +2,7 @@
 
 Every error body carries `{"error": {"message", "type", "param", "code"}}`, which the openai SDK reads into
 `exc.type/param/code`. Schema violations (422) also keep FastAPI's `detail` list, the spec's declared
-HTTPValidationError shape (NOTES 4e). Nothing here ever sends a traceback to a client.
+HTTPValidationError shape. Nothing here ever sends a traceback to a client.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ _KINDS: tuple[tuple[type[EmberError], int, str], ...] = (
     (ModelLoadError, 500, "server_error"),
 )
 
-# google.rpc.Code for each HTTP status on Gateway paths (PLATFORM.md, wire conventions).
+# google.rpc.Code for each HTTP status on Gateway paths (their error bodies are google.rpc.Status).
 _RPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 413: 3, 422: 3, 429: 8, 499: 1, 500: 13,
               503: 14}
 GATEWAY_PREFIX = "/v1/accounts"
