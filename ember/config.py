@@ -205,7 +205,7 @@ AUTH_MODES = ("auto", "keys", "none")
 @dataclass(frozen=True)
 class StoreConfig:
     data_dir: str | None = None
-    """Where the SQLite file (ember.db) and, later, datasets live; None = $XDG_DATA_HOME/ember or
+    """Where the SQLite file (ember.db) and the dataset files live; None = $XDG_DATA_HOME/ember or
     ~/.local/share/ember."""
     url: str | None = field(default=None, metadata=flag("--db"))
     """An SQLAlchemy URL (postgresql+psycopg://user:pass@host/db) that replaces the SQLite file."""
