@@ -1,4 +1,4 @@
-"""Issue 9's interference figures at the engine, in one process: minutes where bench/batch_jobs.py (a real
+"""Batch-vs-interactive interference figures at the engine, in one process: minutes where bench/batch_jobs.py (a real
 server and job) takes a quarter of an hour, and A-vs-B in the same process on a noisy host.
 
 Rounds of 4 interactive requests (like the bench's 4 streams: the next 4 start when the last ended) on
@@ -6,7 +6,7 @@ Rounds of 4 interactive requests (like the bench's 4 streams: the next 4 start w
   uncapped batch rows take whatever interactive work leaves in a step (the scheduler before the caps);
   capped   the SchedulerConfig defaults (background_tokens_when_busy, background_seqs_when_busy).
 Batch rows keep arriving, so the engine always holds some mid-prompt and some decoding. Reported: TTFT p50
-and per-request decode tok/s p50 of each, and their ratios to idle (issue 9: TTFT <= 1.5x, decode >= 0.8x).
+and per-request decode tok/s p50 of each, and their ratios to idle (targets: TTFT <= 1.5x, decode >= 0.8x).
 
     .venv/bin/python bench/batch_interference.py [--rows 48] [--rounds 2] [--max-tokens 16]
 """

@@ -1,4 +1,4 @@
-"""Batch jobs against interactive traffic, on one `ember serve` started here (issue 9's two figures).
+"""Batch jobs against interactive traffic, on one `ember serve` started here: throughput and interference.
 
 1. Throughput: the generated tok/s of a batch job on an idle server against the 32-stream interactive
    bench (`ember bench`, same prompts and lengths) in the same run. Target: batch >= 90% of interactive.

@@ -1,7 +1,7 @@
-"""Normal streams beside hostile requests (issue 19, items 1-4): do the bounds keep the others served?
+"""Normal streams beside hostile requests: do the input bounds keep the others served?
 
 Eight streaming clients send completions for a fixed time, once undisturbed and once while hostile
-clients loop over what issue 19 found costly (bounded in count and time, 127.0.0.1 only):
+clients loop over requests that are costly without those bounds (bounded in count and time, 127.0.0.1 only):
 
     1. a 2.3 MB completion body of 300,000 token ids with one bad, chat of 50,000 bad messages,
        /detokenize of 300,000 non-ids

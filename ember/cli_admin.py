@@ -13,23 +13,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from ember.config import StoreConfig
+from ember.cli_flags import add_store_flags, store_config
 from ember.errors import EmberError
 from ember.store.audit_log import SERVER_SCOPE, AuditLog, AuditRecord
 
 if TYPE_CHECKING:
     from ember.store.db import Store
-
-
-def add_store_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=None,
-                   help="where ember keeps its SQLite store and files (default: ~/.local/share/ember)")
-    p.add_argument("--db", default=None, help="a database URL instead of the SQLite file, e.g. "
-                                              "postgresql+psycopg://user:pass@127.0.0.1/ember")
-
-
-def store_config(a: argparse.Namespace) -> StoreConfig:
-    return StoreConfig(data_dir=a.data_dir, url=a.db)
 
 
 def add_admin_commands(sub: argparse._SubParsersAction) -> None:

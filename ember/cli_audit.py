@@ -7,7 +7,7 @@ import json
 import re
 from datetime import datetime, timedelta
 
-from ember.cli_admin import add_store_flags, store_config
+from ember.cli_flags import add_store_flags, store_config
 
 _AGO = re.compile(r"(\d+(?:\.\d+)?)\s*([smhd])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}

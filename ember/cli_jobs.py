@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-from ember.cli_admin import add_store_flags, audit_failure, store_config
+from ember.cli_admin import audit_failure
+from ember.cli_flags import add_store_flags, store_config
 from ember.errors import FailedPrecondition, ResourceNotFound
 from ember.store import batch_jobs as st
 from ember.store.audit_log import AuditRecord

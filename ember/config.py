@@ -4,31 +4,45 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 QUANTIZATIONS = ("auto", "int4", "int8", "none")
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def flag(name: str | None = None, *, choices: tuple[str, ...] | None = None,
+         negate: bool = False) -> dict[str, Any]:
+    """Field metadata for its `ember serve` / `ember complete` flag (ember/cli_flags.py), where the flag is
+    not simply `--field-name`: another name, a fixed set of values, or (negate) a `--no-...` switch that
+    turns a default-True field off. The help text is the field's docstring."""
+    return {"flag": name, "choices": choices, "negate": negate}
+
+
+INTERNAL: dict[str, Any] = {"internal": True}
+"""Field metadata of a setting that has no flag: its default is what every server runs with."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     model: str | None = None
     """A path to a .gguf file or a Hugging Face checkpoint directory, or a known short name; None = default."""
-    device: str = "cpu"
+    device: str = field(default="cpu", metadata=flag(choices=DEVICES))
     """"cpu", "cuda" or "auto" (cuda when available)."""
-    dtype: str = "float32"
+    dtype: str = field(default="float32", metadata=INTERNAL)
     """Activation dtype of the dense path: float32 on CPU (bf16 matmuls have no fast CPU path here)."""
-    quantization: str = "auto"
+    quantization: str = field(default="auto", metadata=flag(choices=QUANTIZATIONS))
     """Weight-only quantization after loading: "auto" (GGUF block tensors run in place on the mapped file
     with ember's block kernels, model/gguf_linear.py; any other weight at its file's precision: Q4 -> int4,
     Q8/Q6 -> int8, floats stay fp32; CPU only), "int4", "int8" or "none" (fp32)."""
     max_model_len: int | None = None
     """Context window served; None = the checkpoint's own."""
-    native_kernels: bool = True
+    native_kernels: bool = field(default=True, metadata=flag("--no-native-kernels", negate=True))
     """Run decode attention and the fused per-layer steps with ember's C++ kernels (ember/kernels) where
     they build; torch ops otherwise."""
 
     def __post_init__(self) -> None:
-        if self.device not in ("cpu", "cuda", "auto"):
+        if self.device not in DEVICES:
             raise ValueError(f"device must be cpu, cuda or auto, not {self.device!r}")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, not {self.quantization!r}")
@@ -38,7 +52,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
-    ngram_lookup: bool = False
+    ngram_lookup: bool = field(default=False, metadata=flag("--speculative-ngram"))
     """Draft from the request's own prompt and output (prompt lookup) when it brings no prediction."""
     num_draft_tokens: int = 3
     """Draft tokens verified per step for one sequence; 2k+1 after a draft was accepted whole (a prediction
@@ -60,10 +74,11 @@ class CacheConfig:
     kv_cache_mb: int = 512
     """Memory budget for K and V of all layers; the block count is derived from it. With float16 the
     default model holds 23,000 tokens in it (a float32 cache needs twice the memory for the same)."""
-    kv_cache_dtype: str = "float16"
+    kv_cache_dtype: str = field(default="float16", metadata=flag(choices=KV_CACHE_DTYPES))
     """How K and V are stored: "float16" (half the memory and half the bytes each attention step reads;
     attention still computes in float32) or "float32" (exact storage of what the layer computed)."""
-    enable_prefix_caching: bool = True
+    enable_prefix_caching: bool = field(default=True, metadata=flag("--no-prefix-caching", negate=True))
+    """Reuse the KV blocks of a prompt prefix already computed for another request."""
 
     def __post_init__(self) -> None:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
@@ -80,14 +95,14 @@ class SchedulerConfig:
     """Most sequences in one running batch."""
     max_num_batched_tokens: int = 512
     """Per-step token budget: decodes take one each, prefills are chunked to fit what is left."""
-    background_tokens_when_busy: int = 2
+    background_tokens_when_busy: int = field(default=2, metadata=INTERNAL)
     """Most tokens batch-job rows get in one step while interactive work is present (see busy_linger_steps).
     A step's time grows with its rows , so this bounds how
     much slower each interactive step gets; at least 1, so batch rows always advance."""
-    background_seqs_when_busy: int = 2
+    background_seqs_when_busy: int = field(default=2, metadata=INTERNAL)
     """Most batch-job rows in one step while interactive work is present; the other running rows keep their
     KV blocks and seats (until an interactive request needs them) and wait."""
-    background_step_tokens: int = 256
+    background_step_tokens: int = field(default=256, metadata=INTERNAL)
     """Most tokens batch-job rows get in one step when no interactive work is present: an interactive
     request arriving mid-step waits for the step in flight, so this bounds what a batch job adds to its
     time to first token (a 512-token prefill step is ~0.6 s on 2 cores; decode rows are unaffected)."""
@@ -99,11 +114,11 @@ class SchedulerConfig:
     starts in the next step. Alone, long prompts take the whole budget. 128: on a 2-core Zen 3 a 7,000-token
     prompt then costs decoding streams beside it 1.5 s a token instead of 5.6 s and its own prefill 3% more
     (bench/long_prompt_sharing.py)."""
-    max_prefill_backlog_s: float = 60.0
+    max_prefill_backlog_s: float = field(default=60.0, metadata=flag("--max-prefill-backlog"))
     """A long prompt is refused (503, retry-after) when other long prompts are ahead of it and the measured
     prefill rate says they and it would take longer than this to compute: long prompts are prefilled
     oldest first, so it would wait for all of them. A long prompt with none ahead is always taken."""
-    busy_linger_steps: int = 8
+    busy_linger_steps: int = field(default=8, metadata=INTERNAL)
     """Steps the interactive-work caps outlast the last interactive sequence: a client sending its next
     request a few milliseconds after the last one ended then finds a small step, not a full batch step."""
 
@@ -128,20 +143,23 @@ class SchedulerConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
+    """The address to listen on; anything but loopback needs API keys (or --allow-unauthenticated)."""
     port: int = 8000
-    api_keys: tuple[str, ...] = ()
-    """When non-empty, requests must carry one of these as a Bearer token."""
-    stall_timeout_s: float = 30.0
+    """The TCP port to listen on."""
+    api_keys: tuple[str, ...] = field(default=(), metadata=flag("--api-key"))
+    """When non-empty, requests must carry one of these as a Bearer token (account 'local'; repeatable);
+    keys from the store work too."""
+    stall_timeout_s: float = field(default=30.0, metadata=flag("--health-stall-timeout"))
     """/health answers 503 once the engine loop has not stepped for this long while work is pending. A
     step is milliseconds to a second or so (a 512-token prefill chunk on 2 CPU cores); 30 s is far past
     any honest step and well inside what an orchestrator's liveness probe tolerates."""
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = field(default=30.0, metadata=flag("--drain-timeout"))
     """On SIGTERM/SIGINT: how long requests in flight may run on; those left then end with a 503-shaped
     error (an error event in a stream) and the process exits 0."""
-    max_request_timeout_s: float | None = None
+    max_request_timeout_s: float | None = field(default=None, metadata=flag("--max-request-timeout"))
     """Upper bound on a request's total time (queueing included); a client's `x-request-timeout` header may
     ask for less. None: unbounded unless the client asks."""
-    keep_alive_timeout_s: float = 75.0
+    keep_alive_timeout_s: float = field(default=75.0, metadata=flag("--keep-alive-timeout"))
     """How long an idle keep-alive connection stays open. It must outlast the idle expiry of the clients'
     pools (httpx and Node: 5 s, aiohttp: 15 s, a cloud load balancer: 60 s): a server that closes first
     races the client's next request on that connection, which then fails with a reset and no status line.
@@ -187,9 +205,9 @@ AUTH_MODES = ("auto", "keys", "none")
 @dataclass(frozen=True)
 class StoreConfig:
     data_dir: str | None = None
-    """Where the SQLite file (ember.db) and, later, datasets live; None = $XDG_DATA_HOME/ember or
+    """Where the SQLite file (ember.db) and the dataset files live; None = $XDG_DATA_HOME/ember or
     ~/.local/share/ember."""
-    url: str | None = None
+    url: str | None = field(default=None, metadata=flag("--db"))
     """An SQLAlchemy URL (postgresql+psycopg://user:pass@host/db) that replaces the SQLite file."""
 
     def resolved_data_dir(self) -> str:
@@ -210,7 +228,7 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class PlatformConfig:
-    auth: str = "auto"
+    auth: str = field(default="auto", metadata=flag(choices=AUTH_MODES))
     """"auto": keys required once the store holds an account, open (completions only) before that;
     "keys": always required; "none": never required."""
     allow_unauthenticated: bool = False
@@ -218,9 +236,9 @@ class PlatformConfig:
     max_queued_requests: int = 1024
     """Sequences waiting for the engine past which new requests get 503 (service_tier "priority" gets
     twice as much room)."""
-    usage_flush_s: float = 1.0
+    usage_flush_s: float = field(default=1.0, metadata=INTERNAL)
     """How often metered usage is written to the store (also on read and at shutdown)."""
-    key_cache_s: float = 5.0
+    key_cache_s: float = field(default=5.0, metadata=INTERNAL)
     """How long a verified key is trusted before the store is asked again (bounds how late another
     process sees a deleted key)."""
     max_keys_per_account: int = 1000
@@ -244,13 +262,13 @@ class PlatformConfig:
 class BatchConfig:
     max_upload_mb: int = 150
     """Largest dataset file `:upload` takes (413 past it); the file streams to disk, never into memory."""
-    download_url_ttl_s: int = 600
+    download_url_ttl_s: int = field(default=600, metadata=INTERNAL)
     """How long a signed dataset download URL stays valid."""
-    max_inflight_rows: int = 64
+    max_inflight_rows: int = field(default=64, metadata=INTERNAL)
     """Batch rows handed to the engine at once (all jobs together); the engine runs them at low priority."""
-    job_ttl_h: float = 24.0
+    job_ttl_h: float = field(default=24.0, metadata=INTERNAL)
     """A job not finished this long after creation ends EXPIRED (its results so far are kept)."""
-    poll_s: float = 0.5
+    poll_s: float = field(default=0.5, metadata=INTERNAL)
     """How often the job runner looks for new, cancelled or expired jobs."""
     max_active_jobs_per_account: int = 100
     """Batch jobs (Gateway and OpenAI batches together) an account may have not yet finished; one more is
@@ -291,21 +309,22 @@ class ClusterConfig:
     """`ember serve --replicas N` on Ray Serve (ember/serve/): how many engines, where, and how each is fed."""
 
     replicas: int = 1
+    """Engine replicas on Ray Serve behind one endpoint (needs ember[cluster]); 1 without an address: no Ray."""
     address: str | None = None
     """An existing Ray cluster's HOST:PORT; None starts a local Ray in this process."""
     threads_per_replica: int = 1
     """torch threads (and Ray logical CPUs) per replica."""
-    pin_threads: bool = True
+    pin_threads: bool = field(default=True, metadata=flag("--no-pin-threads", negate=True))
     """Pin each replica's threads to its own cores (by its rank on the node) so replicas do not fight."""
     max_ongoing_requests: int | None = None
     """Requests a replica takes before its owner counts as saturated and keyed requests spill to the next
     replica on the ring; None: the scheduler's max_num_seqs."""
-    max_queued_requests: int = 1024
+    max_queued_requests: int = field(default=1024, metadata=INTERNAL)
     """Requests the proxy holds waiting for a replica; past it clients get 503."""
     fallback_replicas: int = 1
     """Ring successors a keyed request may spill to when its owner is saturated."""
-    health_check_period_s: float = 5.0
-    health_check_timeout_s: float = 30.0
+    health_check_period_s: float = field(default=5.0, metadata=INTERNAL)
+    health_check_timeout_s: float = field(default=30.0, metadata=INTERNAL)
 
     def __post_init__(self) -> None:
         if self.replicas < 1:

@@ -101,9 +101,6 @@ class Authenticator:
             self._open_checked = now
         return self._open
 
-    def note_account_created(self) -> None:
-        self._open, self._open_checked = False, time.monotonic()
-
     # -- keys ------------------------------------------------------------------------------------
     def authenticate(self, authorization: str | None, *, inference: bool) -> Principal:
         token = bearer_token(authorization)

@@ -2,7 +2,7 @@
 
 Every error body carries `{"error": {"message", "type", "param", "code"}}`, which the openai SDK reads into
 `exc.type/param/code`. Schema violations (422) also keep FastAPI's `detail` list, the spec's declared
-HTTPValidationError shape (NOTES 4e). Nothing here ever sends a traceback to a client.
+HTTPValidationError shape. Nothing here ever sends a traceback to a client.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ _KINDS: tuple[tuple[type[EmberError], int, str], ...] = (
     (ModelLoadError, 500, "server_error"),
 )
 
-# google.rpc.Code for each HTTP status on Gateway paths (PLATFORM.md, wire conventions).
+# google.rpc.Code for each HTTP status on Gateway paths (their error bodies are google.rpc.Status).
 _RPC_CODES = {400: 3, 401: 16, 403: 7, 404: 5, 405: 12, 409: 6, 413: 3, 422: 3, 429: 8, 499: 1, 500: 13,
               503: 14}
 GATEWAY_PREFIX = "/v1/accounts"
@@ -73,9 +73,11 @@ def gateway_response(request: Request, status: int, message: str, exc: BaseExcep
         status = 400
     return JSONResponse(status_body(status, message), status_code=status, headers=headers)
 
-_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                 404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
-                 429: "rate_limit_error", 503: "overloaded_error"}
+# The OpenAI error type of an HTTP-level refusal: that of the first kind above with the same status, so a
+# 404 for an unknown route reads as a NotFound does; statuses only HTTP itself produces (405: method, 413:
+# body size) are invalid requests.
+_STATUS_TYPES = {405: "invalid_request_error", 413: "invalid_request_error"} | {
+    status: typ for _, status, typ in reversed(_KINDS)}
 
 # Errors that only say "not this union branch"; a branch that matched the type but broke a bound says more.
 _BRANCH_MISS = re.compile(r".*_type$|^literal_error$|^union_tag_invalid$|^is_instance_of$")

@@ -2,7 +2,7 @@
 
 Unknown fields are a 422 (the spec sets additionalProperties: false) except `stream_options`, which OpenAI
 clients send on their own. The spec writes most ranges only in prose; they are enforced here so a bad value
-is a 422 naming the field, never a 500 deep in the sampler (shared/spec/NOTES.md V2-V5).
+is a 422 naming the field, never a 500 deep in the sampler.
 
 Booleans are strict (JSON `1` or `"yes"` is not `true`), so `logprobs: true` and `logprobs: 1` stay apart:
 the first asks for new-style logprobs, the second for legacy ones.
@@ -34,7 +34,7 @@ class WireModel(BaseModel):
 
 class StreamOptions(WireModel):
     include_usage: StrictBool | None = False
-    """Accepted for OpenAI clients; usage is always on the final chunk (NOTES U2)."""
+    """Accepted for OpenAI clients; usage is always on the final chunk, as Fireworks sends it."""
 
 
 class ResponseFormat(WireModel):

@@ -326,7 +326,7 @@ class ResponseBuilder:
             chunk = CompletionChunk(**self._head(), choices=[_completion_choice(parts)])
         else:
             chunk = ChatCompletionChunk(**self._head(), choices=[_chat_stream_choice(parts)])
-        if final:  # usage (and perf metrics) ride on the final chunk, as Fireworks sends them (NOTES U2)
+        if final:  # usage (and perf metrics) ride on the final chunk, as Fireworks sends them
             usage = self.usage()
             chunk.usage = usage
             if self.req.perf_metrics_in_response:

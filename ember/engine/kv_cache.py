@@ -63,9 +63,6 @@ class BlockPool:
     def num_used(self) -> int:
         return self.num_blocks - len(self.free)
 
-    def can_allocate(self, n: int) -> bool:
-        return n <= len(self.free)
-
     def allocate(self, n: int) -> list[int] | None:
         """n fresh blocks with ref 1, or None when the pool cannot supply them (nothing changes)."""
         if n > len(self.free):

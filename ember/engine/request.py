@@ -12,9 +12,6 @@ class FinishReason(enum.StrEnum):
     """EOS or a stop string."""
     LENGTH = "length"
     """max_tokens reached, or the context window is full."""
-    ABORT = "abort"
-    """The client went away or the server is shutting down."""
-    ERROR = "error"
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,8 @@ def paginate(items: Sequence[T], page_size: int | None, page_token: str | None, 
 
 
 def apply_filter(items: list[dict], flt: str | None, fields: tuple[str, ...]) -> list[dict]:
-    """AIP-160, the subset PLATFORM.md keeps: one `field="value"` equality on a top-level field."""
+    """The subset of AIP-160 filters the Gateway's lists take: one `field="value"` equality on a top-level
+    field."""
     if not flt or not flt.strip():
         return items
     m = _FILTER.fullmatch(flt)

@@ -138,11 +138,6 @@ class ApiKeys:
             return None
         return KeyOwner(row.key_id, row.account_id, row.user_id, role, email, row.expire_time, user_state)
 
-    def is_live(self, key_id: str) -> bool:
-        with self.store.session() as s:
-            row = s.get(ApiKey, key_id)
-            return row is not None and row.deleted is None
-
     def is_usable(self, account_id: str, key_id: str) -> bool:
         """Whether the key of `account_id` still authenticates: not deleted, not expired, user not disabled."""
         with self.store.session() as s:

@@ -56,11 +56,6 @@ class Store:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    @property
-    def display_url(self) -> str:
-        """The URL without its password, for messages."""
-        return self.engine.url.render_as_string(hide_password=True)
-
     def migrate(self, target: str = "head") -> None:
         """Bring the schema to the newest revision; a database from an older ember upgrades in place."""
         logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -105,7 +105,7 @@ def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict:
     return err
 
 
-# -- item 6: the Gateway's role rules and account walls on /v1/files and /v1/batches ------------------
+# -- the Gateway's role rules and account walls on /v1/files and /v1/batches --------------------------
 
 def test_inference_user_keys_get_403_on_files_and_batches(env: Env) -> None:
     admin = env.openai(env.admin["acme"])
@@ -161,7 +161,7 @@ def test_another_accounts_files_and_batches_are_404(env: Env) -> None:
     assert acme.batches.retrieve(batch.id).status == "completed"
 
 
-# -- item 5: a batch row uses its job's account's prefix cache ----------------------------------------
+# -- a batch row uses its job's account's prefix cache ------------------------------------------------
 
 def test_batch_rows_share_only_their_accounts_cache(env: Env) -> None:
     prompt = f"[{uuid.uuid4().hex}] " + "The committee reviewed every quarterly report in detail. " * 8
@@ -181,7 +181,7 @@ def test_batch_rows_share_only_their_accounts_cache(env: Env) -> None:
     assert cached_in_batch("acme") >= 64
 
 
-# -- item 7: batch rows draw from the account's per-minute buckets -------------------------------------
+# -- batch rows draw from the account's per-minute buckets ---------------------------------------------
 
 def test_batch_rows_wait_for_the_operators_generated_token_cap(env: Env) -> None:
     cap, rows, per_row = 100, 16, 20  # more rows waiting than the runner's 8 slots
@@ -221,7 +221,7 @@ def test_batch_rows_wait_for_the_operators_generated_token_cap(env: Env) -> None
     assert done.usage.output_tokens == rows * per_row
 
 
-# -- item 7: per-account caps on active jobs, datasets and keys ---------------------------------------
+# -- per-account caps on active jobs, datasets and keys -----------------------------------------------
 
 def assert_cap(r: httpx.Response, flag: str, gateway: bool) -> None:
     assert r.status_code == 429, r.text

@@ -1,4 +1,5 @@
-"""Hostile input is bounded before it costs anything (issue 19, items 1-4).
+"""Hostile input is bounded before it costs anything: cheap validation, text bounded by length, capped
+headers and bodies, admission before tokenizing.
 
 One real ember (the SmolLM2 model, a SQLite store holding accounts, so keys are required) served through
 ember's own uvicorn configuration (ember.server.uvicorn_config: the header bound lives there), on
@@ -93,7 +94,7 @@ def timed(send: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
     return r, time.monotonic() - t
 
 
-# -- item 1: validating a small hostile body is cheap, and its error small ----------------------------
+# -- validating a small hostile body is cheap, and its error small ------------------------------------
 
 def _hostile_bodies() -> list[tuple[str, str, Any]]:
     ids = list(range(300_000))
@@ -141,7 +142,7 @@ def test_a_batch_rows_error_line_is_small(hostile: Platform) -> None:
     assert len(line) < 4096, len(line)
 
 
-# -- item 2: text is bounded by its length before it is tokenized --------------------------------------
+# -- text is bounded by its length before it is tokenized ----------------------------------------------
 
 def _count_calls(obj: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
@@ -213,7 +214,7 @@ def test_tokenize_and_detokenize_take_from_the_request_rate(hostile: Platform) -
     assert codes == [200, 200, 200, 429], codes
 
 
-# -- item 3: headers and bodies are capped; the key is checked before the body is read ------------------
+# -- headers and bodies are capped; the key is checked before the body is read --------------------------
 
 def _raw(url: str, head: bytes, body: bytes = b"", read_timeout: float = 10.0) -> tuple[int, bytes, float]:
     """Send a raw request (the head, then as much of `body` as the server takes) and read the answer:
@@ -303,7 +304,7 @@ def test_no_key_is_a_401_before_the_body_is_read(hostile: Platform) -> None:
         assert json.loads(data.partition(b"\r\n\r\n")[2])["code"] == 16  # the Gateway's shape: UNAUTHENTICATED
 
 
-# -- item 4: admission and rate limits come before tokenizing or compiling ------------------------------
+# -- admission and rate limits come before tokenizing or compiling --------------------------------------
 
 def test_a_request_the_rate_refuses_is_never_tokenized_nor_compiled(hostile: Platform,
                                                                     tokenizer_calls: list[int],

@@ -18,7 +18,8 @@ import fireworks
 import httpx
 import pytest
 
-from ember.cli import _config, refuse_open_exposure
+from ember.cli import _config, build_parser, refuse_open_exposure
+from ember.config import Config
 from tests.conftest import MODEL_ID
 
 EMBER = [sys.executable, "-m", "ember"]
@@ -146,25 +147,8 @@ def test_refuses_to_serve_open_on_a_public_address(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "refusing to serve without API keys" in r.stderr
 
-    def config(*args: str):  # noqa: ANN202
-        import argparse
-
-        from ember.cli_admin import add_store_flags
-
-        p = argparse.ArgumentParser()
-        p.add_argument("--host")
-        p.add_argument("--auth", default="auto")
-        p.add_argument("--allow-unauthenticated", action="store_true")
-        p.add_argument("--api-key", action="append")
-        add_store_flags(p)
-        ns = p.parse_args([*args, "--data-dir", str(tmp_path)])
-        for k, v in dict(model=None, device="cpu", quantization="auto", max_model_len=None, no_native_kernels=False,
-                         block_size=16, kv_cache_mb=64, kv_cache_dtype="float16", no_prefix_caching=False,
-                         max_num_seqs=8,
-                         max_num_batched_tokens=64, speculative_ngram=False, num_draft_tokens=3, port=1,
-                         max_queued_requests=10, long_prefill_tokens=128, max_prefill_backlog=60.0).items():
-            setattr(ns, k, v)
-        return _config(ns)
+    def config(*args: str) -> Config:
+        return _config(build_parser().parse_args(["serve", *args, "--data-dir", str(tmp_path)]))
 
     refuse_open_exposure(config("--host", "127.0.0.1"))
     refuse_open_exposure(config("--host", "0.0.0.0", "--allow-unauthenticated"))
