@@ -21,9 +21,8 @@ from ember.api.limits import Buckets
 from ember.api.platform import Platform
 from ember.api.playground import mount_playground
 from ember.api.request_bounds import BoundedRequests
-from ember.api.response_headers import StateHeaders
+from ember.api.response_headers import ResponseHeaders
 from ember.api.responses import document_stream_models
-from ember.api.security_headers import SecurityHeaders
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
@@ -96,11 +95,10 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
     for router in (accounts.router, usage.router, quotas.router, datasets.router, batch_jobs.router,
                    openai_batch.router, audit_logs.router):
         app.include_router(router)
-    app.add_middleware(StateHeaders)
     app.add_middleware(BoundedRequests, max_body_bytes=int(config.server.max_body_mb * 1024 * 1024),
                        max_upload_bytes=config.batch.max_upload_mb * 1024 * 1024)
     app.add_middleware(RefuseWhileDraining)
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(ResponseHeaders)
     app.add_middleware(HostCheck, allowed_hosts=config.server.allowed_hosts())
     document_stream_models(app)
     mount_playground(app)

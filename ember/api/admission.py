@@ -42,15 +42,6 @@ class Admission:
         self.platform.limiter.reserve_tokens(self.reservation, prompt_tokens, generated_tokens)
 
 
-def admit(platform: Platform, principal: Principal, model: str, sequences: int, prompt_tokens: int,
-          generated_tokens: int, priority: bool, stats: EngineStats) -> Admission:
-    """Admit a request already tokenized: the queue bound, then every quota at once (or none)."""
-    shed(platform, sequences, priority, stats)
-    reservation = platform.limiter.reserve(principal.account_id, model, prompt_tokens, generated_tokens)
-    platform.inflight += sequences
-    return Admission(platform, principal, model, reservation, sequences)
-
-
 def admit_request(platform: Platform, principal: Principal, model: str, sequences: int, priority: bool,
                   stats: EngineStats) -> Admission:
     """Admit a request before any work on it (tokenizing, compiling a grammar): the queue bound and the

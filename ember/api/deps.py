@@ -76,7 +76,6 @@ def gateway_principal(request: Request, account_id: str) -> Principal:
 
 StateDep = Annotated[AppState, Depends(get_state)]
 InferenceAuth = Annotated[Principal, Depends(inference_principal)]
-InferenceDep = Depends(inference_principal)
 GatewayAuth = Annotated[Principal, Depends(gateway_principal)]
 
 

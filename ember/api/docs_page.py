@@ -4,7 +4,7 @@ FastAPI's default pages load Swagger UI / ReDoc from a CDN: a third party's scri
 server's origin, where the playground keeps its API key. Here the assets come from the PyPI package
 `swagger-ui-bundle-v2` (a dependency; its module is `swagger_ui_bundle`) and are served under /docs/assets; the start-up call lives in a file
 of its own (/docs/init.js), so the page holds no inline script and passes the pages' CSP
-(ember.api.security_headers): only this origin's scripts, styles and API.
+(ember.api.response_headers): only this origin's scripts, styles and API.
 """
 
 from __future__ import annotations

@@ -258,11 +258,15 @@ class ResponseBuilder:
 
     # -- totals --------------------------------------------------------------------------------------
 
-    def usage(self) -> Usage:
+    def token_counts(self) -> tuple[int, int, int]:
+        """(prompt, cached prompt, completion) tokens so far: what usage reports, metering counts and
+        rate-limit reservations settle against."""
         plan, states = self.plan, self.states
-        prompt = sum(len(p.token_ids) for p in plan.prompts)
         cached = sum(states[i * plan.n].num_cached_tokens for i in range(len(plan.prompts)))
-        completion = sum(s.num_output_tokens for s in states)
+        return plan.prompt_tokens, cached, sum(s.num_output_tokens for s in states)
+
+    def usage(self) -> Usage:
+        prompt, cached, completion = self.token_counts()
         return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
                      prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
 

@@ -69,8 +69,7 @@ async def plan_admitted(adm: Admission, translate: Callable[[], T], plan_of: Cal
     try:
         out = await asyncio.to_thread(translate)
         plan = plan_of(out)
-        adm.reserve_tokens(sum(len(p.token_ids) for p in plan.prompts),
-                           sum(r.params.max_tokens for r in plan.requests))
+        adm.reserve_tokens(plan.prompt_tokens, plan.max_new_tokens)
     except BaseException:
         adm.finish(0, 0, 0, served=False)
         raise
@@ -79,10 +78,8 @@ async def plan_admitted(adm: Admission, translate: Callable[[], T], plan_of: Cal
 
 def settle(adm: Admission, builder: ResponseBuilder) -> None:
     """Refund and meter: a request counts once it completed or produced tokens (an aborted stream too)."""
-    u = builder.usage()
-    cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
-    completion = u.completion_tokens or 0
-    adm.finish(u.prompt_tokens, cached or 0, completion, served=builder.finished or completion > 0)
+    prompt, cached, completion = builder.token_counts()
+    adm.finish(prompt, cached, completion, served=builder.finished or completion > 0)
 
 
 def sse(obj: dict) -> str:

@@ -45,6 +45,15 @@ class Plan:
     def prompt_of(self, choice: int) -> Prompt:
         return self.prompts[choice // self.n]
 
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p.token_ids) for p in self.prompts)
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The most tokens the request can generate, over all its choices (what rate limits reserve)."""
+        return sum(r.params.max_tokens for r in self.requests)
+
 
 def prompt_items(req: CompletionRequest) -> list[str | list[int]]:
     """The request's prompts: one text, one list of token ids, or a list of either."""
@@ -110,13 +119,12 @@ def check_completion_bounds(req: CompletionRequest, tok: Tokenizer, max_model_le
     return len(items) * req.n
 
 
-def tokenize_prompts(req: CompletionRequest, tok: Tokenizer, max_model_len: int | None = None) -> list[Prompt]:
+def tokenize_prompts(req: CompletionRequest, tok: Tokenizer) -> list[Prompt]:
+    """The prompts as token ids; texts were bounded by check_completion_bounds before."""
     items = prompt_items(req)
     out = []
     for i, item in enumerate(items):
         if isinstance(item, str):
-            if max_model_len is not None:
-                check_text_fits(len(item), tok, max_model_len, "prompt")
             ids = tok.encode(item)
             out.append(Prompt(ids, item))
         else:
@@ -234,7 +242,7 @@ def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: in
     """The engine requests of a completion; `cache_tenant` (the caller's account) scopes its prefix cache."""
     reject_invalid_text(req)
     check_completion_bounds(req, tok, max_model_len)
-    prompts = tokenize_prompts(req, tok, max_model_len)
+    prompts = tokenize_prompts(req, tok)
     n = req.n
     stop = tuple(req.stop_list)
     nlp = logprobs_count(req)

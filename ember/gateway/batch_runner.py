@@ -352,9 +352,7 @@ class BatchRunner:
                 async for c, out in self.client.generate_all(reqs):
                     builder.add(c, out)
             finally:  # refund what the row reserved and did not use (as an interactive request's settle)
-                u = builder.usage()
-                cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
-                reservation.settle(u.prompt_tokens, cached or 0, u.completion_tokens or 0)
+                reservation.settle(*builder.token_counts())
         except Overloaded:
             raise
         except EmberError as e:
@@ -365,9 +363,8 @@ class BatchRunner:
 
     async def _reserve(self, j: BatchJob, plan: Plan) -> Reservation:
         """Take the row's tokens from its account's buckets; _QuotaWait while one is short."""
-        prompt = sum(len(p.token_ids) for p in plan.prompts)
-        generated = sum(r.params.max_tokens for r in plan.requests)
-        got = await self._io(self.limiter.try_reserve, j.account_id, self.served.model_id, prompt, generated)
+        got = await self._io(self.limiter.try_reserve, j.account_id, self.served.model_id, plan.prompt_tokens,
+                             plan.max_new_tokens)
         if not isinstance(got, Reservation):
             raise _QuotaWait(got)
         return got

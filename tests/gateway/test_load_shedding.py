@@ -9,7 +9,7 @@ import dataclasses
 import httpx
 import pytest
 
-from ember.api.admission import admit
+from ember.api.admission import admit_request
 from ember.api.auth import Principal
 from ember.config import PlatformConfig, SchedulerConfig
 from ember.engine.backlog import refuse_long_prompt
@@ -19,7 +19,7 @@ from tests.conftest import MODEL_ID, LiveServer, server_config
 
 
 class _Limiter:
-    def reserve(self, *a: object) -> object:
+    def reserve_request(self, *a: object) -> object:
         from ember.api.limits import Reservation
 
         return Reservation(None, "local", MODEL_ID)
@@ -42,15 +42,15 @@ def test_bound_and_priority_room() -> None:
     who = Principal("local", "inference-user", "open")
     p = _Platform(bound=4, inflight=2 + 4)  # 2 running, 4 waiting: the queue is full
     with pytest.raises(Overloaded) as e:
-        admit(p, who, MODEL_ID, 1, 10, 10, False, stats(2))  # type: ignore[arg-type]
+        admit_request(p, who, MODEL_ID, 1, False, stats(2))  # type: ignore[arg-type]
     assert e.value.retry_after is not None and e.value.retry_after >= 1
-    admit(p, who, MODEL_ID, 1, 10, 10, True, stats(2))  # type: ignore[arg-type]
+    admit_request(p, who, MODEL_ID, 1, True, stats(2))  # type: ignore[arg-type]
     assert p.inflight == 7
     p2 = _Platform(bound=4, inflight=2 + 8)
     with pytest.raises(Overloaded):  # priority has twice the room, not unlimited
-        admit(p2, who, MODEL_ID, 1, 10, 10, True, stats(2))  # type: ignore[arg-type]
+        admit_request(p2, who, MODEL_ID, 1, True, stats(2))  # type: ignore[arg-type]
     empty = _Platform(bound=1, inflight=0)
-    admit(empty, who, MODEL_ID, 8, 10, 10, False, stats(0))  # type: ignore[arg-type]  # one big request fits an idle server
+    admit_request(empty, who, MODEL_ID, 8, False, stats(0))  # type: ignore[arg-type]  # one big request fits an idle server
 
 
 def test_a_long_prompt_behind_too_much_long_prefill_is_refused() -> None:
