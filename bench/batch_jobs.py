@@ -27,8 +27,8 @@ import time
 
 import httpx
 
-from ember.bench import BenchConfig, make_words, run_bench
 from ember.config import StoreConfig
+from ember.loadgen.bench import BenchConfig, make_words, run_bench
 from ember.store.accounts import Accounts
 from ember.store.db import open_store
 

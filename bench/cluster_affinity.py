@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ember.bench import WORDS, percentile
+from ember.loadgen.bench import WORDS, percentile
 
 MODEL = "accounts/fireworks/models/smollm2-135m-instruct"
 

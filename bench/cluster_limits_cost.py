@@ -1,5 +1,5 @@
 """What counting rate limits cluster-wide costs a request: Buckets.take in the process (one replica, or
-the plain server) vs through the Ray actor every replica shares (ember.serve.limits).
+the plain server) vs through the Ray actor every replica shares (ember.cluster.limits).
 
     .venv/bin/python bench/cluster_limits_cost.py [--calls 2000]
 
@@ -13,7 +13,7 @@ import os
 import statistics
 import time
 
-from ember.api.limits import Buckets
+from ember.platform.limits import Buckets
 
 LIMITS = {"requests-per-minute": 10**9, "generated-tokens-per-minute": 10**12}
 AMOUNTS = {"requests-per-minute": 1, "generated-tokens-per-minute": 64}
@@ -42,7 +42,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    from ember.serve.limits import kill_shared_buckets, shared_buckets
+    from ember.cluster.limits import kill_shared_buckets, shared_buckets
 
     report("in-process Buckets", timed(Buckets(), a.calls))
     ray.init(num_cpus=1, include_dashboard=False, namespace="bench")

@@ -38,7 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a plain script from a checkout, installed or not
 
-from ember.bench import BenchConfig, make_client, make_words, run_bench, send_request  # noqa: E402
+from ember.loadgen.bench import BenchConfig, make_client, make_words, run_bench, send_request  # noqa: E402
 
 BENCH_DIR = ROOT / "bench"
 DEFAULT_LLAMA = BENCH_DIR / ".cache" / "llama-server"

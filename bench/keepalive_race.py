@@ -32,7 +32,7 @@ SERVER = r"""
 import socket, sys, threading, time
 import uvicorn
 from ember.config import ServerConfig
-from ember.server import uvicorn_config
+from ember.http.uvicorn_server import uvicorn_config
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":

@@ -21,9 +21,9 @@ import sys
 import tempfile
 import time
 
-from ember.api.auth import Authenticator
-from ember.api.limits import RateLimiter
 from ember.config import PlatformConfig, StoreConfig
+from ember.platform.auth import Authenticator
+from ember.platform.limits import RateLimiter
 from ember.store.accounts import Accounts
 from ember.store.api_keys import ApiKeys
 from ember.store.db import open_store

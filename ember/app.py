@@ -10,19 +10,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, ProcessCollector
 
-from ember.access_log import redact_access_log
-from ember.api import chat, completions, health, models, tokenize
-from ember.api.deps import AppState, ServedModel
-from ember.api.docs_page import mount_docs
-from ember.api.draining import RefuseWhileDraining
-from ember.api.errors import install_error_handlers
-from ember.api.host_check import HostCheck
-from ember.api.limits import Buckets
-from ember.api.platform import Platform
-from ember.api.playground import mount_playground
-from ember.api.request_bounds import BoundedRequests
-from ember.api.response_headers import ResponseHeaders
-from ember.api.responses import document_stream_models
 from ember.config import Config
 from ember.engine.client import EngineClient, TorchThread
 from ember.engine.engine import Engine
@@ -30,7 +17,20 @@ from ember.engine.metrics import EngineMetrics
 from ember.gateway import accounts, audit_logs, batch_jobs, datasets, openai_batch, quotas, usage
 from ember.gateway.batch_runner import BatchRunner
 from ember.gateway.services import BatchServices
+from ember.http.access_log import redact_access_log
+from ember.http.deps import AppState, ServedModel
+from ember.http.draining import RefuseWhileDraining
+from ember.http.errors import install_error_handlers
+from ember.http.host_check import HostCheck
+from ember.http.request_bounds import BoundedRequests
+from ember.http.response_headers import ResponseHeaders
 from ember.model.loader import LoadedModel, load_model
+from ember.platform.limits import Buckets
+from ember.platform.services import Platform
+from ember.protocol.responses import document_stream_models
+from ember.routes import chat, completions, health, models, tokenize
+from ember.routes.docs_page import mount_docs
+from ember.routes.playground import mount_playground
 from ember.store.db import open_store
 
 log = logging.getLogger("ember")
@@ -44,7 +44,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
                torch_thread: TorchThread | None = None, buckets: Buckets | None = None) -> FastAPI:
     """The app; pass `loaded` to reuse a model already in memory (tests, several apps in one process),
     and the TorchThread that loaded it, so the step loop runs on that same thread. `buckets`: where rate
-    limits are counted when several processes serve one platform (ember.serve), else in this process."""
+    limits are counted when several processes serve one platform (ember.cluster), else in this process."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

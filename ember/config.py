@@ -13,7 +13,7 @@ DEVICES = ("cpu", "cuda", "auto")
 
 def flag(name: str | None = None, *, choices: tuple[str, ...] | None = None,
          negate: bool = False) -> dict[str, Any]:
-    """Field metadata for its `ember serve` / `ember complete` flag (ember/cli_flags.py), where the flag is
+    """Field metadata for its `ember serve` / `ember complete` flag (ember/cli/flags.py), where the flag is
     not simply `--field-name`: another name, a fixed set of values, or (negate) a `--no-...` switch that
     turns a default-True field off. The help text is the field's docstring."""
     return {"flag": name, "choices": choices, "negate": negate}
@@ -176,7 +176,7 @@ class ServerConfig:
     request came in on (never the request's own Host header)."""
 
     def allowed_hosts(self) -> tuple[str, ...]:
-        """Hosts an open server answers to besides localhost and IP literals (ember.api.host_check)."""
+        """Hosts an open server answers to besides localhost and IP literals (ember.http.host_check)."""
         public = urlsplit(self.public_url).hostname if self.public_url else None
         return tuple(h for h in (self.host, public) if h)
 
@@ -306,7 +306,7 @@ class Config:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """`ember serve --replicas N` on Ray Serve (ember/serve/): how many engines, where, and how each is fed."""
+    """`ember serve --replicas N` on Ray Serve (ember/cluster/): how many engines, where, and how each is fed."""
 
     replicas: int = 1
     """Engine replicas on Ray Serve behind one endpoint (needs ember[cluster]); 1 without an address: no Ray."""

@@ -1,6 +1,6 @@
 """Error kinds raised anywhere in ember.
 
-No HTTP here: `ember.api.errors` alone maps each kind to a status code and a wire body, so the engine
+No HTTP here: `ember.http.errors` alone maps each kind to a status code and a wire body, so the engine
 stays usable from the CLI, the batch runner and Ray replicas.
 """
 

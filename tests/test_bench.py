@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ember.bench import BenchConfig, bench_main, make_prompts, percentile, run_bench
+from ember.loadgen.bench import BenchConfig, bench_main, make_prompts, percentile, run_bench
 from tests.conftest import UvicornThread
 
 TOKEN_DELAY_S = 0.002

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ember.cli import ENGINE_CONFIGS, SERVE_CONFIGS, _cluster_config, _config, build_parser
-from ember.cli_flags import field_docs, flag_dest, flag_fields, flag_name
+from ember.cli.flags import field_docs, flag_dest, flag_fields, flag_name
+from ember.cli.main import ENGINE_CONFIGS, SERVE_CONFIGS, _cluster_config, _config, build_parser
 from ember.config import ClusterConfig, Config
 
 README = Path(__file__).resolve().parents[1] / "README.md"

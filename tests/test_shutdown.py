@@ -201,7 +201,7 @@ def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_aft
 
     from ember.app import create_app
     from ember.config import CacheConfig, Config, ServerConfig
-    from ember.server import DrainingServer
+    from ember.http.uvicorn_server import DrainingServer
 
     app = create_app(Config(cache=CacheConfig(kv_cache_mb=4), server=ServerConfig(drain_timeout_s=1.0)), tiny)
     sock = socket.socket()
@@ -247,7 +247,7 @@ def test_an_idle_keep_alive_connection_outlasts_the_clients_pool_expiry(tiny) ->
 
     from ember.app import create_app
     from ember.config import CacheConfig, Config, ServerConfig
-    from ember.server import DrainingServer, uvicorn_config
+    from ember.http.uvicorn_server import DrainingServer, uvicorn_config
 
     cfg = Config(cache=CacheConfig(kv_cache_mb=4))
     assert cfg.server.keep_alive_timeout_s >= 15  # past httpx / Node (5 s) and aiohttp (15 s)

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from ember.config import CacheConfig, Config, SchedulerConfig
-from ember.soak import BAD_BODIES, KINDS, Soak, SoakConfig, format_report
+from ember.loadgen.soak import BAD_BODIES, KINDS, Soak, SoakConfig, format_report
 from tests.conftest import MODEL_ID, LiveServer
 
 
@@ -54,7 +54,7 @@ def test_a_short_soak_loses_and_leaks_nothing(tiny_server) -> None:
 def test_the_server_process_is_found_by_its_listening_port() -> None:
     import socket
 
-    from ember.soak import listening_pid, server_memory
+    from ember.loadgen.soak import listening_pid, server_memory
 
     with socket.socket() as listener, socket.socket() as bound_only:
         listener.bind(("127.0.0.1", 0))

@@ -6,13 +6,13 @@ import re
 
 from fastapi import APIRouter, Query, Request
 
-from ember.api.auth import Principal, authorization_of
-from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, PermissionDenied
-from ember.gateway.audit import GatewayChange
 from ember.gateway.caps import check_keys
 from ember.gateway.protocol import CreateApiKeyBody, DeleteApiKeyBody, UserBody
 from ember.gateway.wire import account_json, key_json, list_response, parse_time, user_json
+from ember.http.audit import GatewayChange
+from ember.http.deps import GatewayAuth, StateDep
+from ember.platform.auth import Principal, authorization_of
 from ember.store.ids import check_id, utcnow
 
 router = APIRouter(tags=["gateway"])

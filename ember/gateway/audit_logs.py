@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 
 from fastapi import APIRouter, Query
 
-from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest
 from ember.gateway.wire import page_size_of, parse_time
+from ember.http.deps import GatewayAuth, StateDep
 from ember.store.audit_log import AuditLog, AuditQuery
 from ember.store.ids import rfc3339, utcnow
 from ember.store.tables import AuditLogEntry

@@ -13,13 +13,13 @@ from datetime import timedelta
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
 
-from ember.api.deps import GatewayAuth, StateDep, resolve_served
 from ember.errors import FailedPrecondition, InvalidRequest, ResourceNotFound
-from ember.gateway.audit import GatewayChange
 from ember.gateway.caps import check_active_jobs
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep
 from ember.gateway.wire import list_response
+from ember.http.audit import GatewayChange
+from ember.http.deps import GatewayAuth, StateDep, resolve_served
 from ember.json_depth import loads_bounded
 from ember.store import batch_jobs as st
 from ember.store.batch_jobs import Progress

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from ember.api.deps import ServedModel
 from ember.errors import InvalidRequest
+from ember.pipeline.served_model import ServedModel
 from ember.store.dataset_files import Row
 from ember.store.tables import BatchJob
 

@@ -4,7 +4,7 @@ Each tick it reads the active jobs (oldest first) and moves them along: VALIDATI
 -> WRITING_RESULTS -> COMPLETED, or FAILED / EXPIRED / CANCELLED. Rows go to the same engine as
 interactive requests, marked background, so they only use room interactive traffic leaves.
 
-Rate limits: a row draws from its account's per-minute buckets (ember.api.limits), the same ones the
+Rate limits: a row draws from its account's per-minute buckets (ember.platform.limits), the same ones the
 account's interactive requests draw from, before it reaches the engine. Where a bucket is short the row
 goes back to the head of its job and the job pauses until the bucket could give it (a batch must not
 fail for a rate limit, only wait), giving its slot back: one account's empty bucket never holds the
@@ -38,17 +38,16 @@ from typing import Any, BinaryIO, TypeVar
 
 from pydantic import ValidationError
 
-from ember.api.completions import reject_unsupported
-from ember.api.deps import ServedModel
-from ember.api.errors import error_payload, validation_body
-from ember.api.limits import RateLimiter, Reservation
-from ember.api.protocol import CompletionRequest
-from ember.api.responses import Head, ResponseBuilder, to_json
-from ember.api.translate import Plan, to_engine_requests
 from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
 from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
 from ember.gateway.services import BatchServices
+from ember.http.errors import error_payload, validation_body
+from ember.pipeline.served_model import ServedModel
+from ember.platform.limits import RateLimiter, Reservation
+from ember.protocol.responses import Head, ResponseBuilder, to_json
+from ember.protocol.schemas import CompletionRequest
+from ember.protocol.translate import Plan, reject_unsupported_completion, to_engine_requests
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE, Row, read_rows
 from ember.store.ids import utcnow
@@ -339,7 +338,7 @@ class BatchRunner:
         except ValidationError as e:
             return False, error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
         try:
-            reject_unsupported(req)
+            reject_unsupported_completion(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
             # A row runs for its job's account: its prompt shares that account's prefix cache only.
             plan = await self._io(to_engine_requests, req, self.served.tokenizer, self.served.max_model_len,

@@ -16,15 +16,15 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import Field
 
-from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, ResourceNotFound
-from ember.gateway.audit import GatewayChange
 from ember.gateway.caps import check_datasets
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep, BatchServices
 from ember.gateway.signing import DOWNLOAD_PREFIX, own_address
 from ember.gateway.uploads import stream_file_part
 from ember.gateway.wire import list_response
+from ember.http.audit import GatewayChange
+from ember.http.deps import GatewayAuth, StateDep
 from ember.store.audit_log import AuditRecord
 from ember.store.dataset_files import safe_filename, scan_batch_file
 from ember.store.datasets import FORMATS

@@ -18,13 +18,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ember.api.auth import Principal
-from ember.api.deps import InferenceAuth, StateDep
 from ember.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Unauthorized
-from ember.gateway.audit import OpenAIChange
 from ember.gateway.caps import check_active_jobs, check_datasets
 from ember.gateway.datasets import receive_file
 from ember.gateway.services import BatchDep, BatchServices
+from ember.http.audit import OpenAIChange
+from ember.http.deps import InferenceAuth, StateDep
+from ember.platform.auth import Principal
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE
 from ember.store.datasets import READY, UPLOADING

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest, PermissionDenied
-from ember.gateway.audit import GatewayChange
 from ember.gateway.protocol import QuotaBody
 from ember.gateway.wire import list_response, quota_json
+from ember.http.audit import GatewayChange
+from ember.http.deps import GatewayAuth, StateDep
 from ember.store.quotas import CACHE_ADJUSTED_PROMPT, GENERATED, PROMPT, check_quota_id
 
 router = APIRouter(tags=["gateway"])

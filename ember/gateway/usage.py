@@ -10,9 +10,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Query, Request
 
-from ember.api.deps import GatewayAuth, StateDep
 from ember.errors import InvalidRequest
 from ember.gateway.wire import parse_time
+from ember.http.deps import GatewayAuth, StateDep
 from ember.store.ids import rfc3339
 from ember.store.usage import daily_usage, next_day
 

@@ -3,7 +3,7 @@
 How a mutating path records itself (one small call each):
 
 - A Gateway or Batch-API route takes a `change: GatewayChange` (or `OpenAIChange`) parameter
-  (`ember.gateway.audit`). That dependency builds an `AuditRecord` (who, from where, which route) and
+  (`ember.http.audit`). That dependency builds an `AuditRecord` (who, from where, which route) and
   writes it ALONE when the route fails or answers without having committed it (a refusal, a 4xx, a
   no-op), with the status the client got.
 - The route passes `audit=change` to the store mutator that makes the change, and the mutator opens its
@@ -15,7 +15,7 @@ How a mutating path records itself (one small call each):
   row moved, and sets `audit.committed` after its commit.
 - An operator command builds `AuditRecord.operator(account, "cli ember ...", resource)`, passes it the
   same way, and on failure calls `AuditLog(store).write(record, status, message)`
-  (`ember.cli_admin.audit_failure` does that for an exception). A change that belongs to no account (the
+  (`ember.cli.admin.audit_failure` does that for an exception). A change that belongs to no account (the
   server's URL-signing secret) is recorded under SERVER_SCOPE, which no account id can equal; operators
   read it with `ember audit --account _server`.
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import transformers
 
-from ember.api.chat_template import ChatTemplate, chat_template_of
 from ember.errors import InvalidRequest
 from ember.model.checkpoint import Checkpoint
 from ember.model.registry import ModelRef
+from ember.pipeline.chat_template import ChatTemplate, chat_template_of
 from ember.tokenizer import Tokenizer
 
 CONVERSATIONS: dict[str, list[dict[str, str]]] = {

@@ -9,7 +9,7 @@ import pytest
 from fastapi import Request
 from starlette.exceptions import HTTPException
 
-from ember.api.errors import _KINDS, ember_error_response, http_error_response, status_of
+from ember.http.errors import _KINDS, ember_error_response, http_error_response, status_of
 
 
 def request(path: str = "/v1/completions") -> Request:

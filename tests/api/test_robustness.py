@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from ember.api.errors import install_error_handlers
+from ember.http.errors import install_error_handlers
 from tests.api.test_disconnect import wait_idle
 from tests.conftest import MODEL_ID, UvicornThread
 

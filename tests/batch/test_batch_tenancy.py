@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from ember.cli import main as ember_cli
+from ember.cli.main import main as ember_cli
 from ember.config import BatchConfig, PlatformConfig, StoreConfig
 from ember.model.loader import LoadedModel
 from ember.store.accounts import Accounts, Users

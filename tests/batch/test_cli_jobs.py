@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from ember.cli import main
+from ember.cli.main import main
 from tests.batch.helpers import MODEL_ID, BatchEnv, jsonl, upload, wait_job
 
 

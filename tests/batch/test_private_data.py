@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fireworks import Fireworks
 
-from ember.cli import main as ember_cli
+from ember.cli.main import main as ember_cli
 from ember.config import BatchConfig, StoreConfig
 from ember.model.loader import LoadedModel
 from ember.store.accounts import Users

@@ -18,7 +18,7 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 
-from ember.cli import main as ember_main
+from ember.cli.main import main as ember_main
 from ember.store.accounts import Users
 from ember.store.api_keys import ApiKeys
 from ember.store.tables import AuditLogEntry

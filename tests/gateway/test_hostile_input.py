@@ -2,7 +2,7 @@
 headers and bodies, admission before tokenizing.
 
 One real ember (the SmolLM2 model, a SQLite store holding accounts, so keys are required) served through
-ember's own uvicorn configuration (ember.server.uvicorn_config: the header bound lives there), on
+ember's own uvicorn configuration (ember.http.uvicorn_server.uvicorn_config: the header bound lives there), on
 127.0.0.1. Each test sends what an attacker would and asserts that the answer is a small 4xx that came
 quickly, that other clients were not held up meanwhile, and, where timing alone would be a weak proof,
 that the expensive work (tokenizing, compiling a grammar) never ran.
@@ -24,8 +24,8 @@ import uvicorn
 
 from ember.app import create_app
 from ember.config import ServerConfig, StoreConfig
+from ember.http.uvicorn_server import uvicorn_config
 from ember.model.loader import LoadedModel
-from ember.server import uvicorn_config
 from ember.store.accounts import Accounts
 from ember.store.db import open_store
 from tests.conftest import MODEL_ID, UvicornThread, server_config
@@ -129,8 +129,8 @@ def test_a_batch_rows_error_line_is_small(hostile: Platform) -> None:
     """A batch row's validation error becomes its error-data line through the same shaping."""
     from pydantic import ValidationError
 
-    from ember.api.errors import validation_body
-    from ember.api.protocol import CompletionRequest
+    from ember.http.errors import validation_body
+    from ember.protocol.schemas import CompletionRequest
 
     ids = list(range(300_000))
     ids[7] = -1

@@ -16,8 +16,8 @@ import uvicorn
 
 from ember.app import create_app
 from ember.config import ServerConfig
+from ember.http.uvicorn_server import uvicorn_config
 from ember.model.loader import LoadedModel
-from ember.server import uvicorn_config
 from tests.conftest import MODEL_ID, LiveServer, server_config
 from tests.gateway.conftest import Platform
 

@@ -9,18 +9,18 @@ import dataclasses
 import httpx
 import pytest
 
-from ember.api.admission import admit_request
-from ember.api.auth import Principal
 from ember.config import PlatformConfig, SchedulerConfig
 from ember.engine.backlog import refuse_long_prompt
 from ember.engine.engine import EngineStats
 from ember.errors import Overloaded
+from ember.platform.admission import admit_request
+from ember.platform.auth import Principal
 from tests.conftest import MODEL_ID, LiveServer, server_config
 
 
 class _Limiter:
     def reserve_request(self, *a: object) -> object:
-        from ember.api.limits import Reservation
+        from ember.platform.limits import Reservation
 
         return Reservation(None, "local", MODEL_ID)
 

@@ -18,7 +18,7 @@ import fireworks
 import httpx
 import pytest
 
-from ember.cli import _config, build_parser, refuse_open_exposure
+from ember.cli.main import _config, build_parser, refuse_open_exposure
 from ember.config import Config
 from tests.conftest import MODEL_ID
 

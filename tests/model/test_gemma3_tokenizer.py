@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from ember.api.chat_template import ChatTemplate
 from ember.errors import InvalidRequest
+from ember.pipeline.chat_template import ChatTemplate
 from ember.tokenizer import Tokenizer
 from tests.model.test_tokenizer import STRINGS
 

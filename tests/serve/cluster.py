@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from ember.serve.nodes import node_env as ember_node_env
-from ember.serve.nodes import ray_executable
+from ember.cluster.nodes import node_env as ember_node_env
+from ember.cluster.nodes import ray_executable
 
 MODEL = "accounts/fireworks/models/smollm2-135m-instruct"
 

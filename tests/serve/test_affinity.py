@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ember.serve.affinity import HashRing, affinity_key, key_from_body
+from ember.cluster.affinity import HashRing, affinity_key, key_from_body
 
 KEYS = [f"session-{i}" for i in range(4000)]
 

@@ -20,7 +20,7 @@ from tests.serve.cluster import MODEL, free_port, in_session, node_env, port_rel
 def test_one_replica_without_address_never_imports_ray() -> None:
     assert not ClusterConfig().uses_ray
     assert ClusterConfig(replicas=2).uses_ray and ClusterConfig(address="127.0.0.1:6380").uses_ray
-    code = ("import sys, ember.cli, ember.app, ember.serve.deployment, ember.serve.nodes, ember.serve.proxy; "
+    code = ("import sys, ember.cli.main, ember.app, ember.cluster.deployment, ember.cluster.nodes, ember.cluster.proxy; "
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
@@ -75,8 +75,8 @@ def test_sqlite_with_a_cluster_address_off_this_machine_is_refused(tmp_path) -> 
 
 
 def test_which_clusters_may_share_a_sqlite_file() -> None:
+    from ember.cluster.deployment import check_nodes_share_sqlite, is_loopback_address
     from ember.config import StoreConfig
-    from ember.serve.deployment import check_nodes_share_sqlite, is_loopback_address
 
     assert is_loopback_address("127.0.0.1:6380") and is_loopback_address("localhost:6380")
     assert is_loopback_address("ray://127.0.0.2:10001") and is_loopback_address("[::1]:6380")

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from ember.serve.proxy import dedupe, middlewares
+from ember.cluster.proxy import dedupe, middlewares
 
 
 async def replica(scope: Scope, receive: Receive, send: Send) -> None:

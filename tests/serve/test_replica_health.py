@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ember.serve.deployment import engine_failure
+from ember.cluster.deployment import engine_failure
 
 
 def state(alive: bool = True, stalled_for: float = 0.0, draining: bool = False) -> SimpleNamespace:

@@ -1,0 +1,396 @@
+"""The one response-building layer of /v1/completions and /v1/chat/completions.
+
+Each engine output updates its choice's state once, and one `ChoiceParts` is built from it: text, logprobs,
+token ids, raw output, finish reason. A non-streaming response builds the parts over the whole choice, a
+stream over each delta, with the same code; the endpoint then only decides the shape (a completion choice,
+a chat message, a chat delta). So streaming and non-streaming cannot drift apart.
+
+The pydantic models are the wire shapes of the Fireworks spec (CompletionResponse, ChatCompletionResponse
+and their stream chunks); they appear in the OpenAPI document at /docs. Fields a response leaves unset are
+not sent (`exclude_unset`), so a choice carries `token_ids` only when they were asked for.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+from ember.engine.request import RequestOutput
+from ember.protocol.schemas import CompletionRequest
+from ember.protocol.translate import ChoiceState, Plan, choice_logprobs, echo_prefix, logprobs_count
+from ember.tokenizer import Tokenizer
+
+# -- wire models ------------------------------------------------------------------------------------
+
+
+class Sent(BaseModel):
+    """Fields named in `always` are sent though left at their default (`object`, `role` tags)."""
+
+    always: ClassVar[tuple[str, ...]] = ()
+
+    def model_post_init(self, context: Any, /) -> None:
+        self.__pydantic_fields_set__.update(self.always)
+
+
+class Envelope(Sent):
+    """A top-level response or chunk."""
+
+    always = ("object",)
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int | None = None
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class RawOutput(BaseModel):
+    prompt_fragments: list[str | int]
+    prompt_token_ids: list[int]
+    completion: str
+    completion_token_ids: list[int] | None = None
+    completion_logprobs: dict[str, Any] | None = None
+    grammar: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: dict[str, Any] | None = None
+    """Legacy (`tokens`, `token_logprobs`, ...) or new-style (`content`) as the request asked."""
+    finish_reason: Literal["stop", "length", "error"] | None = None
+    prompt_token_ids: list[int] | None = None
+    token_ids: list[int] | None = None
+    raw_output: RawOutput | None = None
+
+
+class CompletionResponse(Envelope):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    perf_metrics: dict[str, float | int] | None = None
+
+
+class CompletionChunk(CompletionResponse):
+    """One SSE event of a streamed completion: the choices that moved, usage on the final chunk."""
+
+
+class AssistantMessage(Sent):
+    always = ("role",)
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: Literal["stop", "length", "error"] | None = None
+    logprobs: dict[str, Any] | None = None
+    raw_output: RawOutput | None = None
+    token_ids: list[int] | None = None
+
+
+class ChatCompletionResponse(Envelope):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+    perf_metrics: dict[str, float | int] | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+class DeltaMessage(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatStreamChoice(BaseModel):
+    index: int
+    delta: DeltaMessage
+    finish_reason: Literal["stop", "length", "error"] | None = None
+    logprobs: dict[str, Any] | None = None
+    raw_output: RawOutput | None = None
+    prompt_token_ids: list[int] | None = None
+    token_ids: list[int] | None = None
+
+
+class ChatCompletionChunk(Envelope):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatStreamChoice]
+    usage: Usage | None = None
+    perf_metrics: dict[str, float | int] | None = None
+
+
+def to_json(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_unset=True)
+
+
+# -- one choice's parts ------------------------------------------------------------------------------
+
+@dataclass
+class ChoiceParts:
+    """What one choice says in one response or one chunk, before the endpoint gives it its shape."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None
+    token_ids: list[int] | None = None
+    """Generated ids (all, or this delta's), when return_token_ids."""
+    prompt_token_ids: list[int] | None = None
+    """The prompt ids, when return_token_ids (a stream sends them once, with the choice's first chunk)."""
+    raw_output: RawOutput | None = None
+    """When raw_output (a stream sends it once, on the choice's final chunk)."""
+
+    @property
+    def says_something(self) -> bool:
+        return bool(self.text or self.finish_reason or self.token_ids or self.logprobs or self.prompt_token_ids)
+
+
+@dataclass
+class Head:
+    id: str
+    created: int
+    model: str
+
+
+class ResponseBuilder:
+    """One request's choices, fed engine outputs; builds the response or the stream chunks for either endpoint.
+
+    `req` is the request in completion terms (a chat request is translated into one), so echo, logprobs,
+    token ids and raw output are worked out the same way for both endpoints.
+    """
+
+    def __init__(self, kind: Literal["completion", "chat"], req: CompletionRequest, tok: Tokenizer, plan: Plan,
+                 head: Head, t0: float) -> None:
+        self.kind = kind
+        self.req = req
+        self.tok = tok
+        self.plan = plan
+        self.head = head
+        self.t0 = t0
+        self.states = [ChoiceState(i) for i in range(len(plan.requests))]
+        self._started = [False] * len(self.states)
+        self._echo_len = [0] * len(self.states)  # generated text offsets count from after the echoed prompt
+        self._running = len(self.states)
+
+    # -- feeding -------------------------------------------------------------------------------------
+
+    def add(self, c: int, out: RequestOutput) -> None:
+        """Non-streaming: only accumulate."""
+        self.states[c].add(out)
+
+    def advance(self, c: int, out: RequestOutput) -> ChoiceParts:
+        """Streaming: accumulate, and return what this output adds to choice c."""
+        st = self.states[c]
+        before_lp, before_off = len(st.logprobs), len(st.offsets)
+        st.add(out)
+        prompt = self.plan.prompt_of(c)
+        first = not self._started[c]
+        self._started[c] = True
+        echo_text, echo_ids = ("", [])
+        if first:
+            echo_text, echo_ids = echo_prefix(self.req, prompt, self.tok)
+            self._echo_len[c] = len(echo_text)
+        logprobs = None
+        if logprobs_count(self.req) is not None:
+            delta = ChoiceState(c, logprobs=st.logprobs[before_lp:], offsets=st.offsets[before_off:],
+                                prompt_logprobs=st.prompt_logprobs if echo_ids else None)
+            logprobs = choice_logprobs(self.req, self.tok, delta, prompt, self._echo_len[c], echo_ids)
+        parts = ChoiceParts(c, echo_text + out.new_text, st.finish_reason, logprobs)
+        if self.req.return_token_ids:
+            parts.token_ids = list(out.new_token_ids)
+            if first:
+                parts.prompt_token_ids = list(prompt.token_ids)
+        if out.finished:
+            self._running -= 1
+            parts.raw_output = self._raw_output(st)
+        return parts
+
+    @property
+    def finished(self) -> bool:
+        return self._running == 0
+
+    # -- parts ---------------------------------------------------------------------------------------
+
+    def whole(self, st: ChoiceState) -> ChoiceParts:
+        prompt = self.plan.prompt_of(st.index)
+        echo_text, echo_ids = echo_prefix(self.req, prompt, self.tok)
+        parts = ChoiceParts(st.index, echo_text + st.text, st.finish_reason,
+                            choice_logprobs(self.req, self.tok, st, prompt, len(echo_text), echo_ids))
+        if self.req.return_token_ids:
+            parts.token_ids = list(st.token_ids)
+            parts.prompt_token_ids = list(prompt.token_ids)
+        parts.raw_output = self._raw_output(st)
+        return parts
+
+    def _raw_output(self, st: ChoiceState) -> RawOutput | None:
+        if not self.req.raw_output:
+            return None
+        prompt = self.plan.prompt_of(st.index)
+        raw = RawOutput(
+            prompt_fragments=[prompt.text] if prompt.text is not None else list(prompt.token_ids),
+            prompt_token_ids=list(prompt.token_ids), completion=st.text, completion_token_ids=list(st.token_ids))
+        if logprobs_count(self.req) is not None:
+            plain = self.req.model_copy(update={"logprobs": True, "echo": False, "echo_last": None})
+            raw.completion_logprobs = choice_logprobs(plain, self.tok, st, prompt, 0, [])
+        grammar = self.plan.requests[st.index].params.grammar
+        if grammar is not None:
+            raw.grammar = grammar
+        return raw
+
+    # -- totals --------------------------------------------------------------------------------------
+
+    def token_counts(self) -> tuple[int, int, int]:
+        """(prompt, cached prompt, completion) tokens so far: what usage reports, metering counts and
+        rate-limit reservations settle against."""
+        plan, states = self.plan, self.states
+        cached = sum(states[i * plan.n].num_cached_tokens for i in range(len(plan.prompts)))
+        return plan.prompt_tokens, cached, sum(s.num_output_tokens for s in states)
+
+    def usage(self) -> Usage:
+        prompt, cached, completion = self.token_counts()
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+
+    def perf_metrics(self, usage: Usage) -> dict[str, float | int]:
+        states = self.states
+        firsts = [s.first_token_time for s in states if s.first_token_time is not None]
+        now = time.monotonic()
+        cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+        out: dict[str, float | int] = {
+            "prompt-tokens": usage.prompt_tokens,
+            "cached-prompt-tokens": cached or 0,
+            "server-time-to-first-token": round((min(firsts) if firsts else now) - self.t0, 6),
+            "server-processing-time": round(now - self.t0, 6),
+        }
+        spec = self.plan.requests[0].params.speculation if self.plan.requests else None
+        drafted = sum(s.num_draft_tokens for s in states)
+        if spec is not None or drafted:
+            accepted = sum(s.num_accepted_draft_tokens for s in states)
+            if spec is not None:
+                out["speculation-prompt-tokens"] = len(spec)
+                out["speculation-prompt-matched-tokens"] = accepted
+            out["speculation-generated-tokens"] = drafted
+            out["speculation-acceptance"] = round(accepted / drafted, 4) if drafted else 0.0
+        return out
+
+    # -- shapes --------------------------------------------------------------------------------------
+
+    def response(self) -> tuple[CompletionResponse | ChatCompletionResponse, dict[str, float | int]]:
+        """The non-streaming body and its perf metrics (always sent as headers)."""
+        usage = self.usage()
+        metrics = self.perf_metrics(usage)
+        parts = [self.whole(st) for st in self.states]
+        h = dict(id=self.head.id, created=self.head.created, model=self.head.model)
+        body: CompletionResponse | ChatCompletionResponse
+        if self.kind == "completion":
+            body = CompletionResponse(**h, choices=[_completion_choice(p) for p in parts], usage=usage)
+        else:
+            body = ChatCompletionResponse(**h, choices=[_chat_choice(p) for p in parts], usage=usage)
+            if self.req.return_token_ids:
+                body.prompt_token_ids = list(self.plan.prompts[0].token_ids)
+        if self.req.perf_metrics_in_response:
+            body.perf_metrics = metrics
+        return body, metrics
+
+    def opening_chunks(self) -> list[CompletionChunk | ChatCompletionChunk]:
+        """Chat streams open with one `role: assistant` delta per choice, as OpenAI's do."""
+        if self.kind == "completion":
+            return []
+        return [ChatCompletionChunk(**self._head(), choices=[
+            ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""), finish_reason=None,
+                             logprobs=None)])
+            for i in range(len(self.states))]
+
+    def chunk(self, parts: ChoiceParts) -> CompletionChunk | ChatCompletionChunk | None:
+        """The SSE event for one output, or None when it adds nothing a client would see."""
+        final = self.finished and parts.finish_reason is not None
+        if not (parts.says_something or final):
+            return None
+        chunk: CompletionChunk | ChatCompletionChunk
+        if self.kind == "completion":
+            chunk = CompletionChunk(**self._head(), choices=[_completion_choice(parts)])
+        else:
+            chunk = ChatCompletionChunk(**self._head(), choices=[_chat_stream_choice(parts)])
+        if final:  # usage (and perf metrics) ride on the final chunk, as Fireworks sends them
+            usage = self.usage()
+            chunk.usage = usage
+            if self.req.perf_metrics_in_response:
+                chunk.perf_metrics = self.perf_metrics(usage)
+        return chunk
+
+    def _head(self) -> dict[str, Any]:
+        return {"id": self.head.id, "created": self.head.created, "model": self.head.model}
+
+
+def _completion_choice(p: ChoiceParts) -> CompletionChoice:
+    c = CompletionChoice(index=p.index, text=p.text, logprobs=p.logprobs, finish_reason=p.finish_reason)
+    for name in ("prompt_token_ids", "token_ids", "raw_output"):
+        if getattr(p, name) is not None:
+            setattr(c, name, getattr(p, name))
+    return c
+
+
+def _chat_choice(p: ChoiceParts) -> ChatChoice:
+    c = ChatChoice(index=p.index, message=AssistantMessage(content=p.text), finish_reason=p.finish_reason,
+                   logprobs=p.logprobs)
+    for name in ("token_ids", "raw_output"):
+        if getattr(p, name) is not None:
+            setattr(c, name, getattr(p, name))
+    return c
+
+
+def _chat_stream_choice(p: ChoiceParts) -> ChatStreamChoice:
+    delta = DeltaMessage(content=p.text) if p.text else DeltaMessage()
+    c = ChatStreamChoice(index=p.index, delta=delta, finish_reason=p.finish_reason, logprobs=p.logprobs)
+    for name in ("prompt_token_ids", "token_ids", "raw_output"):
+        if getattr(p, name) is not None:
+            setattr(c, name, getattr(p, name))
+    return c
+
+
+# -- OpenAPI -----------------------------------------------------------------------------------------
+
+STREAM_MODELS: tuple[type[BaseModel], ...] = (CompletionChunk, ChatCompletionChunk)
+
+
+def sse_content(model: type[BaseModel]) -> dict[str, Any]:
+    """The `responses=` entry documenting a route's text/event-stream body as a chunk model."""
+    return {200: {"content": {"text/event-stream": {
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+def document_stream_models(app: FastAPI) -> None:
+    """Adds the chunk models to /openapi.json's components: FastAPI only collects JSON response models,
+    and a stream's events are JSON objects inside SSE."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = build()
+        comps = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in STREAM_MODELS:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}", mode="serialization")
+            for name, sub in js.pop("$defs", {}).items():
+                comps.setdefault(name, sub)
+            comps.setdefault(model.__name__, js)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
