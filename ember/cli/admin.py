@@ -15,7 +15,8 @@ from zoneinfo import ZoneInfo
 
 from ember.cli.flags import add_store_flags, store_config
 from ember.errors import EmberError
-from ember.store.audit_log import SERVER_SCOPE, AuditLog, AuditRecord
+from ember.store.audit_log import AuditLog
+from ember.store.audit_record import SERVER_SCOPE, AuditRecord
 
 if TYPE_CHECKING:
     from ember.store.db import Store

@@ -46,7 +46,8 @@ def parse_when(value: str, now: datetime, what: str) -> datetime:
 
 def run_audit(a: argparse.Namespace) -> int:
     from ember.gateway.audit_logs import entry_json
-    from ember.store.audit_log import SERVER_SCOPE, AuditLog, AuditQuery
+    from ember.store.audit_log import AuditLog, AuditQuery
+    from ember.store.audit_record import SERVER_SCOPE
     from ember.store.db import open_store
     from ember.store.ids import check_id, utcnow
 

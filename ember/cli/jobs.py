@@ -16,7 +16,7 @@ from ember.cli.admin import audit_failure
 from ember.cli.flags import add_store_flags, store_config
 from ember.errors import FailedPrecondition, ResourceNotFound
 from ember.store import batch_jobs as st
-from ember.store.audit_log import AuditRecord
+from ember.store.audit_record import AuditRecord
 from ember.store.batch_jobs import BatchJobs
 from ember.store.db import Store, open_store
 from ember.store.tables import BatchJob

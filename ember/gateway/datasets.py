@@ -25,7 +25,7 @@ from ember.gateway.uploads import stream_file_part
 from ember.gateway.wire import list_response
 from ember.http.audit import GatewayChange
 from ember.http.deps import GatewayAuth, StateDep
-from ember.store.audit_log import AuditRecord
+from ember.store.audit_record import AuditRecord
 from ember.store.dataset_files import safe_filename, scan_batch_file
 from ember.store.datasets import FORMATS
 from ember.store.ids import check_id, epoch, rfc3339, utcnow

@@ -16,7 +16,7 @@ from typing import Any
 
 from uvicorn.config import LOGGING_CONFIG
 
-from ember.store.audit_log import masked
+from ember.store.audit_record import masked
 
 SECRET_PARAM = re.compile(r"(key|token|secret|signature|sig|password|passwd|auth|credential)", re.I)
 _PARAM = re.compile(r"([^&=?#]+)=([^&#]*)")

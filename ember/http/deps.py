@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from ember.engine.client import EngineClient
 from ember.errors import NotFound, PermissionDenied, ResourceNotFound
+from ember.http.audit_records import write_refusal
 from ember.pipeline.served_model import ServedModel
 from ember.platform.auth import Principal, authorization_of
 from ember.platform.services import Platform
@@ -44,8 +45,6 @@ def gateway_principal(request: Request, account_id: str) -> Principal:
         raise ResourceNotFound(f"account {account_id[:63]!r} not found")
     if not p.manages:
         if request.method not in ("GET", "HEAD", "OPTIONS"):  # a member's refused change is audited
-            from ember.http.audit import write_refusal
-
             write_refusal(request, p, account_id, 403, "inference-user keys may only run inference")
         raise PermissionDenied("inference-user keys may only run inference")
     return p

@@ -15,7 +15,7 @@ from ember.store.ids import check_id, utcnow
 from ember.store.tables import Account, User
 
 if TYPE_CHECKING:
-    from ember.store.audit_log import AuditRecord
+    from ember.store.audit_record import AuditRecord
 
 ROLES = ("admin", "user", "inference-user")
 USER_STATES = ("ACTIVE", "DISABLED")

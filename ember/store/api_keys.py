@@ -23,7 +23,7 @@ from ember.store.ids import utcnow
 from ember.store.tables import ApiKey, User
 
 if TYPE_CHECKING:
-    from ember.store.audit_log import AuditRecord
+    from ember.store.audit_record import AuditRecord
 
 KEY_PREFIX = "fw_"
 

@@ -22,7 +22,7 @@ from ember.store.ids import utcnow
 from ember.store.tables import BatchJob, BatchResult, Dataset
 
 if TYPE_CHECKING:
-    from ember.store.audit_log import AuditRecord
+    from ember.store.audit_record import AuditRecord
 
 VALIDATING = "JOB_STATE_VALIDATING"
 PENDING = "JOB_STATE_PENDING"

@@ -13,7 +13,7 @@ from ember.store.ids import check_id, utcnow
 from ember.store.tables import Dataset
 
 if TYPE_CHECKING:
-    from ember.store.audit_log import AuditRecord
+    from ember.store.audit_record import AuditRecord
 
 UPLOADING = "UPLOADING"
 READY = "READY"

@@ -17,7 +17,7 @@ from ember.config import StoreConfig
 from ember.store.private_files import private_dir, secure_sqlite
 
 if TYPE_CHECKING:
-    from ember.store.audit_log import AuditRecord
+    from ember.store.audit_record import AuditRecord
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_MIGRATION_LOCK = 0x656D626572  # "ember": one process migrates at a time on a shared PostgreSQL

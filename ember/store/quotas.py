@@ -14,7 +14,7 @@ from ember.store.ids import utcnow
 from ember.store.tables import Account, Quota
 
 if TYPE_CHECKING:
-    from ember.store.audit_log import AuditRecord
+    from ember.store.audit_record import AuditRecord
 
 REQUESTS = "requests-per-minute"
 PROMPT = "prompt-tokens-per-minute"

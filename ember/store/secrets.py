@@ -6,7 +6,7 @@ import secrets
 
 from sqlalchemy.dialects import postgresql, sqlite
 
-from ember.store.audit_log import AuditRecord
+from ember.store.audit_record import AuditRecord
 from ember.store.db import Store
 from ember.store.tables import ServerSecret
 

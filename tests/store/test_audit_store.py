@@ -12,7 +12,8 @@ from sqlalchemy import func, select
 from ember.errors import AlreadyExists, ResourceNotFound
 from ember.store.accounts import Accounts, Users
 from ember.store.api_keys import ApiKeys
-from ember.store.audit_log import MAX_PAYLOAD_BYTES, AuditLog, AuditQuery, AuditRecord, capped, redact
+from ember.store.audit_log import AuditLog, AuditQuery
+from ember.store.audit_record import MAX_PAYLOAD_BYTES, AuditRecord, capped, redact
 from ember.store.db import Store
 from ember.store.ids import utcnow
 from ember.store.quotas import REQUESTS, Quotas
