@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import torch
 
+from ember.model.catalog import resolve_model
 from ember.model.gguf import read_gguf
 from ember.model.gguf_linear import block_modules
 from ember.model.loader import attention_q_scale, source_names
 from ember.model.quant import Int4Linear, Int8Linear
-from ember.model.registry import resolve_model
 
 
 def best_ms(fn: Callable[[], object], budget_s: float) -> float:

@@ -20,12 +20,12 @@ from tqdm import tqdm
 from ember.config import ModelConfig
 from ember.model import gemma3
 from ember.model.args import ModelArgs
+from ember.model.catalog import ModelRef, resolve_model
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.gemma3 import Gemma3
 from ember.model.gguf_linear import block_modules
 from ember.model.llama import Llama, rope_inv_freq
 from ember.model.quant import kind_for_bits, quantize_model
-from ember.model.registry import ModelRef, resolve_model
 from ember.tokenizer import Tokenizer
 
 

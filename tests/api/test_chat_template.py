@@ -14,8 +14,8 @@ import transformers
 
 from ember.api.chat_template import ChatTemplate, chat_template_of
 from ember.errors import InvalidRequest
+from ember.model.catalog import ModelRef
 from ember.model.checkpoint import Checkpoint
-from ember.model.registry import ModelRef
 from ember.tokenizer import Tokenizer
 
 CONVERSATIONS: dict[str, list[dict[str, str]]] = {

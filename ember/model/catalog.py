@@ -1,4 +1,5 @@
-"""Short model names -> files on disk, and the Fireworks-style ids they are served under."""
+"""The model catalog: short model names -> files on disk, and the Fireworks-style ids they are served
+under."""
 
 from __future__ import annotations
 
