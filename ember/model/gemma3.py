@@ -2,7 +2,7 @@
 
 What differs from Llama (transformers' Gemma3ForCausalLM is the reference):
 - RMSNorm multiplies by (1 + w); llama.cpp's converter stores 1 + w in the GGUF, so the checkpoint's
-  norm weights are already the multipliers and the plain RMSNorm of llama.py applies them.
+  norm weights are already the multipliers and the plain RMSNorm of layers.py applies them.
 - q and k are RMS-normed per head (own weights) before RoPE; the attention scale
   query_pre_attn_scalar ** -0.5 is folded into q's norm weights (exact when it is a power of two,
   as for head_dim 256), so q comes out of RoPE pre-scaled like Llama's.
@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ember.model.args import ModelArgs
-from ember.model.attention import ForwardBatch, paged_attention, write_kv
+from ember.model.attention import ForwardBatch
 from ember.model.embedding import Int8Embedding
-from ember.model.llama import RMSNorm, _native, apply_rope, rope_inv_freq
+from ember.model.layers import Attention, GatedMLP, RMSNorm, rope_cos_sin, rope_inv_freq
 
 if TYPE_CHECKING:
     from ember.model.checkpoint import Checkpoint
@@ -52,58 +51,15 @@ def attention_scale(args: ModelArgs) -> float:
     return float(args.query_pre_attn_scalar or args.head_dim) ** -0.5
 
 
-class Gemma3Attention(nn.Module):
-    def __init__(self, args: ModelArgs, window: int) -> None:
-        super().__init__()
-        hd = args.head_dim
-        assert hd is not None
-        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, hd
-        self.eps = args.norm_eps
-        self.window = window
-        """0: attend the whole context; w > 0: only the last w positions (the query's own included)."""
-        self.qkv_proj = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * hd, bias=False)
-        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
-        # Row h < n_heads: q_norm's weight times the attention scale; then k_norm's weight per kv head.
-        self.qk_norm = nn.Parameter(torch.ones(args.n_heads + args.n_kv_heads, hd))
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
-                kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        T = x.shape[0]
-        H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv_proj.forward(x)
-        qk = F.rms_norm(qkv[:, : (H + KV) * D].view(T, H + KV, D), (D,), None, self.eps) * self.qk_norm
-        if batch.native:
-            qkv[:, : (H + KV) * D] = qk.view(T, (H + KV) * D)
-            q = _native().rope_write_kv(qkv, cos, sin, kv[0], kv[1], batch.slot_mapping, H, KV, D)
-        else:
-            qk = apply_rope(qk, cos.unsqueeze(1), sin.unsqueeze(1))
-            q, k = qk[:, :H], qk[:, H:]
-            write_kv(kv[0], kv[1], k, qkv[:, (H + KV) * D :].view(T, KV, D), batch.slot_mapping)
-        o = paged_attention(q, kv[0], kv[1], batch, KV, window=self.window)
-        return self.o_proj.forward(o.reshape(T, H * D))
-
-
-class GeGLU(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
-        self.hidden = args.hidden_dim
-        self.gate_up_proj = nn.Linear(args.dim, 2 * args.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = self.gate_up_proj.forward(x)
-        return self.down_proj.forward(F.gelu(gu[:, : self.hidden], approximate="tanh") * gu[:, self.hidden :])
-
-
 class Gemma3Block(nn.Module):
     def __init__(self, args: ModelArgs, kind: str) -> None:
         super().__init__()
         self.kind = kind
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Gemma3Attention(args, args.sliding_window or 0 if kind == SLIDING else 0)
+        self.self_attn = Attention(args, args.sliding_window or 0 if kind == SLIDING else 0, qk_norm=True)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.pre_feedforward_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = GeGLU(args)
+        self.mlp = GatedMLP(args, gelu=True)
         self.post_feedforward_layernorm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, h: torch.Tensor, delta: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
@@ -143,9 +99,8 @@ class Gemma3(nn.Module):
 
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states after the final norm, one row per input token: (T, dim)."""
-        pos = batch.positions.to(torch.float32).unsqueeze(1)
-        full, local = pos * self.inv_freq.unsqueeze(0), pos * self.inv_freq_local.unsqueeze(0)
-        rope = {FULL: (full.cos(), full.sin()), SLIDING: (local.cos(), local.sin())}
+        rope = {FULL: rope_cos_sin(batch.positions, self.inv_freq),
+                SLIDING: rope_cos_sin(batch.positions, self.inv_freq_local)}
         h = self.embed_tokens.forward(batch.input_ids) * self.embed_scale  # fresh: the blocks add into it
         delta = None
         for layer, kv in zip(self.layers, kv_caches, strict=True):

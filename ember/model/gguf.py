@@ -30,7 +30,7 @@ from ember.model.gemma3 import (
     layer_types_for_pattern,
 )
 from ember.model.gguf_file import GGUFFile, TensorInfo, dequantize, read_gguf_file
-from ember.model.llama import rope_inv_freq
+from ember.model.layers import rope_inv_freq
 from ember.model.prompt_formats import GEMMA_CHAT_TEMPLATE
 from ember.tokenizer import Tokenizer
 

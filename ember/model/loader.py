@@ -24,7 +24,7 @@ from ember.model.catalog import ModelRef, resolve_model
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.gemma3 import Gemma3
 from ember.model.gguf_linear import block_modules
-from ember.model.llama import Llama, rope_inv_freq
+from ember.model.llama import Llama
 from ember.model.quant import kind_for_bits, quantize_model
 from ember.tokenizer import Tokenizer
 
@@ -127,13 +127,10 @@ def build_model(ckpt: Checkpoint, device: torch.device, cfg: ModelConfig | None 
         setattr(module, pname, nn.Parameter(weight, requires_grad=False))
         if plan.get(path, "none") != "none":
             quantize_model(model, {path: plan[path]})
-    if isinstance(model, Gemma3):
-        model.rebuild_buffers(device)
-        if plan.get("lm_head", "none") != "none":  # the head no longer shares the fp32 table
-            model.quantize_embedding()
-    else:
-        # Non-persistent buffers are not in the state dict; rebuild them on the real device.
-        model.inv_freq = rope_inv_freq(args).to(device)
+    # Non-persistent buffers are not in the state dict; rebuild them on the real device.
+    model.rebuild_buffers(device)
+    if isinstance(model, Gemma3) and plan.get("lm_head", "none") != "none":
+        model.quantize_embedding()  # the head no longer shares the fp32 table
     model.eval().requires_grad_(False)
     return model
 

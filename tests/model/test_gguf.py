@@ -23,7 +23,7 @@ from ember.model.catalog import DEFAULT_MODEL, ModelRef, resolve_model
 from ember.model.checkpoint import Checkpoint, read_checkpoint
 from ember.model.gguf import llama3_scaling_from_freqs, read_gguf, unpermute_rope_rows
 from ember.model.hf import read_hf_dir
-from ember.model.llama import rope_inv_freq
+from ember.model.layers import rope_inv_freq
 
 ATOL = RTOL = 1e-6
 
