@@ -1,5 +1,5 @@
 """The model catalog: short model names -> files on disk, and the Fireworks-style ids they are served
-under."""
+under. (Which network a file holds is the architecture registry's concern: architectures.py.)"""
 
 from __future__ import annotations
 

@@ -19,9 +19,8 @@ What differs from Llama (transformers' Gemma3ForCausalLM is the reference):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,11 +28,7 @@ from torch import nn
 
 from ember.model.args import ModelArgs
 from ember.model.attention import ForwardBatch
-from ember.model.embedding import Int8Embedding
 from ember.model.layers import Attention, GatedMLP, RMSNorm, rope_cos_sin, rope_inv_freq
-
-if TYPE_CHECKING:
-    from ember.model.checkpoint import Checkpoint
 
 SLIDING, FULL = "sliding", "full"
 DEFAULT_SLIDING_PATTERN = 6
@@ -44,6 +39,12 @@ DEFAULT_LOCAL_THETA = 10000.0
 
 def layer_types_for_pattern(n_layers: int, pattern: int = DEFAULT_SLIDING_PATTERN) -> tuple[str, ...]:
     return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
+
+
+def default_query_pre_attn_scalar(n_layers: int, dim: int, n_heads: int, head_dim: int) -> float:
+    """Queries are scaled by head_dim ** -0.5, except in the 62-layer 27B model, the one Gemma 3 whose
+    query_pre_attn_scalar is dim / n_heads instead (checkpoints that do not carry it rely on this)."""
+    return float(dim // n_heads if n_layers == 62 else head_dim)
 
 
 def attention_scale(args: ModelArgs) -> float:
@@ -92,11 +93,6 @@ class Gemma3(nn.Module):
         self.inv_freq = rope_inv_freq(self.args).to(device)
         self.inv_freq_local = local_inv_freq(self.args).to(device)
 
-    def quantize_embedding(self) -> None:
-        """Swap the fp32 embedding for int8 rows (call once the head no longer shares its weight)."""
-        if isinstance(self.embed_tokens, nn.Embedding):
-            self.embed_tokens = Int8Embedding(self.embed_tokens.weight.data)
-
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states after the final norm, one row per input token: (T, dim)."""
         rope = {FULL: rope_cos_sin(batch.positions, self.inv_freq),
@@ -116,52 +112,11 @@ def local_inv_freq(args: ModelArgs) -> torch.Tensor:
     return rope_inv_freq(replace(args, rope_theta=args.rope_local_theta or DEFAULT_LOCAL_THETA, rope_scaling=None))
 
 
-# -- checkpoint (Hugging Face Gemma 3 names) -> module ------------------------------------------------
-
-_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
-
-
-def expected_tensor_names(args: ModelArgs) -> list[str]:
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not args.tie_embeddings:
-        names.append("lm_head.weight")
-    for i in range(args.n_layers):
-        names += [f"model.layers.{i}.{part}.weight" for part in (
-            *_NORMS, "self_attn.q_norm", "self_attn.k_norm", "self_attn.q_proj", "self_attn.k_proj",
-            "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
-    return names
-
-
-MODULE_TENSORS_PER_LAYER = 9
-"""How many tensors `module_state` yields per layer (for the loader's progress bar)."""
-
-
-def module_state(ckpt: Checkpoint, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
-    """Checkpoint tensors (norm weights already the 1 + w multipliers) -> Gemma3's module names, one at
-    a time: fused qkv and gate_up, q/k norms stacked per head with the attention scale folded in (so q's
-    projection rows carry no scale). Modules named in `skip` (set by other means) are not read at all."""
-    t, args = ckpt.tensors, ckpt.args
-    embed = t["model.embed_tokens.weight"] if "embed_tokens" not in skip or (
-        args.tie_embeddings and "lm_head" not in skip) else None
-    if "embed_tokens" not in skip:
-        yield "embed_tokens.weight", embed
-    yield "norm.weight", t["model.norm.weight"]
-    if "lm_head" not in skip:
-        yield "lm_head.weight", embed if args.tie_embeddings else t["lm_head.weight"]
-    del embed
-    scale = attention_scale(args)
-    for i in range(args.n_layers):
-        p, m = f"model.layers.{i}.", f"layers.{i}."
-        for norm in _NORMS:
-            yield m + norm + ".weight", t[p + norm + ".weight"]
-        q_norm, k_norm = t[p + "self_attn.q_norm.weight"], t[p + "self_attn.k_norm.weight"]
-        yield m + "self_attn.qk_norm", torch.cat(
-            [(q_norm * scale).expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)], dim=0)
-        if m + "self_attn.qkv_proj" not in skip:
-            yield m + "self_attn.qkv_proj.weight", torch.cat([t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
-        if m + "self_attn.o_proj" not in skip:
-            yield m + "self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
-        if m + "mlp.gate_up_proj" not in skip:
-            yield m + "mlp.gate_up_proj.weight", torch.cat([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])
-        if m + "mlp.down_proj" not in skip:
-            yield m + "mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
+def qk_norm_state(tensors: Mapping[str, torch.Tensor], args: ModelArgs, layer: int
+                  ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's per-layer q_norm and k_norm weights -> the attention's `qk_norm` rows: stacked per
+    head, with the attention scale folded into q's (so q's projection rows carry no scale)."""
+    p = f"model.layers.{layer}.self_attn."
+    q_norm, k_norm = tensors[p + "q_norm.weight"], tensors[p + "k_norm.weight"]
+    yield f"layers.{layer}.self_attn.qk_norm", torch.cat(
+        [(q_norm * attention_scale(args)).expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)], dim=0)

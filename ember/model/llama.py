@@ -7,12 +7,20 @@ separate tensors. Every Linear here may be swapped for a quantized drop-in by `m
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from ember.model.args import ModelArgs
 from ember.model.attention import ForwardBatch
 from ember.model.layers import Attention, GatedMLP, RMSNorm, rope_cos_sin, rope_inv_freq
+
+
+def attention_q_scale(args: ModelArgs) -> float:
+    """The attention scale the loader folds into q's projection rows (exact for head_dim 64: a power of
+    two), so the decode path spends no op on it."""
+    return 1.0 / math.sqrt(args.head_dim or 1)
 
 
 class Block(nn.Module):

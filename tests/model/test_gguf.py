@@ -20,7 +20,8 @@ import torch
 from ember.errors import ModelLoadError
 from ember.model.args import ModelArgs
 from ember.model.catalog import DEFAULT_MODEL, ModelRef, resolve_model
-from ember.model.checkpoint import Checkpoint, read_checkpoint
+from ember.model.checkpoint import Checkpoint
+from ember.model.formats import read_checkpoint
 from ember.model.gguf import llama3_scaling_from_freqs, read_gguf, unpermute_rope_rows
 from ember.model.hf import read_hf_dir
 from ember.model.layers import rope_inv_freq
