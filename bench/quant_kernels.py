@@ -17,11 +17,11 @@ from collections.abc import Callable
 
 import torch
 
+from ember.model.architectures import EMBED, architecture
+from ember.model.catalog import resolve_model
 from ember.model.gguf import read_gguf
 from ember.model.gguf_linear import block_modules
-from ember.model.loader import attention_q_scale, source_names
 from ember.model.quant import Int4Linear, Int8Linear
-from ember.model.registry import resolve_model
 
 
 def best_ms(fn: Callable[[], object], budget_s: float) -> float:
@@ -45,9 +45,10 @@ def main() -> None:
     os.environ["EMBER_QUANT_ISA"] = a.isa
     torch.set_num_threads(a.threads)
     ckpt = read_gguf(resolve_model(None).path)
-    names = {p: n for p, n in source_names(ckpt.args).items() if p in (
+    arch = architecture(ckpt.args.arch)
+    names = {p: n for p, n in arch.linear_sources(ckpt.args).items() if p in (
         "layers.0.self_attn.qkv_proj", "layers.0.mlp.gate_up_proj", "layers.0.mlp.down_proj", "lm_head")}
-    ours = block_modules(ckpt.tensors, names, "model.embed_tokens.weight", attention_q_scale(ckpt.args))
+    ours = block_modules(ckpt.tensors, names, EMBED, arch.q_scale(ckpt.args))
     print(f"threads={a.threads} isa={a.isa}; best ms per call (ember / int4 / fp32), speedup vs int4")
     print(f"{'shape':>22} {'M':>4} {'ember':>9} {'int4':>9} {'fp32':>9} {'vs int4':>8}")
     for path, parts in names.items():

@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ember.config import CacheConfig, Config, SchedulerConfig, SpeculativeConfig  # noqa: E402
 from ember.loadgen.soak import Soak, SoakConfig, format_report  # noqa: E402
-from ember.model.checkpoint import Checkpoint, read_checkpoint  # noqa: E402
+from ember.model.catalog import resolve_model  # noqa: E402
+from ember.model.checkpoint import Checkpoint  # noqa: E402
+from ember.model.formats import read_checkpoint  # noqa: E402
 from ember.model.loader import LoadedModel, build_model  # noqa: E402
-from ember.model.registry import resolve_model  # noqa: E402
 from tests.conftest import MODEL_ID, LiveServer, tiny_args, tiny_tensors  # noqa: E402
 
 

@@ -17,9 +17,10 @@ from fastapi import FastAPI
 
 from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig, StoreConfig
 from ember.model.args import ModelArgs
-from ember.model.checkpoint import Checkpoint, read_checkpoint
+from ember.model.catalog import ModelRef, resolve_model
+from ember.model.checkpoint import Checkpoint
+from ember.model.formats import read_checkpoint
 from ember.model.loader import LoadedModel, build_model, load_model
-from ember.model.registry import ModelRef, resolve_model
 from tests.postgres import PostgresServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

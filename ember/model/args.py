@@ -24,7 +24,7 @@ class ModelArgs:
     """True when the output projection reuses the token embedding matrix."""
     head_dim: int | None = None
     arch: str = "llama"
-    """Which network these args describe: "llama" or "gemma3" (see ember/model/architectures.py)."""
+    """Which network these args describe: "llama" or "gemma3" (its entry in ember/model/architectures.py)."""
     sliding_window: int | None = None
     """Gemma 3: a sliding layer's query sees itself and the sliding_window - 1 positions before it."""
     layer_types: tuple[str, ...] | None = None

@@ -2,7 +2,7 @@
 
 What differs from Llama (transformers' Gemma3ForCausalLM is the reference):
 - RMSNorm multiplies by (1 + w); llama.cpp's converter stores 1 + w in the GGUF, so the checkpoint's
-  norm weights are already the multipliers and the plain RMSNorm of llama.py applies them.
+  norm weights are already the multipliers and the plain RMSNorm of layers.py applies them.
 - q and k are RMS-normed per head (own weights) before RoPE; the attention scale
   query_pre_attn_scalar ** -0.5 is folded into q's norm weights (exact when it is a power of two,
   as for head_dim 256), so q comes out of RoPE pre-scaled like Llama's.
@@ -19,22 +19,16 @@ What differs from Llama (transformers' Gemma3ForCausalLM is the reference):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ember.model.args import ModelArgs
-from ember.model.attention import ForwardBatch, paged_attention, write_kv
-from ember.model.embedding import Int8Embedding
-from ember.model.llama import RMSNorm, _native, apply_rope, rope_inv_freq
-
-if TYPE_CHECKING:
-    from ember.model.checkpoint import Checkpoint
+from ember.model.attention import ForwardBatch
+from ember.model.layers import Attention, GatedMLP, RMSNorm, rope_cos_sin, rope_inv_freq
 
 SLIDING, FULL = "sliding", "full"
 DEFAULT_SLIDING_PATTERN = 6
@@ -47,52 +41,15 @@ def layer_types_for_pattern(n_layers: int, pattern: int = DEFAULT_SLIDING_PATTER
     return tuple(FULL if (i + 1) % pattern == 0 else SLIDING for i in range(n_layers))
 
 
+def default_query_pre_attn_scalar(n_layers: int, dim: int, n_heads: int, head_dim: int) -> float:
+    """Queries are scaled by head_dim ** -0.5, except in the 62-layer 27B model, the one Gemma 3 whose
+    query_pre_attn_scalar is dim / n_heads instead (checkpoints that do not carry it rely on this)."""
+    return float(dim // n_heads if n_layers == 62 else head_dim)
+
+
 def attention_scale(args: ModelArgs) -> float:
     assert args.head_dim is not None
     return float(args.query_pre_attn_scalar or args.head_dim) ** -0.5
-
-
-class Gemma3Attention(nn.Module):
-    def __init__(self, args: ModelArgs, window: int) -> None:
-        super().__init__()
-        hd = args.head_dim
-        assert hd is not None
-        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, hd
-        self.eps = args.norm_eps
-        self.window = window
-        """0: attend the whole context; w > 0: only the last w positions (the query's own included)."""
-        self.qkv_proj = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * hd, bias=False)
-        self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
-        # Row h < n_heads: q_norm's weight times the attention scale; then k_norm's weight per kv head.
-        self.qk_norm = nn.Parameter(torch.ones(args.n_heads + args.n_kv_heads, hd))
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
-                kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        T = x.shape[0]
-        H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv_proj.forward(x)
-        qk = F.rms_norm(qkv[:, : (H + KV) * D].view(T, H + KV, D), (D,), None, self.eps) * self.qk_norm
-        if batch.native:
-            qkv[:, : (H + KV) * D] = qk.view(T, (H + KV) * D)
-            q = _native().rope_write_kv(qkv, cos, sin, kv[0], kv[1], batch.slot_mapping, H, KV, D)
-        else:
-            qk = apply_rope(qk, cos.unsqueeze(1), sin.unsqueeze(1))
-            q, k = qk[:, :H], qk[:, H:]
-            write_kv(kv[0], kv[1], k, qkv[:, (H + KV) * D :].view(T, KV, D), batch.slot_mapping)
-        o = paged_attention(q, kv[0], kv[1], batch, KV, window=self.window)
-        return self.o_proj.forward(o.reshape(T, H * D))
-
-
-class GeGLU(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
-        super().__init__()
-        self.hidden = args.hidden_dim
-        self.gate_up_proj = nn.Linear(args.dim, 2 * args.hidden_dim, bias=False)
-        self.down_proj = nn.Linear(args.hidden_dim, args.dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gu = self.gate_up_proj.forward(x)
-        return self.down_proj.forward(F.gelu(gu[:, : self.hidden], approximate="tanh") * gu[:, self.hidden :])
 
 
 class Gemma3Block(nn.Module):
@@ -100,10 +57,10 @@ class Gemma3Block(nn.Module):
         super().__init__()
         self.kind = kind
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Gemma3Attention(args, args.sliding_window or 0 if kind == SLIDING else 0)
+        self.self_attn = Attention(args, args.sliding_window or 0 if kind == SLIDING else 0, qk_norm=True)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.pre_feedforward_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.mlp = GeGLU(args)
+        self.mlp = GatedMLP(args, gelu=True)
         self.post_feedforward_layernorm = RMSNorm(args.dim, args.norm_eps)
 
     def forward(self, h: torch.Tensor, delta: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
@@ -136,16 +93,10 @@ class Gemma3(nn.Module):
         self.inv_freq = rope_inv_freq(self.args).to(device)
         self.inv_freq_local = local_inv_freq(self.args).to(device)
 
-    def quantize_embedding(self) -> None:
-        """Swap the fp32 embedding for int8 rows (call once the head no longer shares its weight)."""
-        if isinstance(self.embed_tokens, nn.Embedding):
-            self.embed_tokens = Int8Embedding(self.embed_tokens.weight.data)
-
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states after the final norm, one row per input token: (T, dim)."""
-        pos = batch.positions.to(torch.float32).unsqueeze(1)
-        full, local = pos * self.inv_freq.unsqueeze(0), pos * self.inv_freq_local.unsqueeze(0)
-        rope = {FULL: (full.cos(), full.sin()), SLIDING: (local.cos(), local.sin())}
+        rope = {FULL: rope_cos_sin(batch.positions, self.inv_freq),
+                SLIDING: rope_cos_sin(batch.positions, self.inv_freq_local)}
         h = self.embed_tokens.forward(batch.input_ids) * self.embed_scale  # fresh: the blocks add into it
         delta = None
         for layer, kv in zip(self.layers, kv_caches, strict=True):
@@ -161,52 +112,11 @@ def local_inv_freq(args: ModelArgs) -> torch.Tensor:
     return rope_inv_freq(replace(args, rope_theta=args.rope_local_theta or DEFAULT_LOCAL_THETA, rope_scaling=None))
 
 
-# -- checkpoint (Hugging Face Gemma 3 names) -> module ------------------------------------------------
-
-_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
-
-
-def expected_tensor_names(args: ModelArgs) -> list[str]:
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not args.tie_embeddings:
-        names.append("lm_head.weight")
-    for i in range(args.n_layers):
-        names += [f"model.layers.{i}.{part}.weight" for part in (
-            *_NORMS, "self_attn.q_norm", "self_attn.k_norm", "self_attn.q_proj", "self_attn.k_proj",
-            "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
-    return names
-
-
-MODULE_TENSORS_PER_LAYER = 9
-"""How many tensors `module_state` yields per layer (for the loader's progress bar)."""
-
-
-def module_state(ckpt: Checkpoint, skip: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor]]:
-    """Checkpoint tensors (norm weights already the 1 + w multipliers) -> Gemma3's module names, one at
-    a time: fused qkv and gate_up, q/k norms stacked per head with the attention scale folded in (so q's
-    projection rows carry no scale). Modules named in `skip` (set by other means) are not read at all."""
-    t, args = ckpt.tensors, ckpt.args
-    embed = t["model.embed_tokens.weight"] if "embed_tokens" not in skip or (
-        args.tie_embeddings and "lm_head" not in skip) else None
-    if "embed_tokens" not in skip:
-        yield "embed_tokens.weight", embed
-    yield "norm.weight", t["model.norm.weight"]
-    if "lm_head" not in skip:
-        yield "lm_head.weight", embed if args.tie_embeddings else t["lm_head.weight"]
-    del embed
-    scale = attention_scale(args)
-    for i in range(args.n_layers):
-        p, m = f"model.layers.{i}.", f"layers.{i}."
-        for norm in _NORMS:
-            yield m + norm + ".weight", t[p + norm + ".weight"]
-        q_norm, k_norm = t[p + "self_attn.q_norm.weight"], t[p + "self_attn.k_norm.weight"]
-        yield m + "self_attn.qk_norm", torch.cat(
-            [(q_norm * scale).expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)], dim=0)
-        if m + "self_attn.qkv_proj" not in skip:
-            yield m + "self_attn.qkv_proj.weight", torch.cat([t[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
-        if m + "self_attn.o_proj" not in skip:
-            yield m + "self_attn.o_proj.weight", t[p + "self_attn.o_proj.weight"]
-        if m + "mlp.gate_up_proj" not in skip:
-            yield m + "mlp.gate_up_proj.weight", torch.cat([t[p + "mlp.gate_proj.weight"], t[p + "mlp.up_proj.weight"]])
-        if m + "mlp.down_proj" not in skip:
-            yield m + "mlp.down_proj.weight", t[p + "mlp.down_proj.weight"]
+def qk_norm_state(tensors: Mapping[str, torch.Tensor], args: ModelArgs, layer: int
+                  ) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's per-layer q_norm and k_norm weights -> the attention's `qk_norm` rows: stacked per
+    head, with the attention scale folded into q's (so q's projection rows carry no scale)."""
+    p = f"model.layers.{layer}.self_attn."
+    q_norm, k_norm = tensors[p + "q_norm.weight"], tensors[p + "k_norm.weight"]
+    yield f"layers.{layer}.self_attn.qk_norm", torch.cat(
+        [(q_norm * attention_scale(args)).expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)], dim=0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,61 +20,13 @@ import gguf
 import torch
 
 from ember.errors import ModelLoadError
+from ember.model.architectures import GGUF_GLOBAL_NAMES, Architecture, architecture
 from ember.model.args import ModelArgs
-from ember.model.checkpoint import Checkpoint, check_complete
-from ember.model.gemma3 import (
-    DEFAULT_LOCAL_THETA,
-    DEFAULT_SLIDING_PATTERN,
-    FULL,
-    SLIDING,
-    layer_types_for_pattern,
-)
+from ember.model.checkpoint import Checkpoint
+from ember.model.gemma3 import FULL, SLIDING, layer_types_for_pattern
 from ember.model.gguf_file import GGUFFile, TensorInfo, dequantize, read_gguf_file
-from ember.model.llama import rope_inv_freq
-from ember.model.prompt_formats import GEMMA_CHAT_TEMPLATE
+from ember.model.layers import rope_inv_freq
 from ember.tokenizer import Tokenizer
-
-_GLOBAL_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_PROJECTIONS = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
-@dataclass(frozen=True)
-class GGUFArchitecture:
-    """How one `general.architecture` maps onto ember: block tensor names (llama.cpp's short name ->
-    Hugging Face's), whether q/k rows come permuted for interleaved RoPE, and a chat template to use
-    when the file carries none."""
-
-    block_names: dict[str, str]
-    permuted_qk: bool
-    default_chat_template: str | None = None
-
-
-ARCHITECTURES: dict[str, GGUFArchitecture] = {
-    "llama": GGUFArchitecture(
-        block_names={**_PROJECTIONS, "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"},
-        permuted_qk=True),
-    # ffn_norm is Gemma's pre-feed-forward norm; post_attention_norm / post_ffw_norm are the sandwich norms
-    # applied to each sub-layer's output (transformers' post_attention_layernorm is one of them, unlike
-    # Llama's, which is the pre-feed-forward norm).
-    "gemma3": GGUFArchitecture(
-        block_names={**_PROJECTIONS, "attn_norm": "input_layernorm", "attn_q_norm": "self_attn.q_norm",
-                     "attn_k_norm": "self_attn.k_norm", "post_attention_norm": "post_attention_layernorm",
-                     "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"},
-        permuted_qk=False, default_chat_template=GEMMA_CHAT_TEMPLATE),
-}
-SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 
 _BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
 _ROPE_FREQS = "rope_freqs.weight"
@@ -84,13 +36,13 @@ def read_gguf(path: str | Path) -> Checkpoint:
     path = Path(path)
     reader = _open(path)
     meta = reader.fields
-    arch = meta.get("general.architecture")
-    if arch not in ARCHITECTURES:
-        raise ModelLoadError(f"unsupported GGUF architecture {arch!r} in {path} "
-                             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
-    spec = ARCHITECTURES[arch]
+    try:
+        spec = architecture(meta.get("general.architecture"))
+    except ModelLoadError as e:
+        raise ModelLoadError(f"{path}: {e}") from None
+    arch = spec.name
     shapes = {t.name: tuple(reversed(t.shape)) for t in reader.tensors}
-    args = _model_args(meta, arch, shapes, path)
+    args = _model_args(meta, spec, shapes, path)
     # Before the slow part, so an unsupported vocabulary fails at once.
     tok_meta = {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
     if spec.default_chat_template is not None:
@@ -104,11 +56,11 @@ def read_gguf(path: str | Path) -> Checkpoint:
         if t.name == _ROPE_FREQS:
             rope_freqs = _dequantize(t, shapes[t.name])
             continue
-        name = hf_name(t.name, arch)
+        name = hf_name(t.name, spec)
         if name is None:
             raise ModelLoadError(f"unexpected tensor {t.name!r} in {path}: not a plain {arch} checkpoint")
         heads = None
-        if spec.permuted_qk:
+        if spec.gguf_permuted_qk:
             heads = args.n_heads if name.endswith("q_proj.weight") else (
                 args.n_kv_heads if name.endswith("k_proj.weight") else None)
         entries[name] = (t, shapes[t.name], heads)
@@ -118,7 +70,7 @@ def read_gguf(path: str | Path) -> Checkpoint:
     tensors = LazyTensors(entries)
     if rope_freqs is not None:
         args = replace(args, rope_scaling=llama3_scaling_from_freqs(args, rope_freqs, path))
-    check_complete(args, tensors, path)
+    spec.check_complete(args, tensors, path)
     return Checkpoint(args=args, tensors=tensors, tokenizer=tokenizer, source=str(path), source_bits=source_bits)
 
 
@@ -158,11 +110,11 @@ class LazyTensors(Mapping[str, torch.Tensor]):
         return len(self._entries)
 
 
-def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+def hf_name(gguf_name: str, arch: Architecture) -> str | None:
     """The Hugging Face name of a GGUF tensor of architecture `arch`, or None for one we do not know."""
-    if gguf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[gguf_name]
-    block_names = ARCHITECTURES[arch].block_names
+    if gguf_name in GGUF_GLOBAL_NAMES:
+        return GGUF_GLOBAL_NAMES[gguf_name]
+    block_names = arch.gguf_names
     m = _BLOCK_RE.fullmatch(gguf_name)
     if m is None or m.group(2) not in block_names:
         return None
@@ -189,7 +141,10 @@ def _dequantize(t: TensorInfo, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(dequantize(t).reshape(shape))
 
 
-def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ...]], path: Path) -> ModelArgs:
+def _model_args(meta: dict[str, Any], spec: Architecture, shapes: dict[str, tuple[int, ...]],
+                path: Path) -> ModelArgs:
+    arch, defaults = spec.name, spec.defaults
+
     def key(name: str, default: Any = None) -> Any:
         value = meta.get(f"{arch}.{name}", default)
         if value is None:
@@ -205,8 +160,10 @@ def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ..
         raise ModelLoadError(f"{path}: partial rotary embeddings ({rot} of {head_dim} dims) are not supported")
     n_layers = int(key("block_count"))
     extra: dict[str, Any] = {}
-    if arch == "gemma3":
-        extra = _gemma3_args(meta, n_layers, dim, n_heads, head_dim, path)
+    if defaults.sliding_window_pattern is not None:
+        extra = _sliding_args(meta, spec, n_layers, path)
+    if defaults.query_pre_attn_scalar is not None:
+        extra["query_pre_attn_scalar"] = defaults.query_pre_attn_scalar(n_layers, dim, n_heads, head_dim)
     return ModelArgs(
         # The embedding's rows, not llama.vocab_size: older files omit the key, and rows are what ids index.
         vocab_size=shapes["token_embd.weight"][0],
@@ -215,10 +172,10 @@ def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ..
         n_heads=n_heads,
         n_kv_heads=int(key("attention.head_count_kv", n_heads)),
         hidden_dim=int(key("feed_forward_length")),
-        norm_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(key("rope.freq_base", 10000.0)),
+        norm_eps=float(key("attention.layer_norm_rms_epsilon", defaults.gguf_norm_eps)),
+        rope_theta=float(key("rope.freq_base", defaults.rope_theta)),
         rope_scaling=_rope_scaling(meta, arch),
-        max_seq_len=int(key("context_length", 2048)),
+        max_seq_len=int(key("context_length", defaults.max_seq_len)),
         tie_embeddings="output.weight" not in shapes,
         head_dim=head_dim,
         arch=arch,
@@ -226,31 +183,21 @@ def _model_args(meta: dict[str, Any], arch: str, shapes: dict[str, tuple[int, ..
     )
 
 
-def _gemma3_args(meta: dict[str, Any], n_layers: int, dim: int, n_heads: int, head_dim: int,
-                 path: Path) -> dict[str, Any]:
-    """Gemma 3's extra shape: which layers slide, over how many positions, and the attention scale.
-
-    GGUF files carry only the window; the rest is Gemma 3's fixed design, as llama.cpp and transformers
-    both assume it: every 6th layer full (unless `sliding_window_pattern` says otherwise), RoPE base
-    10000 on sliding layers, and queries scaled by head_dim ** -0.5 -- except in the 62-layer 27B model,
-    the one Gemma 3 whose query_pre_attn_scalar is dim / n_heads instead.
-    """
-    window = meta.get("gemma3.attention.sliding_window")
+def _sliding_args(meta: dict[str, Any], spec: Architecture, n_layers: int, path: Path) -> dict[str, Any]:
+    """Which layers slide, and over how many positions. GGUF files carry the window and may carry the
+    layers' kinds; the rest is the architecture's fixed design (its registry defaults)."""
+    arch, defaults = spec.name, spec.defaults
+    window = meta.get(f"{arch}.attention.sliding_window")
     if window is None:
-        raise ModelLoadError(f"GGUF file {path} lacks metadata gemma3.attention.sliding_window")
-    pattern = meta.get("gemma3.attention.sliding_window_pattern", DEFAULT_SLIDING_PATTERN)
+        raise ModelLoadError(f"GGUF file {path} lacks metadata {arch}.attention.sliding_window")
+    pattern = meta.get(f"{arch}.attention.sliding_window_pattern", defaults.sliding_window_pattern)
     if isinstance(pattern, list):  # per layer: true where the layer slides
         if len(pattern) != n_layers:
             raise ModelLoadError(f"{path}: sliding_window_pattern has {len(pattern)} entries for {n_layers} layers")
         layer_types = tuple(SLIDING if p else FULL for p in pattern)
     else:
         layer_types = layer_types_for_pattern(n_layers, int(pattern))
-    return {
-        "sliding_window": int(window),
-        "layer_types": layer_types,
-        "rope_local_theta": DEFAULT_LOCAL_THETA,
-        "query_pre_attn_scalar": float(dim // n_heads if n_layers == 62 else head_dim),
-    }
+    return {"sliding_window": int(window), "layer_types": layer_types, "rope_local_theta": defaults.rope_local_theta}
 
 
 def _rope_scaling(meta: dict[str, Any], arch: str) -> dict[str, Any] | None:

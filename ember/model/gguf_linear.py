@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ember import kernels
+from ember.model.gguf import LazyTensors, unpermute_rope_rows
 
 ISA_ENV = "EMBER_QUANT_ISA"
 ISAS = {"portable": 0, "avx2": 1, "avx512vnni": 2}
@@ -122,8 +123,6 @@ def block_modules(tensors: object, names: dict[str, list[str]], embed_name: str,
     all stored in a supported block type, plus "embed_tokens" -> GGUFEmbedding when the embedding is.
     Empty unless `tensors` is a GGUF file's LazyTensors and the native kernels load. q_proj parts get
     `q_scale` (the attention scale the fp32 path folds into q's rows)."""
-    from ember.model.gguf import LazyTensors, unpermute_rope_rows
-
     if not isinstance(tensors, LazyTensors) or kernels.load() is None:
         return {}
     out: dict[str, nn.Module] = {}

@@ -1,4 +1,5 @@
-"""Hugging Face Llama directory (config.json, *.safetensors, tokenizer.json) -> Checkpoint.
+"""Hugging Face model directory (config.json, *.safetensors, tokenizer.json) -> Checkpoint, for the
+architectures whose registry entry names config.json model_types (the Llama family).
 
 The tensors already carry the names and rotate-half layout the loader expects; only the dtype changes.
 """
@@ -14,11 +15,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ember.errors import ModelLoadError
+from ember.model.architectures import EMBED, HEAD, for_hf_model_type
 from ember.model.args import ModelArgs
-from ember.model.checkpoint import Checkpoint, check_complete
+from ember.model.checkpoint import Checkpoint
 from ember.tokenizer import Tokenizer
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 # Buffers some old exports saved alongside the weights; recomputed by the model, never loaded.
 _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -26,6 +27,7 @@ _SKIPPED_SUFFIXES = ("rotary_emb.inv_freq",)
 def read_hf_dir(path: str | Path) -> Checkpoint:
     folder = Path(path)
     config = _read_config(folder)
+    arch = for_hf_model_type(config.get("model_type"))
     files = _weight_files(folder)
     if not files:
         raise ModelLoadError(f"no *.safetensors weights in {folder}")
@@ -36,14 +38,13 @@ def read_hf_dir(path: str | Path) -> Checkpoint:
         except (OSError, SafetensorError) as e:
             raise ModelLoadError(f"cannot read weights {file}: {one_line(e)}") from e
         tensors.update({k: v.to(torch.float32) for k, v in part.items() if not k.endswith(_SKIPPED_SUFFIXES)})
-    if "model.embed_tokens.weight" not in tensors:
-        raise ModelLoadError(f"{folder} has no model.embed_tokens.weight: not a Llama checkpoint")
+    if EMBED not in tensors:
+        raise ModelLoadError(f"{folder} has no {EMBED}: not a {arch.name} checkpoint")
 
-    args = model_args(config, tie_embeddings="lm_head.weight" not in tensors or
-                      bool(config.get("tie_word_embeddings", False)))
+    args = model_args(config, tie_embeddings=HEAD not in tensors or bool(config.get("tie_word_embeddings", False)))
     if args.tie_embeddings:
-        tensors.pop("lm_head.weight", None)  # a saved copy of the embedding; keep one source of truth
-    check_complete(args, tensors, folder)
+        tensors.pop(HEAD, None)  # a saved copy of the embedding; keep one source of truth
+    arch.check_complete(args, tensors, folder)
     tokenizer_file = folder / "tokenizer.json"
     if not tokenizer_file.is_file():
         raise ModelLoadError(f"no tokenizer.json in {folder}")
@@ -53,12 +54,12 @@ def read_hf_dir(path: str | Path) -> Checkpoint:
 
 def model_args(config: dict[str, Any], tie_embeddings: bool) -> ModelArgs:
     """ModelArgs from a Llama config.json (old `rope_theta`/`rope_scaling` or newer `rope_parameters`)."""
-    if config.get("model_type") not in SUPPORTED_MODEL_TYPES:
-        raise ModelLoadError(f"unsupported model_type {config.get('model_type')!r} (supported: llama, mistral)")
+    arch = for_hf_model_type(config.get("model_type"))
+    defaults = arch.defaults
     if config.get("attention_bias") or config.get("mlp_bias"):
         raise ModelLoadError("Llama checkpoints with attention or MLP biases are not supported")
     rope = dict(config.get("rope_parameters") or {})
-    theta = config.get("rope_theta", rope.pop("rope_theta", 10000.0))
+    theta = config.get("rope_theta", rope.pop("rope_theta", defaults.rope_theta))
     scaling = config.get("rope_scaling") or rope or None
     if scaling is not None and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
         scaling = None
@@ -71,12 +72,13 @@ def model_args(config: dict[str, Any], tie_embeddings: bool) -> ModelArgs:
             n_heads=n_heads,
             n_kv_heads=int(config.get("num_key_value_heads") or n_heads),
             hidden_dim=int(config["intermediate_size"]),
-            norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+            norm_eps=float(config.get("rms_norm_eps", defaults.hf_norm_eps)),
             rope_theta=float(theta),
             rope_scaling=scaling,
-            max_seq_len=int(config.get("max_position_embeddings", 2048)),
+            max_seq_len=int(config.get("max_position_embeddings", defaults.max_seq_len)),
             tie_embeddings=tie_embeddings,
             head_dim=int(config["head_dim"]) if config.get("head_dim") else None,
+            arch=arch.name,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ModelLoadError(f"config.json is missing or has a bad value: {e}") from e

@@ -13,8 +13,8 @@ import pytest
 import transformers
 
 from ember.errors import InvalidRequest
+from ember.model.catalog import ModelRef
 from ember.model.checkpoint import Checkpoint
-from ember.model.registry import ModelRef
 from ember.pipeline.chat_template import ChatTemplate, chat_template_of
 from ember.tokenizer import Tokenizer
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from ember.model.registry import ModelRef
+from ember.model.catalog import ModelRef
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

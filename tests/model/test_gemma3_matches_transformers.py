@@ -155,11 +155,12 @@ def test_served_precision_close_to_transformers(gemma_served: Any, gemma_hf_mode
 
 def test_module_state_leaves_out_skipped_modules(gemma_path: Any) -> None:
     """Modules another path provides (kernels on the file's own blocks) are not read or yielded."""
-    from ember.model.gemma3 import MODULE_TENSORS_PER_LAYER, module_state
+    from ember.model.architectures import GEMMA3
+    from ember.model.module_state import module_state
 
     ckpt = read_gguf(gemma_path)
     every = [n for n, _ in module_state(ckpt)]
-    assert len(every) == len(set(every)) == 3 + MODULE_TENSORS_PER_LAYER * 18
+    assert len(every) == len(set(every)) == 3 + GEMMA3.tensors_per_layer() * 18
     skip = frozenset({"embed_tokens", "lm_head", "layers.0.self_attn.qkv_proj", "layers.17.mlp.down_proj"})
     names = [n for n, _ in module_state(ckpt, skip)]
     assert sorted(set(every) - set(names)) == sorted(f"{m}.weight" for m in skip)

@@ -19,11 +19,12 @@ import torch
 
 from ember.errors import ModelLoadError
 from ember.model.args import ModelArgs
-from ember.model.checkpoint import Checkpoint, read_checkpoint
+from ember.model.catalog import DEFAULT_MODEL, ModelRef, resolve_model
+from ember.model.checkpoint import Checkpoint
+from ember.model.formats import read_checkpoint
 from ember.model.gguf import llama3_scaling_from_freqs, read_gguf, unpermute_rope_rows
 from ember.model.hf import read_hf_dir
-from ember.model.llama import rope_inv_freq
-from ember.model.registry import DEFAULT_MODEL, ModelRef, resolve_model
+from ember.model.layers import rope_inv_freq
 
 ATOL = RTOL = 1e-6
 
@@ -207,7 +208,7 @@ def test_hf_dir_missing_a_tensor(tmp_path: Path) -> None:
     assert "lacks 9 expected tensor(s), e.g. model.layers.0.input_layernorm.weight" in one_line_error(e)
 
 
-# -- registry -----------------------------------------------------------------------------------------
+# -- catalog ------------------------------------------------------------------------------------------
 
 def test_resolve_default_and_names() -> None:
     ref = resolve_model(None)

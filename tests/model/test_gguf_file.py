@@ -8,8 +8,8 @@ import gguf
 import numpy as np
 import pytest
 
+from ember.model.catalog import ModelRef
 from ember.model.gguf_file import dequantize, read_gguf_file
-from ember.model.registry import ModelRef
 
 
 def test_embedded_file_reads_as_gguf_reads_it(smol_ref: ModelRef) -> None:

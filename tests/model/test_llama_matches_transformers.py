@@ -11,8 +11,8 @@ import pytest
 import torch
 import transformers
 
+from ember.model.catalog import ModelRef
 from ember.model.loader import LoadedModel
-from ember.model.registry import ModelRef
 from tests.engine.helpers import greedy, make_engine, req, run_all
 from tests.engine.test_engine import dense_logits
 

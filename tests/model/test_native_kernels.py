@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from ember import kernels
 from ember.model.attention import decode_attention, write_kv
-from ember.model.llama import apply_rope
+from ember.model.layers import apply_rope
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ember.errors import ModelLoadError
-from ember.model.registry import MODEL_ID_PREFIX, resolve_model
+from ember.model.catalog import MODEL_ID_PREFIX, resolve_model
 
 ID = MODEL_ID_PREFIX + "smollm2-135m-instruct"
 

@@ -1,4 +1,5 @@
-"""Short model names -> files on disk, and the Fireworks-style ids they are served under."""
+"""The model catalog: short model names -> files on disk, and the Fireworks-style ids they are served
+under. (Which network a file holds is the architecture registry's concern: architectures.py.)"""
 
 from __future__ import annotations
 
