@@ -96,8 +96,7 @@ class Engine:
         gen = None
         if req.params.seed is not None and not req.params.greedy:
             gen = seeded_generator(req.params.seed, self.device)
-        seq = Sequence(request=req, detok=self.detok.new_state(req.prompt_token_ids, req.params.stop),
-                       generator=gen)
+        seq = Sequence(request=req, generator=gen)
         if req.params.grammar is not None:
             seq.matcher = self.grammars.matcher(req.params.grammar)
         if req.params.speculation:

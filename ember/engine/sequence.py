@@ -22,7 +22,8 @@ class SequenceStatus(enum.Enum):
 @dataclass(eq=False)
 class Sequence:
     request: EngineRequest
-    detok: DetokenizerState
+    detok: DetokenizerState = field(init=False)
+    """Built from the request alone: the tokenizer is needed only to advance it (Detokenizer.append)."""
     token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     """Tokens whose K/V are in the cache. The scheduler hands out tokens until this catches up."""
@@ -55,6 +56,7 @@ class Sequence:
     """Mirostat's running surprise bound; starts at twice the target."""
 
     def __post_init__(self) -> None:
+        self.detok = DetokenizerState.for_prompt(self.request.prompt_token_ids, self.request.params.stop)
         if not self.token_ids:
             self.token_ids = list(self.request.prompt_token_ids)
         if self.mirostat_mu is None and self.request.params.mirostat_target is not None:

@@ -1,6 +1,6 @@
 """The scheduler on its own, with small pools: token budget, max_num_seqs, chunked prefill, preemption order.
 
-No model runs here: `step()` plays the engine's part (record the computed tokens, append one sampled token
+No model and no tokenizer: sequences are token ids only, and `step()` plays the engine's part (record the computed tokens, append one sampled token
 to every sequence that caught up), so each test pins exactly what one schedule() hands out.
 """
 
@@ -8,22 +8,13 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from ember.config import SchedulerConfig
-from ember.engine.detokenizer import Detokenizer
 from ember.engine.kv_cache import BlockPool
 from ember.engine.request import EngineRequest, SamplingParams
 from ember.engine.scheduler import ScheduledBatch, Scheduler, is_long_prompt
 from ember.engine.sequence import Sequence, SequenceStatus
-from ember.model.loader import LoadedModel
 
 BS = 4
-
-
-@pytest.fixture(scope="module")
-def detok(tiny: LoadedModel) -> Detokenizer:
-    return Detokenizer(tiny.tokenizer)
 
 
 def make(num_blocks: int, max_num_seqs: int = 8, budget: int = 64, prefix: bool = True,
@@ -33,10 +24,10 @@ def make(num_blocks: int, max_num_seqs: int = 8, budget: int = 64, prefix: bool 
                      BlockPool(num_blocks, BS, prefix))
 
 
-def seq(detok: Detokenizer, name: str, prompt_len: int, first: int = 1, max_tokens: int = 100) -> Sequence:
+def seq(name: str, prompt_len: int, first: int = 1, max_tokens: int = 100) -> Sequence:
     ids = tuple(first + i for i in range(prompt_len))
     r = EngineRequest(name, ids, SamplingParams(max_tokens=max_tokens, temperature=0.0))
-    return Sequence(request=r, detok=detok.new_state(ids, ()))
+    return Sequence(request=r)
 
 
 def step(s: Scheduler) -> ScheduledBatch:
@@ -62,9 +53,9 @@ def check_blocks(s: Scheduler) -> None:
     assert s.pool.num_used <= held  # shared prefix blocks count once in the pool
 
 
-def test_token_budget_is_filled_decodes_first_then_prompts_in_order(detok) -> None:
+def test_token_budget_is_filled_decodes_first_then_prompts_in_order() -> None:
     s = make(num_blocks=200, budget=32)
-    a, b, c = seq(detok, "a", 20), seq(detok, "b", 20, first=100), seq(detok, "c", 20, first=200)
+    a, b, c = seq("a", 20), seq("b", 20, first=100), seq("c", 20, first=200)
     for q in (a, b, c):
         s.add(q)
     assert plan(step(s)) == {"a": 20, "b": 12}  # b is chunked to what the budget leaves; c waits
@@ -76,9 +67,9 @@ def test_token_budget_is_filled_decodes_first_then_prompts_in_order(detok) -> No
     check_blocks(s)
 
 
-def test_budget_never_exceeded_and_max_num_seqs_caps_the_batch(detok) -> None:
+def test_budget_never_exceeded_and_max_num_seqs_caps_the_batch() -> None:
     s = make(num_blocks=400, max_num_seqs=3, budget=16)
-    qs = [seq(detok, f"s{i}", 10, first=10 * i + 1, max_tokens=5) for i in range(6)]
+    qs = [seq(f"s{i}", 10, first=10 * i + 1, max_tokens=5) for i in range(6)]
     for q in qs:
         s.add(q)
     order: list[str] = []
@@ -98,9 +89,9 @@ def test_budget_never_exceeded_and_max_num_seqs_caps_the_batch(detok) -> None:
     assert s.pool.num_free == s.pool.num_blocks
 
 
-def test_chunked_prefill_grows_blocks_with_each_chunk(detok) -> None:
+def test_chunked_prefill_grows_blocks_with_each_chunk() -> None:
     s = make(num_blocks=100, budget=16)
-    q = seq(detok, "long", 50)
+    q = seq("long", 50)
     s.add(q)
     chunks = []
     while q.num_computed_tokens < 50:
@@ -114,21 +105,21 @@ def test_chunked_prefill_grows_blocks_with_each_chunk(detok) -> None:
     assert len(q.block_ids) == -(-51 // BS)
 
 
-def test_a_decode_never_waits_behind_a_long_prompt(detok) -> None:
+def test_a_decode_never_waits_behind_a_long_prompt() -> None:
     s = make(num_blocks=200, budget=8)
-    short = seq(detok, "short", 3)
+    short = seq("short", 3)
     s.add(short)
     step(s)
-    s.add(seq(detok, "long", 60, first=50))
+    s.add(seq("long", 60, first=50))
     for _ in range(5):
         assert plan(step(s)) == {"short": 1, "long": 7}
 
 
-def test_preemption_takes_the_newest_first_and_requeues_it_at_the_head(detok) -> None:
+def test_preemption_takes_the_newest_first_and_requeues_it_at_the_head() -> None:
     # 9 blocks of 4: three 8-token prompts take 2 blocks each, a third each once they decode past 8.
     s = make(num_blocks=9, budget=64, prefix=False)
-    a, b, c = (seq(detok, n, 8, first=f, max_tokens=12) for n, f in (("a", 1), ("b", 20), ("c", 40)))
-    late = seq(detok, "late", 4, first=60, max_tokens=12)
+    a, b, c = (seq(n, 8, first=f, max_tokens=12) for n, f in (("a", 1), ("b", 20), ("c", 40)))
+    late = seq("late", 4, first=60, max_tokens=12)
     for q in (a, b, c):
         s.add(q)
     assert plan(step(s)) == {"a": 8, "b": 8, "c": 8}
@@ -163,14 +154,14 @@ def test_preemption_takes_the_newest_first_and_requeues_it_at_the_head(detok) ->
     assert s.pool.num_free == s.pool.num_blocks
 
 
-def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks(detok) -> None:
+def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks() -> None:
     s = make(num_blocks=6, budget=64)
-    donor = seq(detok, "donor", 12)
+    donor = seq("donor", 12)
     s.add(donor)
     step(s)  # 3 blocks, all full and keyed
-    s.add(seq(detok, "hog", 4, first=90))
+    s.add(seq("hog", 4, first=90))
     step(s)  # donor grows to 4 blocks, hog takes 1
-    twin = seq(detok, "twin", 20)  # shares donor's 12 prompt tokens: 3 cached blocks, then needs 2 more
+    twin = seq("twin", 20)  # shares donor's 12 prompt tokens: 3 cached blocks, then needs 2 more
     s.add(twin)
     b = step(s)  # hog's decode takes the last free block, so twin cannot start
     assert "twin" not in plan(b) and list(s.waiting) == [twin]
@@ -186,31 +177,31 @@ def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks(detok
     assert s.pool.num_free == s.pool.num_blocks and not s.has_work
 
 
-def test_a_long_prompt_alone_takes_the_whole_budget(detok) -> None:
+def test_a_long_prompt_alone_takes_the_whole_budget() -> None:
     s = make(num_blocks=200, budget=32, long_prefill=8)
-    s.add(seq(detok, "long", 100))
+    s.add(seq("long", 100))
     assert plan(step(s)) == {"long": 32}
     assert plan(step(s)) == {"long": 32}
 
 
-def test_a_long_prompt_shares_each_step_with_newer_decodes_and_prompts(detok) -> None:
+def test_a_long_prompt_shares_each_step_with_newer_decodes_and_prompts() -> None:
     s = make(num_blocks=200, budget=32, long_prefill=8)
-    s.add(seq(detok, "long", 100))
+    s.add(seq("long", 100))
     step(s)
-    s.add(seq(detok, "a", 5, first=200))
+    s.add(seq("a", 5, first=200))
     # Oldest first would give the long prompt all 32 tokens and leave `a` waiting for its whole prefill.
     assert plan(step(s)) == {"long": 8, "a": 5}
     assert plan(step(s)) == {"long": 8, "a": 1}  # a decode newer than the long prompt is not starved
-    s.add(seq(detok, "b", 40, first=300))  # longer than the budget: a long prompt too
-    s.add(seq(detok, "c", 12, first=400))  # more than the cap but within the budget: not long
+    s.add(seq("b", 40, first=300))  # longer than the budget: a long prompt too
+    s.add(seq("c", 12, first=400))  # more than the cap but within the budget: not long
     assert plan(step(s)) == {"long": 8, "a": 1, "c": 12}  # long prompts share the cap, oldest first
     check_blocks(s)
 
 
-def test_a_short_prompt_queued_behind_a_long_one_starts_first(detok) -> None:
+def test_a_short_prompt_queued_behind_a_long_one_starts_first() -> None:
     s = make(num_blocks=200, budget=32, long_prefill=8)
-    first, second = seq(detok, "first", 100), seq(detok, "second", 100, first=400)
-    short = seq(detok, "short", 6, first=800)
+    first, second = seq("first", 100), seq("second", 100, first=400)
+    short = seq("short", 6, first=800)
     s.add(first)
     step(s)
     s.add(second)
@@ -225,34 +216,34 @@ def test_a_short_prompt_queued_behind_a_long_one_starts_first(detok) -> None:
     assert plan(step(s)) == {"first": 1, "short": 1, "second": 8}
 
 
-def test_a_draft_being_verified_is_not_a_long_prompt(detok) -> None:
+def test_a_draft_being_verified_is_not_a_long_prompt() -> None:
     s = make(num_blocks=200, budget=32, long_prefill=8)
-    a = seq(detok, "a", 4)
+    a = seq("a", 4)
     s.add(a)
     while a.num_tokens <= 32:  # decode past one step's budget of context
         step(s)
     a.draft = [7, 7, 7]  # what the engine does after a step: a 3-token draft to verify
     assert not is_long_prompt(a, 32)
-    s.add(seq(detok, "long", 100, first=500))
+    s.add(seq("long", 100, first=500))
     # The verify row takes its 1 + 3 tokens; the long prompt still has the whole cap beside it.
     assert plan(s.schedule()) == {"a": 4, "long": 8}
     assert s.long_prefill_backlog() == 100
 
 
-def test_two_long_prompts_alone_go_one_after_the_other(detok) -> None:
+def test_two_long_prompts_alone_go_one_after_the_other() -> None:
     s = make(num_blocks=200, budget=32, long_prefill=8)
-    s.add(seq(detok, "x", 40))
-    s.add(seq(detok, "y", 40, first=500))
+    s.add(seq("x", 40))
+    s.add(seq("y", 40, first=500))
     assert plan(step(s)) == {"x": 32}  # nothing but long prompts: the first takes the whole step
     assert plan(step(s)) == {"x": 8, "y": 24}  # still nothing else in the step: y takes the rest
     assert plan(step(s)) == {"x": 1, "y": 8}  # x decodes now: y is held to the cap
 
 
-def test_random_long_and_short_traffic_keeps_the_budget_and_the_cap(detok) -> None:
+def test_random_long_and_short_traffic_keeps_the_budget_and_the_cap() -> None:
     rng = random.Random(7)
     budget, cap = 48, 12
     s = make(num_blocks=120, max_num_seqs=6, budget=budget, long_prefill=cap)
-    pending = [seq(detok, f"r{i}", rng.choice([3, 5, 9, 30, 70, 120]), first=1 + 100 * i,
+    pending = [seq(f"r{i}", rng.choice([3, 5, 9, 30, 70, 120]), first=1 + 100 * i,
                    max_tokens=rng.randint(1, 6)) for i in range(40)]
     done = shared = alone = 0
     for _ in range(2000):
