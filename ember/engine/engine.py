@@ -13,6 +13,7 @@ from ember.engine.backlog import refuse_long_prompt
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.grammar import GrammarCompiler, apply_masks
 from ember.engine.kv_cache import BlockPool
+from ember.engine.kv_manager import KVManager
 from ember.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
 from ember.engine.runner import ModelRunner, RunResult
 from ember.engine.sampler import Sampler, prompt_logprobs, seeded_generator
@@ -65,7 +66,8 @@ class Engine:
         self.kv_bytes_per_block = per_block
         num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
         self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.pool)
+        self.kv = KVManager(self.pool)
+        self.scheduler = Scheduler(config.scheduler, self.kv)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, self.device,
                                   native=config.model.native_kernels, kv_dtype=kv_dtype)
         self.sampler = Sampler()
@@ -154,7 +156,7 @@ class Engine:
         self._record_prompt_logprobs(batch, result)
         for seq, n, k in zip(batch.seqs, batch.num_tokens, batch.num_draft, strict=True):
             if not k:  # a verify row's KV counts only as far as its draft is accepted (_verify_and_emit)
-                self.scheduler.on_computed(seq, n)
+                self.kv.commit(seq, n)
         outputs = self._sample_and_emit(batch, result)
         outputs += self._verify_and_emit(batch, result)
         for seq in batch.seqs:
@@ -198,7 +200,7 @@ class Engine:
             seq.num_draft_tokens += len(draft)
             seq.num_accepted_draft_tokens += accepted
             seq.draft_streak = bool(draft) and accepted == len(draft)
-            self.scheduler.on_computed(seq, 1 + accepted)
+            self.kv.commit(seq, 1 + accepted)
             recs = self.sampler.records(logits, tokens, p, processed)
             outputs.append(self._emit(seq, tokens, recs, now))
         return outputs

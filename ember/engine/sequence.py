@@ -1,4 +1,7 @@
-"""Sequence: the one mutable record of a completion inside the engine."""
+"""Sequence: the one mutable record of a completion inside the engine.
+
+The KV blocks it holds are kept by the KVManager, the only writer of num_computed_tokens too.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +29,8 @@ class Sequence:
     """Built from the request alone: the tokenizer is needed only to advance it (Detokenizer.append)."""
     token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
-    """Tokens whose K/V are in the cache. The scheduler hands out tokens until this catches up."""
-    block_ids: list[int] = field(default_factory=list)
-    num_cached_blocks: int = 0
-    """Leading blocks already keyed in the prefix cache (full and hashed)."""
-    last_block_key: bytes | None = None
+    """Tokens whose K/V are in the cache. The scheduler hands out tokens until this catches up; only the
+    KVManager, which owns the blocks they live in, changes it."""
     num_prefix_hit_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     generator: torch.Generator | None = None

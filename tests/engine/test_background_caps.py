@@ -7,6 +7,7 @@ import pytest
 
 from ember.config import SchedulerConfig
 from ember.engine.kv_cache import BlockPool
+from ember.engine.kv_manager import KVManager
 from ember.engine.request import EngineRequest, SamplingParams
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence
@@ -19,7 +20,7 @@ def make(budget: int = 64, max_num_seqs: int = 16, num_blocks: int = 2000, batch
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                           background_tokens_when_busy=TOKENS, background_seqs_when_busy=SEATS,
                           busy_linger_steps=LINGER, background_step_tokens=batch_step)
-    return Scheduler(cfg, BlockPool(num_blocks, BS, True))
+    return Scheduler(cfg, KVManager(BlockPool(num_blocks, BS, True)))
 
 
 def seq(name: str, prompt_len: int, first: int, max_tokens: int = 100,

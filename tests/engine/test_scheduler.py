@@ -10,6 +10,7 @@ import random
 
 from ember.config import SchedulerConfig
 from ember.engine.kv_cache import BlockPool
+from ember.engine.kv_manager import KVManager
 from ember.engine.request import EngineRequest, SamplingParams
 from ember.engine.scheduler import ScheduledBatch, Scheduler, is_long_prompt
 from ember.engine.sequence import Sequence, SequenceStatus
@@ -21,7 +22,7 @@ def make(num_blocks: int, max_num_seqs: int = 8, budget: int = 64, prefix: bool 
          long_prefill: int = 256) -> Scheduler:
     return Scheduler(SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                                      long_prefill_tokens=long_prefill),
-                     BlockPool(num_blocks, BS, prefix))
+                     KVManager(BlockPool(num_blocks, BS, prefix)))
 
 
 def seq(name: str, prompt_len: int, first: int = 1, max_tokens: int = 100) -> Sequence:
@@ -33,7 +34,7 @@ def seq(name: str, prompt_len: int, first: int = 1, max_tokens: int = 100) -> Se
 def step(s: Scheduler) -> ScheduledBatch:
     b = s.schedule()
     for q, n in zip(b.seqs, b.num_tokens, strict=True):
-        s.on_computed(q, n)
+        s.kv.commit(q, n)
         if q.num_computed_tokens == q.num_tokens:
             q.token_ids.append(7)  # the sampled token: one behind again, i.e. decoding
     return b
@@ -46,11 +47,11 @@ def plan(b: ScheduledBatch) -> dict[str, int]:
 def check_blocks(s: Scheduler) -> None:
     """Every running sequence holds exactly the blocks its computed tokens need; waiting ones hold none."""
     for q in s.running:
-        assert len(q.block_ids) >= -(-q.num_computed_tokens // BS)
+        assert len(s.kv.block_ids(q)) >= -(-q.num_computed_tokens // BS)
     for q in s.waiting:
-        assert q.block_ids == [] and q.num_computed_tokens == 0
-    held = sum(len(q.block_ids) for q in s.running)
-    assert s.pool.num_used <= held  # shared prefix blocks count once in the pool
+        assert s.kv.block_ids(q) == () and q.num_computed_tokens == 0
+    held = sum(len(s.kv.block_ids(q)) for q in s.running)
+    assert s.kv.pool.num_used <= held  # shared prefix blocks count once in the pool
 
 
 def test_token_budget_is_filled_decodes_first_then_prompts_in_order() -> None:
@@ -86,7 +87,7 @@ def test_budget_never_exceeded_and_max_num_seqs_caps_the_batch() -> None:
         check_blocks(s)
     assert not s.has_work
     assert order == [f"s{i}" for i in range(6)]  # first come, first served
-    assert s.pool.num_free == s.pool.num_blocks
+    assert s.kv.pool.num_free == s.kv.pool.num_blocks
 
 
 def test_chunked_prefill_grows_blocks_with_each_chunk() -> None:
@@ -98,11 +99,11 @@ def test_chunked_prefill_grows_blocks_with_each_chunk() -> None:
         b = step(s)
         chunks.append(b.num_tokens[0])
         # Only the blocks the computed tokens need are taken, chunk by chunk.
-        assert len(q.block_ids) == -(-q.num_computed_tokens // BS)
+        assert len(s.kv.block_ids(q)) == -(-q.num_computed_tokens // BS)
     assert chunks == [16, 16, 16, 2]
     assert q.num_tokens == 51  # the last chunk's logits gave the first token
     assert plan(step(s)) == {"long": 1}
-    assert len(q.block_ids) == -(-51 // BS)
+    assert len(s.kv.block_ids(q)) == -(-51 // BS)
 
 
 def test_a_decode_never_waits_behind_a_long_prompt() -> None:
@@ -125,12 +126,12 @@ def test_preemption_takes_the_newest_first_and_requeues_it_at_the_head() -> None
     assert plan(step(s)) == {"a": 8, "b": 8, "c": 8}
     s.add(late)
     assert plan(step(s)) == {"a": 1, "b": 1, "c": 1}  # the pool's last 3 blocks; none left for `late`
-    assert s.pool.num_free == 0 and list(s.waiting) == [late]
+    assert s.kv.pool.num_free == 0 and list(s.waiting) == [late]
     for _ in range(3):
         assert plan(step(s)) == {"a": 1, "b": 1, "c": 1}  # up to 12 tokens: still 3 blocks each
     b6 = step(s)  # a needs a 4th block: c, the newest, is preempted for it, then b takes c's second
     assert [q.request_id for q in b6.preempted] == ["c"]
-    assert c.status is SequenceStatus.WAITING and c.block_ids == [] and c.num_computed_tokens == 0
+    assert c.status is SequenceStatus.WAITING and s.kv.block_ids(c) == () and c.num_computed_tokens == 0
     assert list(s.waiting) == [c, late]  # back at the head, ahead of a request that came later
     assert plan(b6) == {"a": 1, "b": 1}  # and no waiting sequence starts in a step that preempted
     assert s.num_preemptions == 1 and c.num_preemptions == 1
@@ -151,7 +152,7 @@ def test_preemption_takes_the_newest_first_and_requeues_it_at_the_head() -> None
         check_blocks(s)
     assert not s.has_work
     assert all(q.num_output_tokens >= 12 for q in (a, b, c, late))
-    assert s.pool.num_free == s.pool.num_blocks
+    assert s.kv.pool.num_free == s.kv.pool.num_blocks
 
 
 def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks() -> None:
@@ -165,16 +166,16 @@ def test_a_waiting_sequence_that_cannot_start_gives_back_its_prefix_blocks() -> 
     s.add(twin)
     b = step(s)  # hog's decode takes the last free block, so twin cannot start
     assert "twin" not in plan(b) and list(s.waiting) == [twin]
-    assert twin.block_ids == [] and twin.num_computed_tokens == 0  # it holds nothing while it waits
-    assert [s.pool.blocks[i].ref_count for i in donor.block_ids] == [1, 1, 1, 1]
-    assert s.pool.num_used == 6
+    assert s.kv.block_ids(twin) == () and twin.num_computed_tokens == 0  # it holds nothing while it waits
+    assert [s.kv.pool.blocks[i].ref_count for i in s.kv.block_ids(donor)] == [1, 1, 1, 1]
+    assert s.kv.pool.num_used == 6
     for q in list(s.running):  # donor's blocks go back to the free list still keyed
         s.finish(q)
     step(s)
     assert twin.status is SequenceStatus.RUNNING and twin.num_prefix_hit_tokens == 12
     for q in list(s.running):
         s.finish(q)
-    assert s.pool.num_free == s.pool.num_blocks and not s.has_work
+    assert s.kv.pool.num_free == s.kv.pool.num_blocks and not s.has_work
 
 
 def test_a_long_prompt_alone_takes_the_whole_budget() -> None:
@@ -208,7 +209,7 @@ def test_a_short_prompt_queued_behind_a_long_one_starts_first() -> None:
     s.add(short)
     b = step(s)
     assert plan(b) == {"first": 8, "short": 6}  # second is held back, short is not stuck behind it
-    assert list(s.waiting) == [second] and second.block_ids == []  # a held-back prompt holds no blocks
+    assert list(s.waiting) == [second] and s.kv.block_ids(second) == ()  # a held-back prompt holds no blocks
     check_blocks(s)
     while first.num_uncomputed > 8:  # first keeps the cap to the end of its prompt, then second starts
         assert plan(step(s)) == {"first": 8, "short": 1}
@@ -266,5 +267,5 @@ def test_random_long_and_short_traffic_keeps_the_budget_and_the_cap() -> None:
                 done += 1
         check_blocks(s)
     assert done == 40 and not s.has_work
-    assert s.pool.num_free == s.pool.num_blocks
+    assert s.kv.pool.num_free == s.kv.pool.num_blocks
     assert shared > 10 and alone > 0, (shared, alone)  # both cases were exercised
