@@ -143,7 +143,8 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        seq.draft = []
+        if seq.spec is not None:
+            seq.spec.discard()
         self.kv.free(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
@@ -211,8 +212,8 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop to make room for an older one
-            if seq.draft and 1 + len(seq.draft) > budget.tokens:
-                del seq.draft[max(0, budget.tokens - 1):]  # a draft is verified whole or not at all
+            if seq.spec is not None:
+                seq.spec.shorten(budget.tokens - 1)  # the row is its last token, then the draft
             n = budget.grant(seq)
             if n == 0:
                 continue  # a long prompt held back: the decodes and short prompts after it go on

@@ -14,6 +14,7 @@ from ember.engine.kv_manager import KVManager
 from ember.engine.request import EngineRequest, SamplingParams
 from ember.engine.scheduler import ScheduledBatch, Scheduler, is_long_prompt
 from ember.engine.sequence import Sequence, SequenceStatus
+from ember.engine.speculative import Speculation
 
 BS = 4
 
@@ -223,7 +224,7 @@ def test_a_draft_being_verified_is_not_a_long_prompt() -> None:
     s.add(a)
     while a.num_tokens <= 32:  # decode past one step's budget of context
         step(s)
-    a.draft = [7, 7, 7]  # what the engine does after a step: a 3-token draft to verify
+    a.spec = Speculation(3, draft=[7, 7, 7])  # what the engine does after a step: a 3-token draft to verify
     assert not is_long_prompt(a, 32)
     s.add(seq("long", 100, first=500))
     # The verify row takes its 1 + 3 tokens; the long prompt still has the whole cap beside it.
