@@ -30,6 +30,13 @@ class DetokenizerState:
     """Characters of `text` already handed out."""
     stopped: bool = False
 
+    @classmethod
+    def for_prompt(cls, prompt_ids: tuple[int, ...] | list[int], stop: tuple[str, ...]) -> DetokenizerState:
+        """The state before the first generated token: decoding starts from the prompt's last few ids
+        (for tokenizer-specific leading spaces). Needs no tokenizer."""
+        ctx = list(prompt_ids[-_CONTEXT_TOKENS:])
+        return cls(ids=ctx, prefix=0, read=len(ctx), stop=tuple(s for s in stop if s))
+
     @property
     def holdback(self) -> int:
         return max((len(s) for s in self.stop), default=1) - 1
@@ -38,10 +45,6 @@ class DetokenizerState:
 class Detokenizer:
     def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
-
-    def new_state(self, prompt_ids: tuple[int, ...] | list[int], stop: tuple[str, ...]) -> DetokenizerState:
-        ctx = list(prompt_ids[-_CONTEXT_TOKENS:])
-        return DetokenizerState(ids=ctx, prefix=0, read=len(ctx), stop=tuple(s for s in stop if s))
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -13,19 +13,18 @@ from ember.engine.backlog import refuse_long_prompt
 from ember.engine.detokenizer import Detokenizer
 from ember.engine.grammar import GrammarCompiler, apply_masks
 from ember.engine.kv_cache import BlockPool
+from ember.engine.kv_manager import KVManager
 from ember.engine.request import EngineRequest, FinishReason, RequestOutput, TokenLogprob
 from ember.engine.runner import ModelRunner, RunResult
 from ember.engine.sampler import Sampler, prompt_logprobs, seeded_generator
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence, SequenceStatus
-from ember.engine.speculative import PredictionIndex, can_speculate, propose, verify
+from ember.engine.speculative import Speculation
 from ember.errors import ContextLengthExceeded, InvalidRequest
 
 if TYPE_CHECKING:
     from ember.model.loader import LoadedModel
 
-NGRAM_WINDOW = 1024
-"""Tokens of its own text a sequence searches for prompt-lookup drafts."""
 PREFILL_RATE_MIN_TOKENS = 64
 """Steps smaller than this say more about per-step overhead than about prefill speed."""
 PREFILL_RATE_WEIGHT = 0.2
@@ -65,7 +64,8 @@ class Engine:
         self.kv_bytes_per_block = per_block
         num_blocks = max(1, cache.kv_cache_mb * 1024 * 1024 // per_block)
         self.pool = BlockPool(num_blocks, cache.block_size, cache.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler, self.pool)
+        self.kv = KVManager(self.pool)
+        self.scheduler = Scheduler(config.scheduler, self.kv)
         self.runner = ModelRunner(model, num_blocks, cache.block_size, self.device,
                                   native=config.model.native_kernels, kv_dtype=kv_dtype)
         self.sampler = Sampler()
@@ -96,14 +96,11 @@ class Engine:
         gen = None
         if req.params.seed is not None and not req.params.greedy:
             gen = seeded_generator(req.params.seed, self.device)
-        seq = Sequence(request=req, detok=self.detok.new_state(req.prompt_token_ids, req.params.stop),
-                       generator=gen)
+        seq = Sequence(request=req, generator=gen)
         if req.params.grammar is not None:
             seq.matcher = self.grammars.matcher(req.params.grammar)
-        if req.params.speculation:
-            seq.spec_source = PredictionIndex(req.params.speculation)
-        seq.speculate = (bool(req.params.speculation) or self.spec.ngram_lookup) and can_speculate(
-            req.params, seq.matcher is not None)
+        seq.spec = Speculation.for_request(req.params, self.spec.ngram_lookup, seq.matcher is not None,
+                                           self.spec.num_draft_tokens)
         self.seqs[req.request_id] = seq
         seq.arrival_time = req.arrival_time or time.monotonic()
         self.scheduler.add(seq)
@@ -155,51 +152,32 @@ class Engine:
         self._record_prompt_logprobs(batch, result)
         for seq, n, k in zip(batch.seqs, batch.num_tokens, batch.num_draft, strict=True):
             if not k:  # a verify row's KV counts only as far as its draft is accepted (_verify_and_emit)
-                self.scheduler.on_computed(seq, n)
+                self.kv.commit(seq, n)
         outputs = self._sample_and_emit(batch, result)
         outputs += self._verify_and_emit(batch, result)
         for seq in batch.seqs:
             # Only a sequence about to decode drafts; one still prefilling its prompt does not.
-            if (seq.speculate and seq.status is SequenceStatus.RUNNING
+            if (seq.spec is not None and seq.status is SequenceStatus.RUNNING
                     and seq.num_computed_tokens == seq.num_tokens - 1):
-                self._draft(seq)
+                # Accepted tokens plus the model's own must fit in max_tokens and the context window.
+                room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
+                seq.spec.propose(seq.token_ids, seq.num_prompt_tokens, room)
         return outputs
-
-    def _draft(self, seq: Sequence) -> None:
-        # Accepted tokens plus the model's own must fit in max_tokens and the context window.
-        room = min(seq.params.max_tokens - seq.num_output_tokens, self.max_model_len - seq.num_tokens) - 1
-        # After a draft held whole the next may be 2k+1 long (see SpeculativeConfig.num_draft_tokens);
-        # after a miss, k again.
-        k = self.spec.num_draft_tokens
-        k = min(2 * k + 1 if seq.draft_streak else k, room)
-        if seq.spec_source is not None:
-            draft, at = seq.spec_source.propose(seq.output_token_ids, k, near=seq.spec_pos)
-            if at is not None:
-                seq.spec_pos = at
-            elif k > 0:
-                # No n-gram match right after the model replaced a predicted token: assume a same-length
-                # edit and read on from where the prediction should be (the verifier corrects any guess).
-                draft = seq.spec_source.source[seq.spec_pos : seq.spec_pos + k]
-            seq.draft = list(draft)
-        else:  # prompt lookup over a recent window: the search is Python, once per step per sequence
-            seq.draft = propose(seq.token_ids, seq.token_ids[-NGRAM_WINDOW:], k)
 
     def _verify_and_emit(self, batch: ScheduledBatch, result: RunResult) -> list[RequestOutput]:
         outputs: list[RequestOutput] = []
         now = time.monotonic()
         for i, logits in result.verify_logits.items():
             seq = batch.seqs[i]
-            draft, seq.draft = seq.draft, []
+            assert seq.spec is not None  # only a speculating sequence is given a verify row
             if seq.is_finished:
+                seq.spec.discard()
                 continue
             p = seq.params
             processed = self.sampler.processed(logits, p)
             scores = processed if p.greedy else torch.softmax(processed, dim=-1)
-            tokens, accepted = verify(scores, draft, p.greedy, seq.generator)
-            seq.num_draft_tokens += len(draft)
-            seq.num_accepted_draft_tokens += accepted
-            seq.draft_streak = bool(draft) and accepted == len(draft)
-            self.scheduler.on_computed(seq, 1 + accepted)
+            tokens = seq.spec.accept(scores, p.greedy, seq.generator)
+            self.kv.commit(seq, len(tokens))  # the last token and the accepted draft: 1 + accepted
             recs = self.sampler.records(logits, tokens, p, processed)
             outputs.append(self._emit(seq, tokens, recs, now))
         return outputs
@@ -275,7 +253,8 @@ class Engine:
                 reason = FinishReason.LENGTH
             if reason is not None:
                 break
-        seq.spec_pos += len(kept)
+        if seq.spec is not None:
+            seq.spec.advance(len(kept))
         kept_recs = tuple(recs[: len(kept)])
         if reason is not None:
             return self._finish(seq, reason, tuple(kept), kept_recs, now, tuple(offsets))
@@ -293,8 +272,8 @@ class Engine:
             new_logprobs=recs, new_text_offsets=offsets, prompt_logprobs=plp,
             num_prompt_tokens=seq.num_prompt_tokens, num_cached_tokens=seq.num_prefix_hit_tokens,
             num_output_tokens=seq.num_output_tokens, first_token_time=seq.first_token_time,
-            arrival_time=seq.arrival_time, num_draft_tokens=seq.num_draft_tokens,
-            num_accepted_draft_tokens=seq.num_accepted_draft_tokens)
+            arrival_time=seq.arrival_time, num_draft_tokens=seq.spec.num_drafted if seq.spec else 0,
+            num_accepted_draft_tokens=seq.spec.num_accepted if seq.spec else 0)
 
     def _finish(self, seq: Sequence, reason: FinishReason, toks: tuple[int, ...],
                 recs: tuple[TokenLogprob, ...], now: float, offsets: tuple[int, ...] = ()) -> RequestOutput:

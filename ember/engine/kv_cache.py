@@ -136,9 +136,3 @@ class BlockPool:
                 self.cached[key] = block.block_id
             parent = key
         return parent
-
-    def reset_prefix_cache(self) -> None:
-        for key, bid in list(self.cached.items()):
-            self.blocks[bid].key = None
-            self.blocks[bid].token_ids = ()
-            del self.cached[key]

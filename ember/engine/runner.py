@@ -70,7 +70,7 @@ class ModelRunner:
         width = model_args.n_kv_heads * model_args.head_dim
         return 2 * model_args.n_layers * block_size * width * torch.empty((), dtype=dtype).element_size()
 
-    def _slots(self, block_ids: list[int], start: int, end: int) -> torch.Tensor:
+    def _slots(self, block_ids: tuple[int, ...], start: int, end: int) -> torch.Tensor:
         bs = self.block_size
         pos = torch.arange(start, end)
         table = torch.tensor(block_ids, dtype=torch.long)
@@ -92,7 +92,7 @@ class ModelRunner:
         ids: list[int] = []
         positions: list[torch.Tensor] = []
         slot_parts: list[torch.Tensor] = []
-        decode_ctx: list[tuple[list[int], int]] = []  # (block table, rows) of each sequence attended row by row
+        decode_ctx: list[tuple[tuple[int, ...], int]] = []  # (block table, rows) of each sequence attended row by row
         decode_lens: list[int] = []
         prefills: list[PrefillSlice] = []
         exact: list[tuple[int, int]] = []
@@ -103,19 +103,20 @@ class ModelRunner:
         order += [p for p, d in zip(pairs, decode_like, strict=True) if not d]
         row = 0
         for i, (seq, n) in order:
+            blocks = batch.block_tables[i]
             start = seq.num_computed_tokens
             end = start + n
             row_offsets[i] = row
             ids.extend(seq.input_token_ids[start:end])
             positions.append(torch.arange(start, end))
             if decode_like[i] or self.native:  # the kernel attends prefill rows one by one as well
-                slot_parts.append(self._slots(seq.block_ids, start, end))
+                slot_parts.append(self._slots(blocks, start, end))
                 if n > 1 and not self.padding_invariant:  # draft positions, re-attended alone
                     exact.extend((len(decode_lens) + j, self._padded(start + j + 1)) for j in range(n))
-                decode_ctx.append((seq.block_ids, n))
+                decode_ctx.append((blocks, n))
                 decode_lens.extend(range(start + 1, end + 1))
             else:
-                ctx = self._slots(seq.block_ids, 0, end)
+                ctx = self._slots(blocks, 0, end)
                 slot_parts.append(ctx[start:])
                 prefills.append(PrefillSlice(start=row, q_len=n, context_slots=ctx.to(self.device)))
             row += n
@@ -149,7 +150,7 @@ class ModelRunner:
         return fb, row_offsets
 
     @staticmethod
-    def _row_tables(seqs: list[tuple[list[int], int]], nb: int) -> torch.Tensor:
+    def _row_tables(seqs: list[tuple[tuple[int, ...], int]], nb: int) -> torch.Tensor:
         """[rows, nb] block table of every row: each (block ids, rows) sequence's table, once per row."""
         table = torch.zeros(len(seqs), nb, dtype=torch.long)
         for i, (blocks, _) in enumerate(seqs):

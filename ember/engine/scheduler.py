@@ -7,7 +7,9 @@ a prefix-cache hit simply starts with num_computed_tokens > 0.
 
 Order: running sequences first (oldest first), then waiting ones first-come first-served. When the KV
 pool cannot supply a block, the newest running sequence is preempted: its blocks are freed and it goes
-back to the head of the waiting queue, to be recomputed later (its prefix may still be cached).
+back to the head of the waiting queue, to be recomputed later (its prefix may still be cached). The
+scheduler decides who gets memory; the KVManager keeps what each sequence holds (the scheduler never
+writes a block table or a count of computed tokens itself).
 
 Long prompts are the exception to oldest first. A prompt is long when it is longer than one step's budget
 (beyond any prefix-cache hit; `is_long_prompt`), and stays long until its prefill is done: while anything else is in
@@ -33,7 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from ember.config import SchedulerConfig
-from ember.engine.kv_cache import BlockPool
+from ember.engine.kv_manager import KVManager
 from ember.engine.sequence import Sequence, SequenceStatus
 
 
@@ -47,6 +49,8 @@ class ScheduledBatch:
     sampled token, then the draft), whose logits at all k + 1 positions go to the verifier and whose KV
     counts only as far as the draft is accepted; 0 is a plain row. Decided here and nowhere else."""
     preempted: list[Sequence] = field(default_factory=list)
+    block_tables: list[tuple[int, ...]] = field(default_factory=list)
+    """Each of seqs' KV block ids, covering its computed tokens plus num_tokens."""
 
     @property
     def total_tokens(self) -> int:
@@ -104,9 +108,9 @@ class _Allowance:
 
 
 class Scheduler:
-    def __init__(self, cfg: SchedulerConfig, pool: BlockPool) -> None:
+    def __init__(self, cfg: SchedulerConfig, kv: KVManager) -> None:
         self.cfg = cfg
-        self.pool = pool
+        self.kv = kv
         self.waiting: deque[Sequence] = deque()
         """Interactive sequences waiting, first-come first-served."""
         self.waiting_background: deque[Sequence] = deque()
@@ -137,31 +141,15 @@ class Scheduler:
         seqs = [s for s in self.running if not s.request.background] + list(self.waiting)
         return sum(s.num_uncomputed for s in seqs if is_long_prompt(s, t))
 
-    def _blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.pool.block_size)
-
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
-        seq.draft = []
-        self.pool.free_blocks(seq.block_ids)
-        seq.block_ids = []
-        seq.num_computed_tokens = 0
-        seq.num_cached_blocks = 0
-        seq.last_block_key = None
+        if seq.spec is not None:
+            seq.spec.discard()
+        self.kv.free(seq)
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self._queue_of(seq).appendleft(seq)
-
-    def _grow(self, seq: Sequence, n: int) -> bool:
-        need = self._blocks_for(seq.num_computed_tokens + n) - len(seq.block_ids)
-        if need <= 0:
-            return True
-        got = self.pool.allocate(need)
-        if got is None:
-            return False
-        seq.block_ids.extend(got)
-        return True
 
     def _victim(self, for_seq: Sequence, chosen: set[Sequence]) -> Sequence:
         """Whom to preempt so `for_seq` can grow: the newest batch row not yet scheduled this step, else
@@ -204,6 +192,7 @@ class Scheduler:
         out.seqs = [s for s, _ in pairs]
         out.num_tokens = [n for _, n in pairs]
         out.num_draft = [len(s.draft) for s, _ in pairs]
+        out.block_tables = [self.kv.block_ids(s) for s, _ in pairs]
         return out
 
     def _interactive_busy(self) -> bool:
@@ -223,15 +212,15 @@ class Scheduler:
                 break
             if seq.status is not SequenceStatus.RUNNING:
                 continue  # preempted earlier in this loop to make room for an older one
-            if seq.draft and 1 + len(seq.draft) > budget.tokens:
-                del seq.draft[max(0, budget.tokens - 1):]  # a draft is verified whole or not at all
+            if seq.spec is not None:
+                seq.spec.shorten(budget.tokens - 1)  # the row is its last token, then the draft
             n = budget.grant(seq)
             if n == 0:
                 continue  # a long prompt held back: the decodes and short prompts after it go on
             # Drafts exist only one token behind (the engine drafts then; preemption drops them), so a
             # sequence with a draft is given exactly its last token plus the draft.
             assert not seq.draft or n == 1 + len(seq.draft)
-            while not self._grow(seq, n):
+            while not self.kv.allocate(seq, n):
                 victim = self._victim(seq, chosen.keys())  # type: ignore[arg-type]
                 self._preempt(victim)
                 out.preempted.append(victim)
@@ -254,7 +243,7 @@ class Scheduler:
             n = min(seq.num_uncomputed - have, budget.tokens)
             if n <= 0:
                 continue
-            if not self._grow(seq, have + n):
+            if not self.kv.allocate(seq, have + n):
                 return
             chosen[seq] = have + n
             budget.tokens -= n
@@ -274,14 +263,14 @@ class Scheduler:
                 if interactive and self._evict_background(chosen, out):
                     continue
                 return False
-            if not seq.block_ids and not seq.wants_prompt_logprobs:
-                self._match_prefix(seq)
+            if not seq.wants_prompt_logprobs:  # prompt logprobs need every prompt row computed
+                self.kv.match_prefix(seq)
             n = budget.grant(seq)
             if n == 0:
                 self._release_waiting(seq)
                 i += 1
                 continue
-            if not self._grow(seq, n):
+            if not self.kv.allocate(seq, n):
                 self._release_waiting(seq)
                 if interactive and self._evict_background(chosen, out):
                     continue
@@ -295,10 +284,7 @@ class Scheduler:
 
     def _release_waiting(self, seq: Sequence) -> None:
         """Hand back the prefix blocks a sequence that stays waiting took: a waiting one holds no KV memory."""
-        self.pool.free_blocks(seq.block_ids)
-        seq.block_ids = []
-        seq.num_computed_tokens = seq.num_cached_blocks = 0
-        seq.last_block_key = None
+        self.kv.free(seq)
 
     def _evict_background(self, chosen: dict[Sequence, int], out: ScheduledBatch) -> bool:
         for s in reversed(self.running):
@@ -307,29 +293,6 @@ class Scheduler:
                 out.preempted.append(s)
                 return True
         return False
-
-    def _match_prefix(self, seq: Sequence) -> None:
-        # Leave at least the last token uncomputed: its logits are needed to sample the next one.
-        max_blocks = (seq.num_tokens - 1) // self.pool.block_size
-        matched = self.pool.match_prefix(seq.token_ids, seq.request.cache_scope, max_blocks)
-        if not matched:
-            return
-        seq.block_ids = matched
-        seq.num_computed_tokens = len(matched) * self.pool.block_size
-        seq.num_cached_blocks = len(matched)
-        seq.last_block_key = self.pool.blocks[matched[-1]].key
-        if seq.num_output_tokens == 0:
-            seq.num_prefix_hit_tokens = seq.num_computed_tokens
-
-    def on_computed(self, seq: Sequence, n: int) -> None:
-        """Record that n more tokens' K/V are in the cache; key the blocks that became full."""
-        seq.num_computed_tokens += n
-        full = seq.num_computed_tokens // self.pool.block_size
-        if full > seq.num_cached_blocks:
-            seq.last_block_key = self.pool.cache_full_blocks(
-                seq.block_ids, seq.token_ids, seq.num_cached_blocks, full, seq.last_block_key,
-                seq.request.cache_scope)
-            seq.num_cached_blocks = full
 
     def finish(self, seq: Sequence) -> None:
         """End a sequence wherever it is and give its blocks back at once."""
@@ -342,6 +305,5 @@ class Scheduler:
                 self._queue_of(seq).remove(seq)
             except ValueError:
                 pass
-        self.pool.free_blocks(seq.block_ids)
-        seq.block_ids = []
+        self.kv.free(seq)
         seq.status = SequenceStatus.FINISHED

@@ -1,4 +1,8 @@
-"""Sequence: the one mutable record of a completion inside the engine."""
+"""Sequence: the one mutable record of a completion inside the engine.
+
+Two parts of its state have owners of their own: the KV blocks it holds are kept by the KVManager (the
+only writer of num_computed_tokens too), and its drafts by its Speculation.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import torch
 
 from ember.engine.detokenizer import DetokenizerState
 from ember.engine.request import EngineRequest, SamplingParams, TokenLogprob
-from ember.engine.speculative import PredictionIndex
+from ember.engine.speculative import Speculation
 
 
 class SequenceStatus(enum.Enum):
@@ -22,14 +26,12 @@ class SequenceStatus(enum.Enum):
 @dataclass(eq=False)
 class Sequence:
     request: EngineRequest
-    detok: DetokenizerState
+    detok: DetokenizerState = field(init=False)
+    """Built from the request alone: the tokenizer is needed only to advance it (Detokenizer.append)."""
     token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
-    """Tokens whose K/V are in the cache. The scheduler hands out tokens until this catches up."""
-    block_ids: list[int] = field(default_factory=list)
-    num_cached_blocks: int = 0
-    """Leading blocks already keyed in the prefix cache (full and hashed)."""
-    last_block_key: bytes | None = None
+    """Tokens whose K/V are in the cache. The scheduler hands out tokens until this catches up; only the
+    KVManager, which owns the blocks they live in, changes it."""
     num_prefix_hit_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     generator: torch.Generator | None = None
@@ -38,23 +40,15 @@ class Sequence:
     first_token_time: float | None = None
     num_preemptions: int = 0
     arrival_time: float = 0.0
-    draft: list[int] = field(default_factory=list)
-    """Tokens guessed to follow token_ids, verified in the next step (never part of token_ids)."""
-    spec_source: PredictionIndex | None = None
-    """Where drafts come from: the predicted output, or None to look up the sequence's own tokens."""
-    spec_pos: int = 0
-    """Index in spec_source expected to match the next output token (advances with every token)."""
-    draft_streak: bool = False
-    """The last draft was accepted whole: the next one may be longer."""
-    speculate: bool = False
-    num_draft_tokens: int = 0
-    num_accepted_draft_tokens: int = 0
+    spec: Speculation | None = None
+    """Drafts and their statistics; None for a sequence that decodes one token at a time."""
     matcher: Any = None
     """The llguidance matcher of a constrained sequence (advanced by every token it emits)."""
     mirostat_mu: float | None = None
     """Mirostat's running surprise bound; starts at twice the target."""
 
     def __post_init__(self) -> None:
+        self.detok = DetokenizerState.for_prompt(self.request.prompt_token_ids, self.request.params.stop)
         if not self.token_ids:
             self.token_ids = list(self.request.prompt_token_ids)
         if self.mirostat_mu is None and self.request.params.mirostat_target is not None:
@@ -81,8 +75,9 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
+    def draft(self) -> list[int]:
+        """The draft under verification (read-only here: Speculation decides it); [] when none."""
+        return self.spec.draft if self.spec is not None else []
 
     @property
     def num_uncomputed(self) -> int:

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass, field
 
 import torch
 
 from ember.engine.request import SamplingParams
+
+NGRAM_WINDOW = 1024
+"""Tokens of its own text a sequence searches for prompt-lookup drafts."""
 
 
 def propose(history: Seq[int], source: Seq[int], k: int, max_ngram: int = 3) -> list[int]:
@@ -71,6 +75,80 @@ class PredictionIndex:
                 continue  # too far to trust; a shorter match near the expected place may still do
             return self.source[end : end + k], end
         return [], None
+
+
+@dataclass
+class Speculation:
+    """The speculative state of one sequence, and every decision about its drafts.
+
+    Life of a draft: `propose` after a step leaves the sequence one token behind; the scheduler may
+    `shorten` it to the step's budget or `discard` it on preemption; the engine `accept`s the verified
+    prefix (which consumes the draft whatever the outcome) and `advance`s past the tokens it kept.
+    """
+
+    num_draft_tokens: int
+    """k: the draft length while the source is unproven (SpeculativeConfig.num_draft_tokens)."""
+    source: PredictionIndex | None = None
+    """Where drafts come from: the predicted output, or None to look up the sequence's own tokens."""
+    draft: list[int] = field(default_factory=list)
+    """Tokens guessed to follow the sequence's tokens, verified in the next step (never part of them)."""
+    pos: int = 0
+    """Index in source expected to match the next output token (advances with every token)."""
+    streak: bool = False
+    """The last draft was accepted whole: the next one may be longer."""
+    num_drafted: int = 0
+    num_accepted: int = 0
+
+    @classmethod
+    def for_request(cls, params: SamplingParams, ngram_lookup: bool, constrained: bool,
+                    num_draft_tokens: int) -> Speculation | None:
+        """The state of a request that speculates (from its prediction, or by prompt lookup when the
+        server enables it), or None for one that decodes one token at a time."""
+        if not (params.speculation or ngram_lookup) or not can_speculate(params, constrained):
+            return None
+        source = PredictionIndex(params.speculation) if params.speculation else None
+        return cls(num_draft_tokens, source)
+
+    def propose(self, token_ids: Seq[int], num_prompt_tokens: int, room: int) -> None:
+        """Draft what follows token_ids: at most `room` tokens (what max_tokens and the context window
+        leave after the model's own token). After a draft held whole the next may be 2k+1 long (see
+        SpeculativeConfig.num_draft_tokens); after a miss, k again."""
+        k = self.num_draft_tokens
+        k = min(2 * k + 1 if self.streak else k, room)
+        if self.source is None:  # prompt lookup over a recent window: the search is Python, once per step
+            self.draft = propose(token_ids, token_ids[-NGRAM_WINDOW:], k)
+            return
+        draft, at = self.source.propose(token_ids[num_prompt_tokens:], k, near=self.pos)
+        if at is not None:
+            self.pos = at
+        elif k > 0:
+            # No n-gram match right after the model replaced a predicted token: assume a same-length
+            # edit and read on from where the prediction should be (the verifier corrects any guess).
+            draft = self.source.source[self.pos : self.pos + k]
+        self.draft = list(draft)
+
+    def shorten(self, max_len: int) -> None:
+        """Keep at most max_len draft tokens: a draft is verified whole or not at all, so one that does
+        not fit the step's budget is cut to what does."""
+        del self.draft[max(0, max_len):]
+
+    def discard(self) -> None:
+        """Drop the draft unverified (preemption: its KV would have to be recomputed anyway)."""
+        self.draft = []
+
+    def accept(self, scores: torch.Tensor, greedy: bool, generator: torch.Generator | None) -> list[int]:
+        """Verify the draft against the target scores of its rows (see `verify`) and consume it; the
+        tokens to emit: the accepted draft prefix, then the model's own token."""
+        draft, self.draft = self.draft, []
+        tokens, accepted = verify(scores, draft, greedy, generator)
+        self.num_drafted += len(draft)
+        self.num_accepted += accepted
+        self.streak = bool(draft) and accepted == len(draft)
+        return tokens
+
+    def advance(self, num_tokens: int) -> None:
+        """The sequence kept num_tokens more output tokens: the prediction is expected further on."""
+        self.pos += num_tokens
 
 
 def can_speculate(params: SamplingParams, constrained: bool) -> bool:

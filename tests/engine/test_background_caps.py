@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from ember.config import SchedulerConfig
-from ember.engine.detokenizer import Detokenizer
 from ember.engine.kv_cache import BlockPool
+from ember.engine.kv_manager import KVManager
 from ember.engine.request import EngineRequest, SamplingParams
 from ember.engine.scheduler import ScheduledBatch, Scheduler
 from ember.engine.sequence import Sequence
@@ -20,14 +20,14 @@ def make(budget: int = 64, max_num_seqs: int = 16, num_blocks: int = 2000, batch
     cfg = SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=budget,
                           background_tokens_when_busy=TOKENS, background_seqs_when_busy=SEATS,
                           busy_linger_steps=LINGER, background_step_tokens=batch_step)
-    return Scheduler(cfg, BlockPool(num_blocks, BS, True))
+    return Scheduler(cfg, KVManager(BlockPool(num_blocks, BS, True)))
 
 
-def seq(detok: Detokenizer, name: str, prompt_len: int, first: int, max_tokens: int = 100,
+def seq(name: str, prompt_len: int, first: int, max_tokens: int = 100,
         background: bool = False) -> Sequence:
     ids = tuple(first + i for i in range(prompt_len))
     r = EngineRequest(name, ids, SamplingParams(max_tokens=max_tokens, temperature=0.0), background=background)
-    return Sequence(request=r, detok=detok.new_state(ids, ()))
+    return Sequence(request=r)
 
 
 def split(b: ScheduledBatch) -> tuple[dict[str, int], dict[str, int]]:
@@ -44,15 +44,10 @@ def finish_done(s: Scheduler) -> list[str]:
     return [q.request_id for q in done]
 
 
-@pytest.fixture(scope="module")
-def detok(tiny) -> Detokenizer:
-    return Detokenizer(tiny.tokenizer)
-
-
-def test_without_interactive_work_batch_rows_fill_the_step(detok) -> None:
+def test_without_interactive_work_batch_rows_fill_the_step() -> None:
     s = make(budget=64)
     for i in range(8):
-        s.add(seq(detok, f"b{i}", 30, first=100 * i + 1, background=True))
+        s.add(seq(f"b{i}", 30, first=100 * i + 1, background=True))
     fg, bg = split(step(s))
     assert not fg and sum(bg.values()) == 64  # the whole budget: b0, b1 whole and a chunk of b2
     assert bg == {"b0": 30, "b1": 30, "b2": 4}
@@ -62,16 +57,16 @@ def test_without_interactive_work_batch_rows_fill_the_step(detok) -> None:
     check_blocks(s)
 
 
-def test_with_interactive_work_a_step_carries_at_most_the_background_cap(detok) -> None:
+def test_with_interactive_work_a_step_carries_at_most_the_background_cap() -> None:
     """Batch rows mid-prompt and decoding; interactive requests arrive and run: every step while they are
     present holds at most TOKENS batch tokens in at most SEATS rows, and every interactive sequence
     gets all the tokens it can use."""
     s = make(budget=64)
     for i in range(8):
-        s.add(seq(detok, f"b{i}", 40, first=100 * i + 1, background=True))
+        s.add(seq(f"b{i}", 40, first=100 * i + 1, background=True))
     step(s)
     step(s)  # some rows decoding, others still prefilling
-    live = [seq(detok, f"i{k}", 20, first=5000 + 50 * k, max_tokens=12) for k in range(3)]
+    live = [seq(f"i{k}", 20, first=5000 + 50 * k, max_tokens=12) for k in range(3)]
     for q in live:
         s.add(q)
     steps = 0
@@ -86,11 +81,11 @@ def test_with_interactive_work_a_step_carries_at_most_the_background_cap(detok) 
     assert steps == 12  # one prompt step then one token a step: no step went to batch rows instead
 
 
-def test_caps_outlast_interactive_work_by_the_linger_steps_then_lift(detok) -> None:
+def test_caps_outlast_interactive_work_by_the_linger_steps_then_lift() -> None:
     s = make(budget=64)
     for i in range(8):
-        s.add(seq(detok, f"b{i}", 40, first=100 * i + 1, background=True))
-    live = seq(detok, "live", 10, first=9000, max_tokens=3)
+        s.add(seq(f"b{i}", 40, first=100 * i + 1, background=True))
+    live = seq("live", 10, first=9000, max_tokens=3)
     s.add(live)
     while not live.is_finished:
         fg, bg = split(step(s))
@@ -103,18 +98,18 @@ def test_caps_outlast_interactive_work_by_the_linger_steps_then_lift(detok) -> N
     assert len(bg) > SEATS or sum(bg.values()) > TOKENS  # then the batch rows have the whole step
 
 
-def test_batch_rows_are_never_starved_by_endless_interactive_traffic(detok) -> None:
+def test_batch_rows_are_never_starved_by_endless_interactive_traffic() -> None:
     """A new interactive request whenever one ends, so interactive work is always present: every batch row
     still finishes, oldest first, and the seats they held go back."""
     s = make(budget=32, max_num_seqs=6)
-    rows = [seq(detok, f"b{i}", 12, first=100 * i + 1, max_tokens=5, background=True) for i in range(6)]
+    rows = [seq(f"b{i}", 12, first=100 * i + 1, max_tokens=5, background=True) for i in range(6)]
     for q in rows:
         s.add(q)
     n_live = 0
 
     def new_live() -> None:
         nonlocal n_live
-        s.add(seq(detok, f"i{n_live}", 8, first=20_000 + 20 * n_live, max_tokens=4))
+        s.add(seq(f"i{n_live}", 8, first=20_000 + 20 * n_live, max_tokens=4))
         n_live += 1
 
     new_live()
@@ -136,16 +131,16 @@ def test_batch_rows_are_never_starved_by_endless_interactive_traffic(detok) -> N
     assert done[:SEATS] == sorted(done[:SEATS]) and set(done) == {q.request_id for q in rows}
 
 
-def test_an_interactive_request_evicts_a_waiting_batch_row_for_its_seat(detok) -> None:
+def test_an_interactive_request_evicts_a_waiting_batch_row_for_its_seat() -> None:
     """Seats all held by batch rows (most of them not scheduled under the cap): an interactive request
     takes a seat at once by preempting the newest batch row, which goes back to the head of its queue."""
     s = make(budget=64, max_num_seqs=5)
-    rows = [seq(detok, f"b{i}", 8, first=100 * i + 1, background=True) for i in range(5)]
+    rows = [seq(f"b{i}", 8, first=100 * i + 1, background=True) for i in range(5)]
     for q in rows:
         s.add(q)
     step(s)
     assert len(s.running) == 5
-    s.add(seq(detok, "live", 8, first=9000))
+    s.add(seq("live", 8, first=9000))
     b = step(s)
     fg, bg = split(b)
     assert fg == {"live": 8}
@@ -154,12 +149,12 @@ def test_an_interactive_request_evicts_a_waiting_batch_row_for_its_seat(detok) -
     assert len(bg) <= SEATS
 
 
-def test_batch_only_steps_are_bounded_by_background_step_tokens(detok) -> None:
+def test_batch_only_steps_are_bounded_by_background_step_tokens() -> None:
     """With no interactive work, batch rows still take at most background_step_tokens per step: an
     interactive request that arrives mid-step waits for a short step, not a whole-budget prefill."""
     s = make(budget=64, batch_step=20)
     for i in range(4):
-        s.add(seq(detok, f"b{i}", 30, first=100 * i + 1, background=True))
+        s.add(seq(f"b{i}", 30, first=100 * i + 1, background=True))
     fg, bg = split(step(s))
     assert not fg and bg == {"b0": 20}
     for _ in range(12):

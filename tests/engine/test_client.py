@@ -57,14 +57,14 @@ def test_a_step_failing_after_an_arrival_fails_only_that_arrival(tiny) -> None:
     """A step that breaks right after a request arrived fails that request alone; the others step on.
     If the next step breaks too, the fault is not the newcomer's, and everything fails."""
     engine = make_engine(tiny, max_num_batched_tokens=512)
-    match = engine.scheduler._match_prefix
+    match = engine.kv.match_prefix
 
     def poisoned(seq) -> None:
         if seq.request.cache_salt in ("boom", "always"):
             raise RuntimeError("simulated bug")
         match(seq)
 
-    engine.scheduler._match_prefix = poisoned  # type: ignore[method-assign]
+    engine.kv.match_prefix = poisoned  # type: ignore[method-assign]
     client = EngineClient(engine)
     client.start()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ember.engine.detokenizer import Detokenizer
+from ember.engine.detokenizer import Detokenizer, DetokenizerState
 
 
 class CharTokenizer:
@@ -33,7 +33,7 @@ def reference(ids: list[int], stops: tuple[str, ...]) -> tuple[str, bool]:
        st.lists(st.text(alphabet="abc \né", min_size=1, max_size=4), max_size=4))
 def test_stop_strings_match_reference(ids: list[int], stops: list[str]) -> None:
     d = Detokenizer(CharTokenizer())  # type: ignore[arg-type]
-    st_ = d.new_state([], tuple(stops))
+    st_ = DetokenizerState.for_prompt([], tuple(stops))
     streamed = ""
     stopped = False
     for t in ids:

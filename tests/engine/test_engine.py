@@ -156,6 +156,7 @@ def test_abort_frees_every_block(tiny: LoadedModel) -> None:
         engine.abort(str(i))
     assert engine.pool.num_free == total
     assert all(b.ref_count == 0 for b in engine.pool.blocks)
+    assert engine.kv.num_holders == 0
     assert not engine.has_work
 
 
@@ -175,6 +176,7 @@ def test_kv_exhaustion_preempts_and_completes(tiny: LoadedModel) -> None:
     for k, v in expect.items():
         assert got[k].token_ids == v, k
     assert engine.pool.num_free == 20
+    assert engine.kv.num_holders == 0
 
 
 def test_seeded_sampling_is_batch_invariant(tiny: LoadedModel) -> None:

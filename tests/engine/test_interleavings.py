@@ -60,6 +60,7 @@ def test_any_interleaving_ends_every_request_once_and_frees_every_block(tiny: Lo
         used = sum(1 for b in engine.pool.blocks if b.ref_count > 0)
         assert used == engine.pool.num_used
         assert all(b.ref_count >= 0 for b in engine.pool.blocks)
+        assert engine.kv.num_holders == len(engine.scheduler.running)  # blocks iff running: none leak
     for _ in range(5000):
         if not engine.has_work:
             break
@@ -70,4 +71,5 @@ def test_any_interleaving_ends_every_request_once_and_frees_every_block(tiny: Lo
     assert set(ended) == set(added)
     assert not engine.seqs
     assert engine.pool.num_free == NUM_BLOCKS
+    assert engine.kv.num_holders == 0
     assert all(b.ref_count == 0 for b in engine.pool.blocks)

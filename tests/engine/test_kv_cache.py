@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import hypothesis.strategies as st
 from hypothesis import settings
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, precondition, rule
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from ember.engine.kv_cache import BlockPool
 
@@ -125,12 +125,6 @@ class BlockPoolMachine(RuleBasedStateMachine):
         self._check_hit(seq.tokens, seq.salt, matched)
         assert matched[:own] == seq.block_ids[:own]
         self.pool.free_blocks(matched)
-
-    @precondition(lambda self: not self.live)
-    @rule()
-    def reset_prefix_cache(self) -> None:
-        self.pool.reset_prefix_cache()
-        assert not self.pool.cached
 
     # -- invariants ----------------------------------------------------------------------------------
     @invariant()

@@ -9,7 +9,7 @@ import torch
 
 from ember.config import SpeculativeConfig
 from ember.engine.request import EngineRequest, SamplingParams
-from ember.engine.speculative import NEAR_WINDOW, PredictionIndex, propose, verify
+from ember.engine.speculative import NEAR_WINDOW, PredictionIndex, Speculation, propose, verify
 from ember.model.loader import LoadedModel
 from tests.engine.helpers import greedy, make_engine, run_all
 
@@ -64,6 +64,65 @@ def test_verify_sampling_keeps_the_distribution() -> None:
     counts = Counter(verify(p, [2], False, g)[0][0] for _ in range(n))
     for t in range(4):
         assert abs(counts[t] / n - p[0, t].item()) < 0.015, counts
+
+
+def test_speculation_state_only_for_requests_that_may_speculate() -> None:
+    plain = SamplingParams(max_tokens=8, temperature=0.0)
+    predicted = dataclasses.replace(plain, speculation=(1, 2, 3))
+    assert Speculation.for_request(plain, ngram_lookup=False, constrained=False, num_draft_tokens=3) is None
+    lookup = Speculation.for_request(plain, ngram_lookup=True, constrained=False, num_draft_tokens=3)
+    assert lookup is not None and lookup.source is None
+    spec = Speculation.for_request(predicted, ngram_lookup=False, constrained=False, num_draft_tokens=3)
+    assert spec is not None and spec.source is not None and spec.source.source == [1, 2, 3]
+    # Penalties or a grammar rule drafts out, whatever the request predicted.
+    assert Speculation.for_request(predicted, ngram_lookup=True, constrained=True, num_draft_tokens=3) is None
+    penalized = dataclasses.replace(predicted, presence_penalty=0.5)
+    assert Speculation.for_request(penalized, ngram_lookup=True, constrained=False, num_draft_tokens=3) is None
+
+
+def test_speculation_drafts_k_then_2k_plus_1_after_a_whole_accept_and_k_after_a_miss() -> None:
+    prompt = [90, 91]
+    pred = list(range(1, 30))
+    spec = Speculation(2, PredictionIndex(pred))
+    spec.propose(prompt, len(prompt), room=100)
+    assert spec.draft == [1, 2]  # no output yet: the prediction's start
+    logits = torch.full((3, 40), -5.0)
+    for row, best in enumerate([1, 2, 3]):
+        logits[row, best] = 5.0
+    assert spec.accept(logits, True, None) == [1, 2, 3]  # the draft held whole, plus the model's token
+    assert spec.draft == [] and (spec.num_drafted, spec.num_accepted, spec.streak) == (2, 2, True)
+    spec.advance(3)
+    out = prompt + [1, 2, 3]
+    spec.propose(out, len(prompt), room=100)
+    assert spec.draft == [4, 5, 6, 7, 8]  # 2k + 1 after a streak
+    spec.propose(out, len(prompt), room=3)
+    assert spec.draft == [4, 5, 6]  # the room caps it
+    logits = torch.full((4, 40), -5.0)
+    for row, best in enumerate([4, 9, 9, 9]):
+        logits[row, best] = 5.0
+    assert spec.accept(logits, True, None) == [4, 9]  # a miss at the second draft token
+    assert (spec.num_drafted, spec.num_accepted, spec.streak) == (5, 3, False)
+    spec.propose(out + [4, 9], len(prompt), room=100)
+    assert len(spec.draft) == 2  # k again
+
+
+def test_speculation_draft_is_shortened_to_the_budget_and_discarded_on_preemption() -> None:
+    spec = Speculation(3, draft=[5, 6, 7])
+    spec.shorten(5)
+    assert spec.draft == [5, 6, 7]
+    spec.shorten(2)
+    assert spec.draft == [5, 6]
+    spec.shorten(-1)
+    assert spec.draft == []
+    spec.draft = [5, 6, 7]
+    spec.discard()
+    assert spec.draft == [] and spec.num_drafted == 0  # nothing verified, nothing counted
+
+
+def test_prompt_lookup_drafts_from_the_sequence_itself() -> None:
+    spec = Speculation(2)
+    spec.propose([1, 2, 3, 9, 1, 2], 3, room=10)
+    assert spec.draft == [3, 9]
 
 
 def _engine(lm: LoadedModel, ngram: bool = False):
