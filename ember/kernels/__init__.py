@@ -20,18 +20,21 @@ from types import ModuleType
 
 log = logging.getLogger("ember.kernels")
 SOURCES = sorted(Path(__file__).parent.glob("*.cpp"))
+HEADERS = sorted(Path(__file__).parent.glob("*.h"))
 DISABLE_ENV = "EMBER_NO_NATIVE_KERNELS"
 # -fopenmp compiles at::parallel_for's pragmas but links no OpenMP runtime of its own: the GOMP symbols
 # resolve to the libgomp torch already loaded, so the kernel shares torch's thread team (a second
 # runtime's team would compete with it for the two cores). -ffast-math lets exp and the dot products
-# vectorize; the order of every sum is still fixed by the code, whatever shares the batch.
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
+# vectorize; the order of every sum is still fixed by the code, whatever shares the batch. No -march: the
+# build targets any x86-64 and each kernel's AVX2 / AVX-512 paths carry their own target attributes,
+# chosen at run time (isa.h); -mtune only schedules for the build machine.
+CFLAGS = ["-O3", "-mtune=native", "-ffast-math", "-fopenmp"]
 
 
 @functools.cache
 def load() -> ModuleType | None:
-    """The compiled module (paged_decode_attention, add_rms_norm, rope_write_kv, silu_mul), or None where
-    it cannot be built."""
+    """The compiled module (paged_decode_attention, add_rms_norm, rope_write_kv, silu_mul, the GGUF block
+    kernels gguf_linear_int8 and friends, cpu_isas), or None where it cannot be built."""
     if os.environ.get(DISABLE_ENV):
         return None
     scripts = sysconfig.get_path("scripts")
@@ -44,7 +47,7 @@ def load() -> ModuleType | None:
         log.info("loading native kernels (the first start on a machine compiles them, about 30 s)")
         # The build commands name the sources by absolute path, so two checkouts with equal sources
         # would keep rebuilding one shared folder: the folder is keyed by where the sources are too.
-        text = "".join(p.read_text() for p in SOURCES) + " ".join(CFLAGS) + str(Path(__file__).parent)
+        text = "".join(p.read_text() for p in SOURCES + HEADERS) + " ".join(CFLAGS) + str(Path(__file__).parent)
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         # One build per environment (torch keys builds by its include paths, so two venvs sharing the
         # default ~/.cache directory would keep rebuilding each other's).

@@ -27,31 +27,35 @@
 #include <type_traits>
 #include <vector>
 
+#include "isa.h"
+
+namespace ember {
 namespace {
 
 constexpr int64_t kTile = 16;
 constexpr int64_t kKeyBlock = 32;
 
-// Vectors of kVW floats (GCC vector extension, no intrinsics: any x86): one AVX-512 register where the
-// build has AVX-512, else one AVX2 register. The kernels below keep at most ~12 of them live, which fits
-// AVX2's 16 registers (64-byte vectors there were two registers each and spilled: 10x slower on Zen 3).
-#if defined(__AVX512F__)
-constexpr int kVW = 16;
-constexpr int kValVecs = 4;  // value columns per pass: 4 vectors
-#else
-constexpr int kVW = 8;
-constexpr int kValVecs = 2;
-#endif
 constexpr int kScoreKeys = 16;  // keys per pass of block_scores
-typedef float vf __attribute__((vector_size(kVW * sizeof(float))));
-constexpr int kScoreVecs = kScoreKeys / kVW;
+
+// Vectors of kWidth floats (GCC vector extension, no intrinsics), one register of level I: AVX-512 16,
+// AVX2 8, scalar (SSE2, in every x86-64) 4. The kernels below keep at most ~12 of them live, which fits
+// AVX2's 16 registers (64-byte vectors there were two registers each and spilled: 10x slower on Zen 3).
+template <Isa I>
+struct Lanes {
+  static constexpr int kWidth = I == kAvx512 ? 16 : (I == kAvx2 ? 8 : 4);
+  static constexpr int kValVecs = I == kAvx512 ? 4 : 2;  // value columns per pass of block_values
+  static constexpr int kScoreVecs = kScoreKeys / kWidth;
+  typedef float vf __attribute__((vector_size(kWidth * sizeof(float))));
+};
 
 // Scores of N heads of one row against one block of keys: s[n][j] = sum_d q[n][d] * kt[d][j], kt the
 // block's keys of their shared KV head transposed to [D, kKeyBlock] (64-byte aligned). Each score is one
 // chain of multiply-adds over d in order, whatever N, the other heads and the vector width: lanes run
 // over keys.
-template <int N>
-inline void block_scores(const float* q, const float* kt, int64_t D, float* s) {
+template <Isa I, int N>
+EMBER_INLINE void block_scores(const float* q, const float* kt, int64_t D, float* s) {
+  using vf = typename Lanes<I>::vf;
+  constexpr int kVW = Lanes<I>::kWidth, kScoreVecs = Lanes<I>::kScoreVecs;
   for (int64_t j0 = 0; j0 < kKeyBlock; j0 += kScoreKeys) {
     vf a[N][kScoreVecs] = {};
     for (int64_t d = 0; d < D; ++d) {
@@ -67,41 +71,62 @@ inline void block_scores(const float* q, const float* kt, int64_t D, float* s) {
   }
 }
 
-inline vf loadv(const float* p) {
-  vf x;
+template <typename V>
+EMBER_INLINE V loadv(const float* p) {
+  V x;
   std::memcpy(&x, p, sizeof x);
   return x;
 }
 
-inline void storev(float* p, vf x) { std::memcpy(p, &x, sizeof x); }
+template <typename V>
+EMBER_INLINE void storev(float* p, V x) { std::memcpy(p, &x, sizeof x); }
 
-// n float16 values (IEEE binary16 bits) widened exactly to float32: 8 per F16C instruction where the build
-// has it (every AVX2 CPU does).
-inline void widen(const uint16_t* src, float* dst, int64_t n) {
+// n float16 values (IEEE binary16 bits) widened exactly to float32: the vector levels 8 per F16C
+// instruction (every AVX2 CPU has it).
+EMBER_INLINE void widen_tail(const uint16_t* src, float* dst, int64_t i, int64_t n) {
+  for (; i < n; ++i) dst[i] = static_cast<float>(c10::Half(src[i], c10::Half::from_bits()));
+}
+
+EMBER_TARGET_AVX2 EMBER_INLINE void widen_f16c(const uint16_t* src, float* dst, int64_t n) {
   int64_t i = 0;
-#if defined(__F16C__)
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
-#endif
-  for (; i < n; ++i) dst[i] = static_cast<float>(c10::Half(src[i], c10::Half::from_bits()));
+  widen_tail(src, dst, i, n);
+}
+
+template <Isa I>
+void widen(const uint16_t* src, float* dst, int64_t n);
+template <>
+__attribute__((noinline)) void widen<kScalar>(const uint16_t* src, float* dst, int64_t n) {
+  widen_tail(src, dst, 0, n);
+}
+template <>
+__attribute__((noinline)) EMBER_TARGET_AVX2 void widen<kAvx2>(const uint16_t* src, float* dst, int64_t n) {
+  widen_f16c(src, dst, n);
+}
+template <>
+__attribute__((noinline)) EMBER_TARGET_AVX512 void widen<kAvx512>(const uint16_t* src, float* dst, int64_t n) {
+  widen_f16c(src, dst, n);
 }
 
 // acc[n][d] += p[n][j] * v_j[d] for j = jlo..jhi-1 in order, for N heads sharing one KV head (vrows[j] + voff:
 // their values at block position j). Every element of acc is one chain of multiply-adds over j, kept in
 // registers for kValVecs vectors of columns (then one, then single columns) at a time.
-template <int N>
-inline void block_values(const float* p, const float* const* vrows, int64_t voff, int64_t jlo, int64_t jhi,
-                         int64_t D, float* acc) {
+template <Isa I, int N>
+EMBER_INLINE void block_values(const float* p, const float* const* vrows, int64_t voff, int64_t jlo, int64_t jhi,
+                               int64_t D, float* acc) {
+  using vf = typename Lanes<I>::vf;
+  constexpr int kVW = Lanes<I>::kWidth, kValVecs = Lanes<I>::kValVecs;
   constexpr int64_t W = kValVecs * kVW;
   int64_t d0 = 0;
   for (; d0 + W <= D; d0 += W) {
     vf a[N][kValVecs];
     for (int n = 0; n < N; ++n)
-      for (int c = 0; c < kValVecs; ++c) a[n][c] = loadv(acc + n * D + d0 + kVW * c);
+      for (int c = 0; c < kValVecs; ++c) a[n][c] = loadv<vf>(acc + n * D + d0 + kVW * c);
     for (int64_t j = jlo; j < jhi; ++j) {
       const float* v = vrows[j] + voff + d0;
       vf vv[kValVecs];
-      for (int c = 0; c < kValVecs; ++c) vv[c] = loadv(v + kVW * c);
+      for (int c = 0; c < kValVecs; ++c) vv[c] = loadv<vf>(v + kVW * c);
       for (int n = 0; n < N; ++n) {
         const float pj = p[n * kKeyBlock + j];
         for (int c = 0; c < kValVecs; ++c) a[n][c] += pj * vv[c];
@@ -112,9 +137,9 @@ inline void block_values(const float* p, const float* const* vrows, int64_t voff
   }
   for (; d0 + kVW <= D; d0 += kVW) {
     vf a[N];
-    for (int n = 0; n < N; ++n) a[n] = loadv(acc + n * D + d0);
+    for (int n = 0; n < N; ++n) a[n] = loadv<vf>(acc + n * D + d0);
     for (int64_t j = jlo; j < jhi; ++j) {
-      const vf v = loadv(vrows[j] + voff + d0);
+      const vf v = loadv<vf>(vrows[j] + voff + d0);
       for (int n = 0; n < N; ++n) a[n] += p[n * kKeyBlock + j] * v;
     }
     for (int n = 0; n < N; ++n) storev(acc + n * D + d0, a[n]);
@@ -130,11 +155,13 @@ inline void block_values(const float* p, const float* const* vrows, int64_t voff
 
 // One block of keys for one row: updates the row's running max m[H], sum l[H] and weighted values
 // acc[H * D] with the keys of block positions jlo..jhi-1 (kt: the block's keys as [KV, D, kKeyBlock];
-// vrows[j]: the V cache row of block position j). s: [H, kKeyBlock] scratch, 64-byte aligned. `first`: the row's first block (nothing to rescale yet). Kept out of line so the
+// vrows[j]: the V cache row of block position j). s: [H, kKeyBlock] scratch, 64-byte aligned. `first`: the
+// row's first block (nothing to rescale yet). Compiled out of line per level (row_block<I> below), so the
 // compiler cannot interleave rows: a row's instructions are the same whichever rows share its tile.
-__attribute__((noinline)) void row_block(const float* q, const float* kt, const float* const* vrows,
-                                         int64_t jlo, int64_t jhi, bool first, int64_t H, int64_t G, int64_t D,
-                                         float* m, float* l, float* acc, float* s) {
+template <Isa I>
+EMBER_INLINE void row_block_body(const float* q, const float* kt, const float* const* vrows, int64_t jlo,
+                                 int64_t jhi, bool first, int64_t H, int64_t G, int64_t D, float* m, float* l,
+                                 float* acc, float* s) {
   // Heads sharing a KV head go through the kernel together, four at most: how a row's heads are grouped
   // depends on the model's shape only.
   for (int64_t h = 0; h < H;) {
@@ -142,10 +169,10 @@ __attribute__((noinline)) void row_block(const float* q, const float* kt, const 
     const float* k = kt + (h / G) * D * kKeyBlock;
     float* sh = s + h * kKeyBlock;
     switch (n) {
-      case 1: block_scores<1>(q + h * D, k, D, sh); break;
-      case 2: block_scores<2>(q + h * D, k, D, sh); break;
-      case 3: block_scores<3>(q + h * D, k, D, sh); break;
-      default: block_scores<4>(q + h * D, k, D, sh); break;
+      case 1: block_scores<I, 1>(q + h * D, k, D, sh); break;
+      case 2: block_scores<I, 2>(q + h * D, k, D, sh); break;
+      case 3: block_scores<I, 3>(q + h * D, k, D, sh); break;
+      default: block_scores<I, 4>(q + h * D, k, D, sh); break;
     }
     h += n;
   }
@@ -177,14 +204,19 @@ __attribute__((noinline)) void row_block(const float* q, const float* kt, const 
     const float* p = s + h * kKeyBlock;
     const int64_t voff = (h / G) * D;
     switch (n) {
-      case 1: block_values<1>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
-      case 2: block_values<2>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
-      case 3: block_values<3>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
-      default: block_values<4>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+      case 1: block_values<I, 1>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+      case 2: block_values<I, 2>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+      case 3: block_values<I, 3>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
+      default: block_values<I, 4>(p, vrows, voff, jlo, jhi, D, acc + h * D); break;
     }
     h += n;
   }
 }
+
+EMBER_FOR_EACH_ISA(void, row_block,
+                   (const float* q, const float* kt, const float* const* vrows, int64_t jlo, int64_t jhi,
+                    bool first, int64_t H, int64_t G, int64_t D, float* m, float* l, float* acc, float* s),
+                   row_block_body<I>, (q, kt, vrows, jlo, jhi, first, H, G, D, m, l, acc, s))
 
 }  // namespace
 
@@ -194,7 +226,7 @@ __attribute__((noinline)) void row_block(const float* q, const float* kt, const 
 // p - w + 1 .. p, Gemma's sliding layers). Returns [B, H, D].
 namespace {
 
-template <typename T>
+template <Isa I, typename T>
 torch::Tensor attend(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache, torch::Tensor tables,
                      torch::Tensor lens, int64_t block_size, int64_t n_kv_heads, int64_t window) {
   TORCH_CHECK(tables.dtype() == torch::kInt64 && lens.dtype() == torch::kInt64, "int64 tables and lens");
@@ -272,17 +304,17 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cac
             for (int64_t e = 0; e < width; ++e) kt[e * kKeyBlock + j] = k[e];
             vrows[j] = vp + slot * width;
           } else {
-            widen(kp + slot * width, krow.data(), width);
+            widen<I>(kp + slot * width, krow.data(), width);
             for (int64_t e = 0; e < width; ++e) kt[e * kKeyBlock + j] = krow[e];
             float* w = vbuf.data() + j * width;
-            widen(vp + slot * width, w, width);
+            widen<I>(vp + slot * width, w, width);
             vrows[j] = w;
           }
         }
         for (int64_t r = 0; r < R; ++r) {
           const int64_t jlo = std::max(t0, first[r]) - t0, jhi = std::min(t0 + kKeyBlock, lp[b0 + r]) - t0;
           if (jlo >= jhi) continue;
-          row_block(qp + (b0 + r) * H * D, kt, vrows, jlo, jhi, first[r] >= t0, H, G, D, m.data() + r * H,
+          row_block<I>(qp + (b0 + r) * H * D, kt, vrows, jlo, jhi, first[r] >= t0, H, G, D, m.data() + r * H,
                     l.data() + r * H, acc.data() + r * H * D, sp);
         }
       }
@@ -300,14 +332,19 @@ torch::Tensor attend(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cac
 }
 
 }  // namespace
+}  // namespace ember
 
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                      torch::Tensor tables, torch::Tensor lens, int64_t block_size,
-                                     int64_t n_kv_heads, int64_t window) {
+                                     int64_t n_kv_heads, int64_t window, int64_t isa) {
+  using namespace ember;
   TORCH_CHECK(q.dtype() == torch::kFloat32, "q must be float32");
   TORCH_CHECK(k_cache.dtype() == v_cache.dtype(), "K and V caches must share a dtype");
-  if (k_cache.dtype() == torch::kFloat32)
-    return attend<float>(q, k_cache, v_cache, tables, lens, block_size, n_kv_heads, window);
-  TORCH_CHECK(k_cache.dtype() == torch::kFloat16, "KV cache must be float32 or float16");
-  return attend<uint16_t>(q, k_cache, v_cache, tables, lens, block_size, n_kv_heads, window);
+  const bool wide = k_cache.dtype() == torch::kFloat32;
+  TORCH_CHECK(wide || k_cache.dtype() == torch::kFloat16, "KV cache must be float32 or float16");
+  return dispatch_isa(isa, "paged_decode_attention", [&](auto level) {
+    constexpr Isa I = decltype(level)::value;
+    return wide ? attend<I, float>(q, k_cache, v_cache, tables, lens, block_size, n_kv_heads, window)
+                : attend<I, uint16_t>(q, k_cache, v_cache, tables, lens, block_size, n_kv_heads, window);
+  });
 }

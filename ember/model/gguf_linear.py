@@ -93,7 +93,7 @@ class GGUFLinear(nn.Module):
         x2 = x.reshape(-1, self.in_features).to(torch.float32)
         # x is quantized once for every part (int8 blocks, their scales and exact sums); each part writes
         # its own columns.
-        y = self._kernels.quant_linear(x2, self._data, self._qtypes, self._rows, self._scales, self.isa)
+        y = self._kernels.gguf_linear_int8(x2, self._data, self._qtypes, self._rows, self._scales, self.isa)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -113,7 +113,7 @@ class GGUFEmbedding(nn.Module):
         self._kernels = _module()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = self._kernels.quant_dequantize_rows(self.data, self.qtype, ids.reshape(-1), self.embedding_dim)
+        flat = self._kernels.gguf_dequantize_rows(self.data, self.qtype, ids.reshape(-1), self.embedding_dim)
         return flat.reshape(*ids.shape, self.embedding_dim)
 
 

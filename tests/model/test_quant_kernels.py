@@ -38,9 +38,9 @@ def cpu_isas() -> list[int]:
             flags = set(line.split(":", 1)[1].split())
             break
     out = [ISAS["portable"]]
-    if {"avx2", "fma"} <= flags:
+    if {"avx2", "fma", "f16c"} <= flags:
         out.append(ISAS["avx2"])
-    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma"} <= flags:
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni", "avx2", "fma", "f16c"} <= flags:
         out.append(ISAS["avx512vnni"])
     return out
 
@@ -87,7 +87,7 @@ def run(k: ModuleType, x: torch.Tensor, raw: np.ndarray | torch.Tensor, qtype: i
     w = raw if isinstance(raw, torch.Tensor) else as_block_tensor(raw)
     n = rows.numel() if rows.numel() else w.shape[0]
     out = torch.empty(x.shape[0], n)
-    k.quant_matmul(*k.quant_activations(x), w, int(qtype), rows, scale, out, isa)
+    k.gguf_matmul_int8(*k.quantize_activations_int8(x, isa), w, int(qtype), rows, scale, out, isa)
     return out
 
 
@@ -104,7 +104,7 @@ def check(k: ModuleType, x: torch.Tensor, raw: np.ndarray, qtype: int, isa: int)
 def test_dispatch_matches_the_cpu(k: ModuleType) -> None:
     # The extension's cpuid dispatch offers exactly the paths /proc/cpuinfo says this CPU has, and every
     # x86-64 host CI runs on has AVX2 at least.
-    assert sorted(k.quant_isas()) == CPU_ISAS
+    assert sorted(k.cpu_isas()) == CPU_ISAS
     assert ISAS["avx2"] in CPU_ISAS
 
 
@@ -155,7 +155,8 @@ def test_row_gather_scale_and_column_slice(k: ModuleType) -> None:
     rows = torch.randperm(24)
     x = torch.randn(5, K)
     wide = torch.full((5, 40), 7.0)
-    k.quant_matmul(*k.quant_activations(x), torch.from_numpy(raw), int(Q.Q5_0), rows, 0.125, wide[:, 10:34], -1)
+    k.gguf_matmul_int8(*k.quantize_activations_int8(x), torch.from_numpy(raw), int(Q.Q5_0), rows, 0.125,
+                       wide[:, 10:34], -1)
     ref = 0.125 * (x.double().numpy() @ w[rows.numpy()].T)
     assert (np.abs(wide[:, 10:34].double().numpy() - ref) <= 0.125 * error_bound(x, w[rows.numpy()])).all()
     assert (wide[:, :10] == 7).all() and (wide[:, 34:] == 7).all()
@@ -169,6 +170,23 @@ def test_dequantize_rows_is_exact(k: ModuleType, qtype: Q) -> None:
     got = GGUFEmbedding(torch.from_numpy(raw), int(qtype), K)(ids)
     assert got.shape == (2, 2, K)
     assert np.array_equal(got.reshape(4, K).double().numpy(), dequantized(raw, qtype, K)[[29, 0, 5, 5]])
+
+
+@pytest.mark.parametrize("isa", CPU_ISAS, ids=ISA_IDS)
+def test_integer_steps_are_the_same_bits_on_every_isa(k: ModuleType, isa: int) -> None:
+    """Activation quantization's integers and every format's dequantized rows do not depend on the ISA
+    (the float block sums only to rounding)."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(7, 768, generator=g) * torch.rand(7, 1, generator=g) * 3
+    q0, d0, s0, c0 = k.quantize_activations_int8(x, isa=ISAS["portable"])
+    q1, d1, s1, c1 = k.quantize_activations_int8(x, isa=isa)
+    assert torch.equal(q1, q0) and torch.equal(d1, d0) and torch.equal(c1, c0)
+    torch.testing.assert_close(s1, s0, rtol=1e-5, atol=1e-5)
+    ids = torch.tensor([3, 0, 3, 5])
+    for qtype in F16_FIELDS:
+        w = torch.from_numpy(random_blocks(qtype, 6, 768, seed=int(qtype)))
+        want = k.gguf_dequantize_rows(w, int(qtype), ids, 768, isa=ISAS["portable"])
+        assert torch.equal(k.gguf_dequantize_rows(w, int(qtype), ids, 768, isa=isa), want)
 
 
 def real_tensors(path: str, wanted: set[str]) -> dict[str, tuple[np.ndarray, int, int]]:
@@ -226,11 +244,11 @@ def test_linear_of_mixed_parts_and_forced_isa(k: ModuleType, monkeypatch: pytest
 
 def test_bad_shapes_are_errors_not_crashes(k: ModuleType) -> None:
     raw = torch.from_numpy(random_blocks(Q.Q4_0, 4, 64, 0))
-    act = k.quant_activations(torch.randn(2, 96))
+    act = k.quantize_activations_int8(torch.randn(2, 96))
     with pytest.raises(RuntimeError, match="row bytes"):
-        k.quant_matmul(*act, raw, int(Q.Q4_0), NO_ROWS, 1.0, torch.empty(2, 4), -1)
-    act = k.quant_activations(torch.randn(2, 64))
+        k.gguf_matmul_int8(*act, raw, int(Q.Q4_0), NO_ROWS, 1.0, torch.empty(2, 4), -1)
+    act = k.quantize_activations_int8(torch.randn(2, 64))
     with pytest.raises(RuntimeError, match="row index"):
-        k.quant_matmul(*act, raw, int(Q.Q4_0), torch.tensor([0, 9]), 1.0, torch.empty(2, 2), -1)
+        k.gguf_matmul_int8(*act, raw, int(Q.Q4_0), torch.tensor([0, 9]), 1.0, torch.empty(2, 2), -1)
     with pytest.raises(RuntimeError, match="unsupported GGML type"):
-        k.quant_matmul(*act, raw, int(Q.Q2_K), NO_ROWS, 1.0, torch.empty(2, 4), -1)
+        k.gguf_matmul_int8(*act, raw, int(Q.Q2_K), NO_ROWS, 1.0, torch.empty(2, 4), -1)
