@@ -40,14 +40,19 @@ from pydantic import ValidationError
 
 from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
-from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
+from ember.gateway.batch_rows import RowRequest, error_line, ok_line, row_defaults, row_request
 from ember.gateway.services import BatchServices
 from ember.http.errors import error_payload, validation_body
 from ember.pipeline.served_model import ServedModel
 from ember.platform.limits import RateLimiter, Reservation
 from ember.protocol.responses import Head, ResponseBuilder, to_json
-from ember.protocol.schemas import CompletionRequest
-from ember.protocol.translate import Plan, reject_unsupported_completion, to_engine_requests
+from ember.protocol.schemas import ChatCompletionRequest, CompletionRequest
+from ember.protocol.translate import (
+    Plan,
+    chat_to_engine_requests,
+    reject_unsupported_completion,
+    to_engine_requests,
+)
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE, Row, read_rows
 from ember.store.ids import utcnow
@@ -326,26 +331,21 @@ class BatchRunner:
             self.meter.record(j.account_id, j.key_id, j.model, *tokens, usage_type=BATCH)
 
     async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, dict | None]:
-        """(ok, output line, usage); a row that is not a valid completion request is an error line."""
+        """(ok, output line, usage); a row that is not a valid request of its endpoint is an error line."""
         j = run.job
         try:
-            own = row_body(j, row, self.served)
+            req = row_request(j, row, self.served, run.defaults)
         except InvalidRequest as e:
             return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
-        body = {**run.defaults, **own, "model": self.served.model_id, "stream": False}
-        try:
-            req = CompletionRequest.model_validate(body)
         except ValidationError as e:
             return False, error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
         try:
-            reject_unsupported_completion(req)
             engine_id = f"batch-{uuid.uuid4().hex}"
-            # A row runs for its job's account: its prompt shares that account's prefix cache only.
-            plan = await self._io(to_engine_requests, req, self.served.tokenizer, self.served.max_model_len,
-                                  engine_id, self.served.grammars, j.account_id)
+            creq, plan = await self._io(self._translate, req, engine_id, j.account_id)
             reqs = [replace(r, background=True) for r in plan.requests]
             reservation = await self._reserve(j, plan)
-            builder = ResponseBuilder("completion", req, self.served.tokenizer, plan,
+            kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
+            builder = ResponseBuilder(kind, creq, self.served.tokenizer, plan,
                                       Head(engine_id, int(time.time()), self.served.model_id), time.monotonic())
             try:
                 async for c, out in self.client.generate_all(reqs):
@@ -359,6 +359,17 @@ class BatchRunner:
         body, _ = builder.response()
         response = to_json(body)
         return True, ok_line(j, row.custom_id, engine_id, response), response["usage"]
+
+    def _translate(self, req: RowRequest, engine_id: str, tenant: str) -> tuple[CompletionRequest, Plan]:
+        """The row in completion terms and its engine requests (a chat row rendered with the model's chat
+        template, as the chat route does). A row runs for its job's account: its prompt shares that
+        account's prefix cache only."""
+        s = self.served
+        if isinstance(req, ChatCompletionRequest):
+            return chat_to_engine_requests(req, s.chat_template, s.tokenizer, s.max_model_len, engine_id,
+                                           s.grammars, tenant)
+        reject_unsupported_completion(req)
+        return req, to_engine_requests(req, s.tokenizer, s.max_model_len, engine_id, s.grammars, tenant)
 
     async def _reserve(self, j: BatchJob, plan: Plan) -> Reservation:
         """Take the row's tokens from its account's buckets; _QuotaWait while one is short."""
@@ -394,7 +405,7 @@ class BatchRunner:
         p = await self._io(self.b.jobs.progress, j.account_id, j.job_id)
         if p.processed and not p.succeeded:
             await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.FAILED, (st.WRITING,),
-                                    "INVALID_ARGUMENT", "no row of the input was a valid completion request; "
+                                    "INVALID_ARGUMENT", "no row of the input was a valid request; "
                                     "see error-data in the output dataset")
         else:
             await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.COMPLETED, (st.WRITING,))
