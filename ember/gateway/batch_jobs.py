@@ -6,7 +6,6 @@ is active in the store, so a job created here, or left RUNNING by a crash, runs 
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import timedelta
 
@@ -15,6 +14,7 @@ from pydantic import Field
 
 from ember.errors import FailedPrecondition, InvalidRequest, ResourceNotFound
 from ember.gateway.caps import check_active_jobs
+from ember.gateway.job_lifecycle import NewJob, cancel_job, store_job
 from ember.gateway.protocol import Wire
 from ember.gateway.services import BatchDep
 from ember.gateway.wire import list_response
@@ -24,14 +24,13 @@ from ember.json_depth import loads_bounded
 from ember.store import batch_jobs as st
 from ember.store.batch_jobs import Progress
 from ember.store.datasets import READY, UPLOADING
-from ember.store.ids import check_id, rfc3339, utcnow
-from ember.store.tables import BatchJob, Dataset
+from ember.store.ids import check_id, rfc3339
+from ember.store.tables import BatchJob
 
 router = APIRouter(tags=["gateway"])
 _BASE = "/v1/accounts/{account_id}/batchInferenceJobs"
 _FIELDS = ("name", "displayName", "state", "model", "createTime", "updateTime", "inputDatasetId",
            "outputDatasetId", "createdBy")
-CANCEL_WAIT_S = 5.0
 
 
 class InferenceParameters(Wire):
@@ -161,26 +160,15 @@ def create_job(account_id: str, body: BatchJobBody, request: Request, state: Sta
         raise FailedPrecondition(f"output dataset {out_id!r} already exists; name a new one or leave "
                                  "outputDatasetId out")
     check_active_jobs(b, account_id)
-    now = utcnow()
-    name = f"accounts/{account_id}/batchInferenceJobs/{job_id}"
-    out_ds = Dataset(account_id=account_id, dataset_id=out_id, display_name=f"output of {job_id}"[:63],
-                     state=UPLOADING, example_count=0, estimated_tokens=0, bytes=0, format="FORMAT_UNSPECIFIED",
-                     filenames=[], user_uploaded=False, source_job=name, created_by=p.email, created=now,
-                     updated=now)
-    job = BatchJob(account_id=account_id, job_id=job_id, display_name=body.displayName or "",
-                   created_by=p.email, key_id=p.key_id, state=st.VALIDATING, status_code="OK",
-                   status_message="", model=served.model_id, input_dataset_id=input_id, output_dataset_id=out_id,
-                   params=params, precision=body.precision or "PRECISION_UNSPECIFIED",
-                   continued_from=parent.job_id if parent else "", total_rows=0, created=now, updated=now,
-                   expire_time=now + timedelta(hours=b.config.job_ttl_h), api="fireworks", meta={}, owner="")
-    change.resource = name
+    change.resource = f"accounts/{account_id}/batchInferenceJobs/{job_id}"
     change.note(model=body.model, inputDatasetId=input_id, outputDatasetId=out_id, displayName=body.displayName,
                 continuedFromJobName=body.continuedFromJobName, inferenceParameters={
                     k: v for k, v in params.items() if k != "extraBody"})
-    b.jobs.create(job, out_ds, audit=change)
-    runner = getattr(request.app.state, "batch_runner", None)
-    if runner is not None:
-        runner.wake_soon()
+    job = store_job(b, request, NewJob(
+        account_id=account_id, job_id=job_id, api="fireworks", model=served.model_id, input_dataset_id=input_id,
+        output_dataset_id=out_id, lifetime=timedelta(hours=b.config.job_ttl_h),
+        display_name=body.displayName or "", params=params, precision=body.precision or "PRECISION_UNSPECIFIED",
+        continued_from=parent.job_id if parent else ""), p, change)
     return job_json(job, Progress())
 
 
@@ -216,14 +204,5 @@ def delete_job(account_id: str, job_id: str, request: Request, b: BatchDep, p: G
         b.jobs.delete(account_id, job_id, audit=change)
         return {}
     change.note(action="cancel", state=j.state)
-    if b.jobs.transition(account_id, job_id, st.CANCELLING, st.ACTIVE, "CANCELLED", "cancelled by the user",
-                         audit=change):
-        runner = getattr(request.app.state, "batch_runner", None)
-        if runner is not None:
-            runner.wake_soon()
-            # The runner stops the rows and writes what is done; wait a little so a client that reads the
-            # job next sees CANCELLED rather than CANCELLING.
-            deadline = time.monotonic() + CANCEL_WAIT_S
-            while time.monotonic() < deadline and b.jobs.get(account_id, job_id).state == st.CANCELLING:
-                time.sleep(0.05)
+    cancel_job(b, request, account_id, job_id, change)
     return {}

@@ -3,6 +3,10 @@
 Fireworks rows are `{"custom_id", "body"}` with no model (the job names it) and answer
 `{"custom_id", "response"}` / `{"custom_id", "error"}`; OpenAI rows add `method` and `url` and name the
 model in the body, and answer OpenAI's BatchRequestOutput `{"id", "custom_id", "response", "error"}`.
+
+A row's body is a completion (`prompt`) or a chat completion (`messages`) and its response is what that
+endpoint answers. A Gateway job's rows each say which by their body, so one file may mix both; every row
+of an OpenAI batch is a request to the batch's one endpoint.
 """
 
 from __future__ import annotations
@@ -12,8 +16,15 @@ import uuid
 
 from ember.errors import InvalidRequest
 from ember.pipeline.served_model import ServedModel
+from ember.protocol.schemas import ChatCompletionRequest, CompletionRequest
 from ember.store.dataset_files import Row
 from ember.store.tables import BatchJob
+
+COMPLETIONS = "/v1/completions"
+CHAT = "/v1/chat/completions"
+ENDPOINTS = (COMPLETIONS, CHAT)
+"""The endpoints a batch row may be a request to."""
+RowRequest = CompletionRequest | ChatCompletionRequest
 
 # inferenceParameters (camelCase) -> the completion body field it defaults.
 _PARAM_FIELDS = {"maxTokens": "max_tokens", "temperature": "temperature", "topP": "top_p", "topK": "top_k",
@@ -64,12 +75,12 @@ def ok_line(j: BatchJob, custom_id: str, request_id: str, response: dict) -> str
 
 def row_body(j: BatchJob, row: Row, served: ServedModel) -> dict:
     """The row's body without its model, or InvalidRequest: a Fireworks row names no model (the job
-    does); an OpenAI line is a POST to /v1/completions naming the served model."""
+    does); an OpenAI line is a POST to the batch's endpoint naming the served model."""
     body = dict(row.body)
     if j.api == "openai":
-        if row.url != "/v1/completions" or (row.method or "").upper() != "POST":
-            raise InvalidRequest("each line must have \"method\": \"POST\" and \"url\": \"/v1/completions\"",
-                                 param="url")
+        if row.url != j.endpoint or (row.method or "").upper() != "POST":
+            raise InvalidRequest(f"each line must have \"method\": \"POST\" and \"url\": \"{j.endpoint}\", "
+                                 "the batch's endpoint", param="url")
         model = body.pop("model", None)
         if not isinstance(model, str) or not served.answers_to(model):
             raise InvalidRequest(f"model {str(model)[:100]!r} is not served here; this server has "
@@ -77,3 +88,29 @@ def row_body(j: BatchJob, row: Row, served: ServedModel) -> dict:
     elif "model" in body:
         raise InvalidRequest("model must not be set in a batch row: the job's model is used", param="model")
     return body
+
+
+def row_endpoint(j: BatchJob, body: dict) -> str:
+    """The endpoint a row is a request to: an OpenAI batch's own; for a Gateway row, chat completions when
+    its body has `messages`, completions when it has `prompt` (InvalidRequest for both or neither)."""
+    if j.api == "openai":
+        return j.endpoint
+    chat, completion = "messages" in body, "prompt" in body
+    if chat == completion:
+        raise InvalidRequest("a row's body must have either \"prompt\" (a completion) or \"messages\" (a chat "
+                             f"completion), {'not both' if chat else 'found neither'}", param="body")
+    return CHAT if chat else COMPLETIONS
+
+
+def row_request(j: BatchJob, row: Row, served: ServedModel, defaults: dict) -> RowRequest:
+    """The row as a validated request of its endpoint, the job's defaults under the row's own fields:
+    InvalidRequest, or pydantic's ValidationError for a body its endpoint does not take."""
+    own = row_body(j, row, served)
+    schema, other = ((ChatCompletionRequest, CompletionRequest) if row_endpoint(j, own) == CHAT
+                     else (CompletionRequest, ChatCompletionRequest))
+    # One job's defaults serve both kinds of row: a field only the other endpoint has is not this row's.
+    foreign = other.model_fields.keys() - schema.model_fields.keys()
+    base = {k: v for k, v in defaults.items() if k not in foreign}
+    if "max_completion_tokens" in own:  # the row's own limit, under either name, wins over the job's
+        base.pop("max_tokens", None)
+    return schema.model_validate({**base, **own, "model": served.model_id, "stream": False})

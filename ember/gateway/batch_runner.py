@@ -39,7 +39,7 @@ from typing import Any, BinaryIO, TypeVar
 from pydantic import ValidationError
 
 from ember.errors import EmberError, InvalidRequest, Overloaded
-from ember.gateway.batch_rows import error_line, ok_line, row_body, row_defaults
+from ember.gateway.batch_rows import error_line, ok_line, row_defaults, row_request
 from ember.gateway.services import BatchServices
 from ember.http.errors import error_payload, validation_body
 from ember.pipeline.events import Result
@@ -50,6 +50,7 @@ from ember.protocol.chat import CHAT
 from ember.protocol.completions import COMPLETIONS
 from ember.protocol.endpoint import Endpoint
 from ember.protocol.responses import Head, to_json
+from ember.protocol.schemas import ChatCompletionRequest
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE, Row, read_rows
 from ember.store.ids import utcnow
@@ -316,19 +317,16 @@ class BatchRunner:
             self.pipeline.settle(result)
 
     async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, Result | None]:
-        """(ok, output line, result to settle); a row that is not a valid request is an error line. A
-        body with `messages` is a chat request, any other a completion."""
+        """(ok, output line, result to settle); a row that is not a valid request of its endpoint is an
+        error line."""
         j = run.job
         try:
-            own = row_body(j, row, self.served)
+            req = row_request(j, row, self.served, run.defaults)
         except InvalidRequest as e:
             return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
-        body = {**run.defaults, **own, "model": self.served.model_id, "stream": False}
-        endpoint: Endpoint = CHAT if "messages" in body else COMPLETIONS
-        try:
-            req = endpoint.wire.model_validate(body)
         except ValidationError as e:
             return False, error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
+        endpoint: Endpoint = CHAT if isinstance(req, ChatCompletionRequest) else COMPLETIONS
         engine_id = f"batch-{uuid.uuid4().hex}"
         # A row runs for its job's account: its prompt shares that account's prefix cache only.
         caller = Caller(j.account_id, j.key_id, j.account_id)
@@ -375,7 +373,7 @@ class BatchRunner:
         p = await self._io(self.b.jobs.progress, j.account_id, j.job_id)
         if p.processed and not p.succeeded:
             await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.FAILED, (st.WRITING,),
-                                    "INVALID_ARGUMENT", "no row of the input was a valid completion request; "
+                                    "INVALID_ARGUMENT", "no row of the input was a valid request; "
                                     "see error-data in the output dataset")
         else:
             await self._io(self.b.jobs.transition, j.account_id, j.job_id, st.COMPLETED, (st.WRITING,))

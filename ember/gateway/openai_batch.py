@@ -10,7 +10,6 @@ output dataset's two files, named `{dataset}.results` and `{dataset}.errors`.
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from datetime import timedelta
 
@@ -19,8 +18,10 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ember.errors import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Unauthorized
+from ember.gateway.batch_rows import ENDPOINTS
 from ember.gateway.caps import check_active_jobs, check_datasets
 from ember.gateway.datasets import receive_file
+from ember.gateway.job_lifecycle import NewJob, cancel_job, store_job
 from ember.gateway.services import BatchDep, BatchServices
 from ember.http.audit import OpenAIChange
 from ember.http.deps import InferenceAuth, StateDep
@@ -28,7 +29,7 @@ from ember.platform.auth import Principal
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE
 from ember.store.datasets import READY, UPLOADING
-from ember.store.ids import epoch, utcnow
+from ember.store.ids import epoch
 from ember.store.tables import BatchJob, Dataset
 
 router = APIRouter(tags=["openai-batch"])
@@ -36,6 +37,9 @@ _SUFFIX = {"results": RESULTS_FILE, "errors": ERRORS_FILE}
 _STATUS = {st.VALIDATING: "validating", st.PENDING: "in_progress", st.RUNNING: "in_progress",
            st.WRITING: "finalizing", st.COMPLETED: "completed", st.FAILED: "failed", st.EXPIRED: "expired",
            st.CANCELLING: "cancelling", st.CANCELLED: "cancelled"}
+_WINDOWS = {"24h": timedelta(hours=24)}
+"""completion_window -> the batch's lifetime: OpenAI's API names the window and reports expires_at from
+it, so a batch expires when its window closes whatever the Gateway jobs' configured lifetime is."""
 
 
 class CreateBatchBody(BaseModel):
@@ -126,7 +130,7 @@ def batch_json(j: BatchJob, b: BatchServices) -> dict:
          "expired_at": j.end_time if j.state == st.EXPIRED else None,
          "cancelled_at": j.end_time if j.state == st.CANCELLED else None}
     out: dict = {
-        "id": j.job_id, "object": "batch", "endpoint": "/v1/completions", "input_file_id": j.input_dataset_id,
+        "id": j.job_id, "object": "batch", "endpoint": j.endpoint, "input_file_id": j.input_dataset_id,
         "completion_window": "24h", "status": _STATUS.get(j.state, "failed"), "created_at": epoch(j.created),
         "expires_at": epoch(j.expire_time), "model": j.model, "metadata": dict(j.meta or {}) or None,
         "output_file_id": f"{j.output_dataset_id}.results" if out_ready and p.succeeded else None,
@@ -160,9 +164,9 @@ def create_batch(body: CreateBatchBody, request: Request, state: StateDep, b: Ba
     account_id = _account(p)
     if change is not None:
         change.note(input_file_id=body.input_file_id, endpoint=body.endpoint, metadata=body.metadata)
-    if body.endpoint != "/v1/completions":
-        raise InvalidRequest("this server runs batches of /v1/completions only", param="endpoint")
-    if body.completion_window != "24h":
+    if body.endpoint not in ENDPOINTS:
+        raise InvalidRequest(f"endpoint must be one of {', '.join(ENDPOINTS)}", param="endpoint")
+    if body.completion_window not in _WINDOWS:
         raise InvalidRequest("completion_window must be \"24h\"", param="completion_window")
     d = b.datasets.find(account_id, body.input_file_id) if body.input_file_id.startswith("file-") else None
     if d is None or d.source_job:
@@ -171,24 +175,13 @@ def create_batch(body: CreateBatchBody, request: Request, state: StateDep, b: Ba
         raise FailedPrecondition("the input file is still uploading")
     check_active_jobs(b, account_id)
     job_id = f"batch-{uuid.uuid4().hex[:24]}"
-    out_id = f"{job_id}-output"
-    now = utcnow()
-    name = f"accounts/{account_id}/batchInferenceJobs/{job_id}"
-    out_ds = Dataset(account_id=account_id, dataset_id=out_id, display_name=f"output of {job_id}"[:63],
-                     state=UPLOADING, example_count=0, estimated_tokens=0, bytes=0, format="FORMAT_UNSPECIFIED",
-                     filenames=[], user_uploaded=False, source_job=name, created_by=p.email, created=now,
-                     updated=now)
-    job = BatchJob(account_id=account_id, job_id=job_id, display_name="", created_by=p.email, key_id=p.key_id,
-                   state=st.VALIDATING, status_code="OK", status_message="", model=state.model.model_id,
-                   input_dataset_id=d.dataset_id, output_dataset_id=out_id, params={},
-                   precision="PRECISION_UNSPECIFIED", continued_from="", total_rows=0, created=now, updated=now,
-                   expire_time=now + timedelta(hours=24), api="openai", meta=dict(body.metadata or {}), owner="")
     if change is not None:
         change.resource = f"accounts/{account_id}/batches/{job_id}"
-    b.jobs.create(job, out_ds, audit=change)
-    runner = getattr(request.app.state, "batch_runner", None)
-    if runner is not None:
-        runner.wake_soon()
+    job = store_job(b, request, NewJob(
+        account_id=account_id, job_id=job_id, api="openai", model=state.model.model_id,
+        input_dataset_id=d.dataset_id, output_dataset_id=f"{job_id}-output",
+        lifetime=_WINDOWS[body.completion_window], endpoint=body.endpoint, meta=dict(body.metadata or {})),
+        p, change)
     return batch_json(job, b)
 
 
@@ -203,14 +196,7 @@ def cancel_batch(batch_id: str, request: Request, b: BatchDep, p: InferenceAuth,
     if change is not None:
         change.resource = f"accounts/{account_id}/batches/{batch_id[:100]}"
     j = _batch(b, account_id, batch_id)
-    if b.jobs.transition(account_id, j.job_id, st.CANCELLING, st.ACTIVE, "CANCELLED", "cancelled by the user",
-                         audit=change):
-        runner = getattr(request.app.state, "batch_runner", None)
-        if runner is not None:
-            runner.wake_soon()
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline and b.jobs.get(account_id, j.job_id).state == st.CANCELLING:
-                time.sleep(0.05)
+    cancel_job(b, request, account_id, j.job_id, change)
     return batch_json(b.jobs.get(account_id, j.job_id), b)
 
 

@@ -134,6 +134,9 @@ class BatchJob(Base):
     end_time: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     api: Mapped[str] = mapped_column(String(16), default="fireworks")
     """"fireworks" (Gateway batchInferenceJobs) or "openai" (/v1/batches): the row and output formats."""
+    endpoint: Mapped[str] = mapped_column(String(64), default="")
+    """An OpenAI batch's endpoint ("/v1/completions" or "/v1/chat/completions"): every row's url must equal
+    it. Empty for a Gateway job, whose rows each say by their body which endpoint they are."""
     meta: Mapped[dict] = mapped_column(JSON, default=dict)
     """OpenAI batch metadata, kept as given."""
     owner: Mapped[str] = mapped_column(String(40), default="")

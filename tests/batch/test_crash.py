@@ -1,5 +1,5 @@
 """kill -9 of a real `ember serve` mid-job: restarted on the same store, the job resumes by itself and its
-output holds every custom_id exactly once (SQLite file and PostgreSQL)."""
+output holds every custom_id exactly once, completion and chat rows alike (SQLite file and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,10 @@ def test_kill_9_mid_job_then_restart_lands_every_row_once(backend: str, tmp_path
     first = Serve(flags, tmp_path / "serve.log")
     try:
         c = Fireworks(api_key=key, base_url=first.url, account_id="acme", max_retries=0, timeout=60)
+        # Every third row is a chat row: both kinds of row land exactly once.
         rows = [{"custom_id": f"row-{i:04d}", "body": {"prompt": f"Item {i}: the number after {i} is"}}
+                if i % 3 else
+                {"custom_id": f"chat-{i:04d}", "body": {"messages": [{"role": "user", "content": f"Count past {i}"}]}}
                 for i in range(ROWS)]
         upload(c, "crash-in", jsonl(rows))
         c.batch_inference_jobs.create(model=MODEL_ID, input_dataset_id="crash-in", batch_inference_job_id="crash",
@@ -119,5 +122,7 @@ def test_kill_9_mid_job_then_restart_lands_every_row_once(backend: str, tmp_path
         errors = lines_of(files["error-data"])
         assert errors == []
         assert len(got) == ROWS and sorted(set(got)) == sorted(r["custom_id"] for r in rows)
+        kinds = {r["custom_id"]: r["response"]["object"] for r in lines_of(files["BIJOutputSet.jsonl"])}
+        assert {kinds[r["custom_id"]] for r in rows if "messages" in r["body"]} == {"chat.completion"}
     finally:
         second.stop()
