@@ -70,7 +70,7 @@ def create_app(config: Config, loaded: LoadedModel | None = None,
         # Datasets and batch jobs: the runner resumes every job the store holds as active.
         app.state.batch = await asyncio.to_thread(BatchServices.build, store, config.store.resolved_data_dir(),
                                                   config.batch, config.server.public_url)
-        runner = BatchRunner(app.state.batch, client, served, platform.meter, platform.limiter)
+        runner = BatchRunner(app.state.batch, app.state.ember.pipeline)
         app.state.batch_runner = runner
         runner.start()
         app.state.registry = registry

@@ -32,32 +32,29 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, BinaryIO, TypeVar
 
 from pydantic import ValidationError
 
-from ember.engine.client import EngineClient
 from ember.errors import EmberError, InvalidRequest, Overloaded
-from ember.gateway.batch_rows import RowRequest, error_line, ok_line, row_defaults, row_request
+from ember.gateway.batch_rows import error_line, ok_line, row_defaults, row_request
 from ember.gateway.services import BatchServices
 from ember.http.errors import error_payload, validation_body
-from ember.pipeline.served_model import ServedModel
-from ember.platform.limits import RateLimiter, Reservation
-from ember.protocol.responses import Head, ResponseBuilder, to_json
-from ember.protocol.schemas import ChatCompletionRequest, CompletionRequest
-from ember.protocol.translate import (
-    Plan,
-    chat_to_engine_requests,
-    reject_unsupported_completion,
-    to_engine_requests,
-)
+from ember.pipeline.events import Result
+from ember.pipeline.pipeline import Pipeline, QuotaWait
+from ember.pipeline.request import Caller, UsageKind
+from ember.pipeline.usage import Usage
+from ember.protocol.chat import CHAT
+from ember.protocol.completions import COMPLETIONS
+from ember.protocol.endpoint import Endpoint
+from ember.protocol.responses import Head, to_json
+from ember.protocol.schemas import ChatCompletionRequest
 from ember.store import batch_jobs as st
 from ember.store.dataset_files import ERRORS_FILE, RESULTS_FILE, Row, read_rows
 from ember.store.ids import utcnow
 from ember.store.tables import BatchJob
-from ember.store.usage import BATCH, UsageMeter
 
 log = logging.getLogger("ember.batch")
 T = TypeVar("T")
@@ -67,14 +64,6 @@ restarted one) resumes it this much later at most."""
 MAX_QUOTA_WAIT_S = 5.0
 """A job paused for its account's buckets tries again at least this often (a raised quota, or one that
 another process changed, applies within this)."""
-
-
-class _QuotaWait(Exception):
-    """A row's account bucket is short: try the row again in `seconds`."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"rate limited for {seconds:.1f} s")
-        self.seconds = seconds
 
 
 @dataclass
@@ -110,13 +99,10 @@ class JobRun:
 
 
 class BatchRunner:
-    def __init__(self, services: BatchServices, client: EngineClient, served: ServedModel,
-                 meter: UsageMeter, limiter: RateLimiter) -> None:
+    def __init__(self, services: BatchServices, pipeline: Pipeline) -> None:
         self.b = services
-        self.client = client
-        self.served = served
-        self.meter = meter
-        self.limiter = limiter
+        self.pipeline = pipeline
+        self.served = pipeline.served
         self.runs: dict[tuple[str, str], JobRun] = {}
         self.owner = f"{socket.gethostname()[:20]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"[:40]
         """This runner's name on the jobs it drives (see BatchJobs.claim)."""
@@ -293,28 +279,28 @@ class BatchRunner:
     async def _run_row(self, run: JobRun, row: Row) -> None:
         j = run.job
         try:
-            ok, line, usage = await self._complete_row(run, row)
+            ok, line, result = await self._complete_row(run, row)
         except Overloaded:  # the engine is stopping: leave the row for the next start
             run.retry.append(row)
             await asyncio.sleep(1.0)
             return
-        except _QuotaWait as w:  # first in line again once the bucket could give it; the slot is free now
+        except QuotaWait as w:  # first in line again once the bucket could give it; the slot is free now
             run.retry.appendleft(row)
             run.paused_until = max(run.paused_until, time.monotonic() + min(w.seconds, MAX_QUOTA_WAIT_S))
             return
         except Exception as e:  # noqa: BLE001 - one row's failure is that row's error line
             log.exception("batch row %s of %s failed", row.custom_id[:80], j.job_id)
-            ok, line, usage = False, error_line(j, row.custom_id, error_payload(e)["error"]), None
-        tokens = ((usage["prompt_tokens"], usage["prompt_tokens_details"]["cached_tokens"],
-                   usage["completion_tokens"]) if usage else (0, 0, 0))
+            ok, line, result = False, error_line(j, row.custom_id, error_payload(e)["error"]), None
+        u = result.usage if result is not None else Usage()
         # The commit runs to its end even if the job is cancelled meanwhile: whoever writes the output
         # files waits for run.writes first, so the files hold every row the store holds.
         write = asyncio.ensure_future(self._io(
-            self.b.jobs.record, j.account_id, j.job_id, row.custom_id, ok, line, *tokens))
+            self.b.jobs.record, j.account_id, j.job_id, row.custom_id, ok, line, u.prompt_tokens, u.cached_tokens,
+            u.completion_tokens))
         run.writes.add(write)
         write.add_done_callback(run.writes.discard)
-        if usage is not None:
-            write.add_done_callback(lambda w: self._meter(j, tokens, w))
+        if result is not None:
+            write.add_done_callback(lambda w: self._settle(result, w))
         try:
             await asyncio.shield(write)
         except Exception:  # noqa: BLE001 - the store refused the write: the row is not done, run it again
@@ -325,13 +311,14 @@ class BatchRunner:
             return
         run.ran += 1
 
-    def _meter(self, j: BatchJob, tokens: tuple[int, int, int], write: asyncio.Future) -> None:
-        """Count a row's usage once, when its result was newly stored (a rerun after a crash is not)."""
+    def _settle(self, result: Result, write: asyncio.Future) -> None:
+        """Meter a row once, when its result was newly stored (a rerun after a crash is not)."""
         if not write.cancelled() and write.exception() is None and write.result():
-            self.meter.record(j.account_id, j.key_id, j.model, *tokens, usage_type=BATCH)
+            self.pipeline.settle(result)
 
-    async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, dict | None]:
-        """(ok, output line, usage); a row that is not a valid request of its endpoint is an error line."""
+    async def _complete_row(self, run: JobRun, row: Row) -> tuple[bool, str, Result | None]:
+        """(ok, output line, result to settle); a row that is not a valid request of its endpoint is an
+        error line."""
         j = run.job
         try:
             req = row_request(j, row, self.served, run.defaults)
@@ -339,45 +326,26 @@ class BatchRunner:
             return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         except ValidationError as e:
             return False, error_line(j, row.custom_id, validation_body(list(e.errors()))["error"]), None
+        endpoint: Endpoint = CHAT if isinstance(req, ChatCompletionRequest) else COMPLETIONS
+        engine_id = f"batch-{uuid.uuid4().hex}"
+        # A row runs for its job's account: its prompt shares that account's prefix cache only.
+        caller = Caller(j.account_id, j.key_id, j.account_id)
         try:
-            engine_id = f"batch-{uuid.uuid4().hex}"
-            creq, plan = await self._io(self._translate, req, engine_id, j.account_id)
-            reqs = [replace(r, background=True) for r in plan.requests]
-            reservation = await self._reserve(j, plan)
-            kind = "chat" if isinstance(req, ChatCompletionRequest) else "completion"
-            builder = ResponseBuilder(kind, creq, self.served.tokenizer, plan,
-                                      Head(engine_id, int(time.time()), self.served.model_id), time.monotonic())
+            gen = await self.pipeline.start_background(
+                lambda: endpoint.request(req, self.served, caller, engine_id, None, UsageKind.BATCH), self._io)
+            builder = endpoint.responses(req, self.served, gen, Head(engine_id, int(time.time()),
+                                                                      self.served.model_id), time.monotonic())
             try:
-                async for c, out in self.client.generate_all(reqs):
-                    builder.add(c, out)
-            finally:  # refund what the row reserved and did not use (as an interactive request's settle)
-                reservation.settle(*builder.token_counts())
+                async for ev in gen.events():
+                    builder.add(ev.index, ev.output)
+            finally:  # refund what the row reserved and did not use; metered once stored (_settle)
+                result = gen.finish()
         except Overloaded:
             raise
         except EmberError as e:
             return False, error_line(j, row.custom_id, error_payload(e)["error"]), None
         body, _ = builder.response()
-        response = to_json(body)
-        return True, ok_line(j, row.custom_id, engine_id, response), response["usage"]
-
-    def _translate(self, req: RowRequest, engine_id: str, tenant: str) -> tuple[CompletionRequest, Plan]:
-        """The row in completion terms and its engine requests (a chat row rendered with the model's chat
-        template, as the chat route does). A row runs for its job's account: its prompt shares that
-        account's prefix cache only."""
-        s = self.served
-        if isinstance(req, ChatCompletionRequest):
-            return chat_to_engine_requests(req, s.chat_template, s.tokenizer, s.max_model_len, engine_id,
-                                           s.grammars, tenant)
-        reject_unsupported_completion(req)
-        return req, to_engine_requests(req, s.tokenizer, s.max_model_len, engine_id, s.grammars, tenant)
-
-    async def _reserve(self, j: BatchJob, plan: Plan) -> Reservation:
-        """Take the row's tokens from its account's buckets; _QuotaWait while one is short."""
-        got = await self._io(self.limiter.try_reserve, j.account_id, self.served.model_id, plan.prompt_tokens,
-                             plan.max_new_tokens)
-        if not isinstance(got, Reservation):
-            raise _QuotaWait(got)
-        return got
+        return True, ok_line(j, row.custom_id, engine_id, to_json(body)), result
 
     # -- endings -------------------------------------------------------------------------------------
     async def _drop(self, run: JobRun) -> None:

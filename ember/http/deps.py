@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,6 +10,8 @@ from fastapi import Depends, Request
 from ember.engine.client import EngineClient
 from ember.errors import NotFound, PermissionDenied, ResourceNotFound
 from ember.http.audit_records import write_refusal
+from ember.pipeline.pipeline import Pipeline
+from ember.pipeline.request import Caller
 from ember.pipeline.served_model import ServedModel
 from ember.platform.auth import Principal, authorization_of
 from ember.platform.services import Platform
@@ -24,6 +26,15 @@ class AppState:
     max_request_timeout_s: float | None = None
     draining: bool = False
     """Set when shutdown has begun: /health answers 503 so that load balancers stop sending work."""
+    pipeline: Pipeline = field(init=False)
+    """The one generation pipeline every endpoint and the batch runner use."""
+
+    def __post_init__(self) -> None:
+        self.pipeline = Pipeline(self.client, self.model, self.platform)
+
+
+def caller_of(principal: Principal) -> Caller:
+    return Caller(principal.account_id, principal.key_id, principal.cache_tenant)
 
 
 def get_state(request: Request) -> AppState:

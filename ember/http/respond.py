@@ -1,33 +1,35 @@
-"""Submitting a planned request to the engine and answering with JSON or SSE: shared by every generating route.
+"""Answering a generating request over HTTP: admission's headers, then its events as JSON or as SSE.
 
-Route handlers validate and translate; everything after the Plan exists goes through `respond`, so
-completions and chat meet the engine, the client's disconnects and the error rules in one place.
+Everything else (admission, planning, the engine, metering) is the pipeline's; an endpoint's route only
+names its adapter (a protocol Endpoint) and calls `generate`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from ember.engine.client import EngineClient
-from ember.engine.request import RequestOutput
 from ember.errors import InvalidRequest
-from ember.http.deps import AppState, ServedModel
+from ember.http.deps import AppState, caller_of, resolve_served
 from ember.http.errors import error_payload
-from ember.platform.admission import Admission, admit_request
+from ember.pipeline.generation import Generation
+from ember.pipeline.request import UsageKind
+from ember.platform.admission import Admission
 from ember.platform.auth import Principal
-from ember.protocol.responses import ResponseBuilder, to_json
-from ember.protocol.translate import Plan
+from ember.protocol.endpoint import Endpoint
+from ember.protocol.responses import Head, ResponseBuilder, to_json
+from ember.protocol.schemas import GenerationRequest
 
-Outputs = AsyncIterator[tuple[int, RequestOutput]]
 MAX_TIMEOUT_S = 24 * 3600.0
-T = TypeVar("T")
+W = TypeVar("W", bound=GenerationRequest)
 
 
 def request_deadline(request: Request, t0: float, server_cap: float | None) -> float | None:
@@ -51,72 +53,48 @@ def request_deadline(request: Request, t0: float, server_cap: float | None) -> f
     return None if limit is None else t0 + limit
 
 
-def admit_early(request: Request, state: AppState, principal: Principal, served: ServedModel, sequences: int,
-                priority: bool) -> Admission:
-    """Load shedding and the request rate, before any work on the request (tokenizing, a grammar); the
-    limits' headers go on every answer."""
-    platform = state.platform
-    request.state.response_headers = platform.limiter.headers(principal.account_id, served.model_id)
-    adm = admit_request(platform, principal, served.model_id, sequences, priority, state.client.stats())
+def admit(request: Request, state: AppState, principal: Principal, sequences: int, priority: bool) -> Admission:
+    """The pipeline's admission; the limits' headers go on every answer, a refusal's included."""
+    limiter, model = state.platform.limiter, state.pipeline.model
+    request.state.response_headers = limiter.headers(principal.account_id, model)
+    adm = state.pipeline.admit(caller_of(principal), sequences, priority)
     if "x-ratelimit-remaining-requests" in request.state.response_headers:  # count this request too
-        request.state.response_headers = platform.limiter.headers(principal.account_id, served.model_id)
+        request.state.response_headers = limiter.headers(principal.account_id, model)
     return adm
 
 
-async def plan_admitted(adm: Admission, translate: Callable[[], T], plan_of: Callable[[T], Plan]) -> T:
-    """Run `translate` (tokenizing, compiling a schema: CPU work, off the event loop) for an admitted
-    request, then take its token quotas; whatever fails on the way ends the admission unserved."""
-    try:
-        out = await asyncio.to_thread(translate)
-        plan = plan_of(out)
-        adm.reserve_tokens(plan.prompt_tokens, plan.max_new_tokens)
-    except BaseException:
-        adm.finish(0, 0, 0, served=False)
-        raise
-    return out
-
-
-def settle(adm: Admission, builder: ResponseBuilder) -> None:
-    """Refund and meter: a request counts once it completed or produced tokens (an aborted stream too)."""
-    prompt, cached, completion = builder.token_counts()
-    adm.finish(prompt, cached, completion, served=builder.finished or completion > 0)
+async def generate(request: Request, state: AppState, principal: Principal, body: W,
+                   endpoint: Endpoint[W]) -> Response:
+    """One request of an endpoint: the cheap refusals, admission, the adapter's InferenceRequest (built
+    off the event loop), then the answer from the generation's events."""
+    t0 = time.monotonic()
+    served = resolve_served(state, body.model)
+    deadline = request_deadline(request, t0, state.max_request_timeout_s)
+    engine_id = f"{endpoint.id_prefix}-{uuid.uuid4().hex}"
+    # A client's x-request-id names the response, never the engine's requests: two clients sending the
+    # same one must not reach (and abort) each other's sequences.
+    rid = request.headers.get("x-request-id") or engine_id
+    # The cheap refusals first (a text that cannot fit, too many choices), then load shedding and the
+    # request rate: only an admitted request is rendered, tokenized and has its schema compiled.
+    sequences = endpoint.sequences(body, served)
+    adm = admit(request, state, principal, sequences, body.service_tier == "priority")
+    caller = caller_of(principal)
+    gen = await state.pipeline.start(adm, lambda: endpoint.request(body, served, caller, engine_id, deadline,
+                                                                   UsageKind.INTERACTIVE))
+    builder = endpoint.responses(body, served, gen, Head(rid, int(time.time()), served.model_id), t0)
+    return await respond(request, gen, builder, rid)
 
 
 def sse(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def open_outputs(client: EngineClient, plan: Plan, deadline: float | None) -> Outputs:
-    """Submit the plan and wait for its first output before anything is sent.
-
-    An engine refusal (overloaded, a prompt it cannot take) then raises here, while the HTTP status can
-    still say so; a stream that already answered 200 could only report it as an error event.
-    """
-    gen = client.generate_all(plan.requests, deadline)
-    try:
-        first = await anext(gen)
-    except BaseException:
-        await gen.aclose()  # aborts whatever was admitted
-        raise
-
-    async def rest() -> Outputs:
-        try:
-            yield first
-            async for item in gen:
-                yield item
-        finally:
-            await gen.aclose()
-
-    return rest()
-
-
-async def collect(request: Request, client: EngineClient, plan: Plan, builder: ResponseBuilder,
-                  deadline: float | None) -> bool:
-    """Feed every output into the builder; False if the client hung up first (everything is then aborted)."""
+async def collect(request: Request, gen: Generation, builder: ResponseBuilder) -> bool:
+    """Feed every event into the builder; False if the client hung up first (everything is then aborted)."""
 
     async def run() -> None:
-        async for c, out in client.generate_all(plan.requests, deadline):
-            builder.add(c, out)
+        async for ev in gen.events():
+            builder.add(ev.index, ev.output)
 
     async def watch() -> None:
         while not await request.is_disconnected():
@@ -133,45 +111,47 @@ async def collect(request: Request, client: EngineClient, plan: Plan, builder: R
     return True
 
 
-async def stream_events(outputs: Outputs, builder: ResponseBuilder, adm: Admission) -> AsyncIterator[str]:
-    """SSE: the builder's chunks as outputs arrive, usage on the final chunk, then [DONE].
+async def stream_events(gen: Generation, builder: ResponseBuilder) -> AsyncIterator[str]:
+    """SSE: the builder's chunks as events arrive, usage on the final chunk, then [DONE].
 
-    If the client disconnects, Starlette stops iterating this generator; closing `outputs` aborts every
+    If the client disconnects, Starlette stops iterating this generator; closing the events aborts every
     choice still running and frees its KV blocks.
     """
+    events = gen.events()
     try:
         for chunk in builder.opening_chunks():
             yield sse(to_json(chunk))
-        async for c, out in outputs:
-            chunk = builder.chunk(builder.advance(c, out))
+        async for ev in events:
+            chunk = builder.chunk(builder.advance(ev.index, ev.output))
             if chunk is not None:
                 yield sse(to_json(chunk))
     except Exception as e:  # a failure after the stream began: one error event, then close
         yield sse(error_payload(e))
     finally:  # also when the client went away mid-stream (the generator is closed)
-        await outputs.aclose()  # type: ignore[attr-defined]
-        settle(adm, builder)
+        await events.aclose()  # type: ignore[attr-defined]
+        await gen.aclose()
+        gen.close()
     yield "data: [DONE]\n\n"
 
 
-async def respond(request: Request, client: EngineClient, plan: Plan, builder: ResponseBuilder, rid: str,
-                  adm: Admission, deadline: float | None) -> Response:
-    """Run an admitted request and answer; its admission is settled however the request ends."""
+async def respond(request: Request, gen: Generation, builder: ResponseBuilder, rid: str) -> Response:
+    """Run a started request and answer; it is settled however it ends."""
     try:
         if builder.req.stream:
-            outputs = await open_outputs(client, plan, deadline)
-            events = stream_events(outputs, builder, adm)
+            # Wait for the first output before anything is sent: a refusal is then still an HTTP status.
+            await gen.open()
+            events = stream_events(gen, builder)
             # A stream dropped before its first event never runs its `finally`: settle it then.
-            weakref.finalize(events, settle, adm, builder)
+            weakref.finalize(events, gen.close)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"x-request-id": rid, "cache-control": "no-cache"})
         try:
-            if not await collect(request, client, plan, builder, deadline):
+            if not await collect(request, gen, builder):
                 return JSONResponse({"error": {"message": "client disconnected"}}, status_code=499)
         finally:
-            settle(adm, builder)
+            gen.close()
     except BaseException:
-        settle(adm, builder)
+        gen.close()
         raise
     body, metrics = builder.response()
     headers = {"x-request-id": rid} | {f"fireworks-{k}": str(v) for k, v in metrics.items()}

@@ -1,30 +1,31 @@
-"""Admitting one inference request: load shedding, rate-limit reservation, and metering when it ends."""
+"""Admitting one inference request: load shedding and its rate-limit reservation, released when it ends."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from ember.engine.engine import EngineStats
 from ember.errors import Overloaded
-from ember.platform.auth import Principal
 from ember.platform.limits import Reservation
 from ember.platform.services import Platform
-from ember.store.usage import TEXT_COMPLETION
+
+
+class Account(Protocol):
+    @property
+    def account_id(self) -> str: ...
 
 
 @dataclass
 class Admission:
     platform: Platform
-    principal: Principal
     model: str
     reservation: Reservation
     sequences: int
-    usage_type: str = TEXT_COMPLETION
     done: bool = False
 
-    def finish(self, prompt_tokens: int, cached_prompt_tokens: int, completion_tokens: int,
-               served: bool) -> None:
-        """Refund the unused reservation and meter the request (`served`: it returned or produced tokens).
+    def release(self, prompt_tokens: int, cached_prompt_tokens: int, completion_tokens: int) -> None:
+        """Leave the queue and refund what the reservation holds beyond what the request used.
 
         Idempotent: the first call counts."""
         if self.done:
@@ -32,25 +33,21 @@ class Admission:
         self.done = True
         self.platform.inflight -= self.sequences
         self.reservation.settle(prompt_tokens, cached_prompt_tokens, completion_tokens)
-        if served:
-            self.platform.meter.record(self.principal.account_id, self.principal.key_id, self.model,
-                                       prompt_tokens, cached_prompt_tokens, completion_tokens, self.usage_type)
-
 
     def reserve_tokens(self, prompt_tokens: int, generated_tokens: int) -> None:
         """The token quotas, once the prompt is tokenized: RateLimited (429) when a bucket is short."""
         self.platform.limiter.reserve_tokens(self.reservation, prompt_tokens, generated_tokens)
 
 
-def admit_request(platform: Platform, principal: Principal, model: str, sequences: int, priority: bool,
+def admit_request(platform: Platform, who: Account, model: str, sequences: int, priority: bool,
                   stats: EngineStats) -> Admission:
     """Admit a request before any work on it (tokenizing, compiling a grammar): the queue bound and the
     request rate. Its token quotas follow once it is tokenized (`Admission.reserve_tokens`)."""
     shed(platform, sequences, priority, stats)
-    reservation = platform.limiter.reserve_request(principal.account_id, model)
+    reservation = platform.limiter.reserve_request(who.account_id, model)
     # Counted from here: requests still being tokenized are queued work too, so a burst of them is shed.
     platform.inflight += sequences
-    return Admission(platform, principal, model, reservation, sequences)
+    return Admission(platform, model, reservation, sequences)
 
 
 def shed(platform: Platform, sequences: int, priority: bool, stats: EngineStats) -> None:

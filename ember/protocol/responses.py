@@ -20,8 +20,10 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 
 from ember.engine.request import RequestOutput
-from ember.protocol.schemas import CompletionRequest
-from ember.protocol.translate import ChoiceState, Plan, choice_logprobs, echo_prefix, logprobs_count
+from ember.pipeline.plan import Plan
+from ember.pipeline.usage import Tally
+from ember.protocol.schemas import GenerationRequest
+from ember.protocol.translate import ChoiceState, choice_logprobs, echo_prefix, logprobs_count
 from ember.tokenizer import Tokenizer
 
 # -- wire models ------------------------------------------------------------------------------------
@@ -174,22 +176,22 @@ class Head:
 class ResponseBuilder:
     """One request's choices, fed engine outputs; builds the response or the stream chunks for either endpoint.
 
-    `req` is the request in completion terms (a chat request is translated into one), so echo, logprobs,
-    token ids and raw output are worked out the same way for both endpoints.
+    `req` holds the output options both endpoints share (echo, logprobs, token ids, raw output), so they
+    are worked out the same way for both. Usage comes from the pipeline's tally of the same outputs.
     """
 
-    def __init__(self, kind: Literal["completion", "chat"], req: CompletionRequest, tok: Tokenizer, plan: Plan,
-                 head: Head, t0: float) -> None:
+    def __init__(self, kind: Literal["completion", "chat"], req: GenerationRequest, tok: Tokenizer, plan: Plan,
+                 tally: Tally, head: Head, t0: float) -> None:
         self.kind = kind
         self.req = req
         self.tok = tok
         self.plan = plan
+        self.tally = tally
         self.head = head
         self.t0 = t0
         self.states = [ChoiceState(i) for i in range(len(plan.requests))]
         self._started = [False] * len(self.states)
         self._echo_len = [0] * len(self.states)  # generated text offsets count from after the echoed prompt
-        self._running = len(self.states)
 
     # -- feeding -------------------------------------------------------------------------------------
 
@@ -220,13 +222,12 @@ class ResponseBuilder:
             if first:
                 parts.prompt_token_ids = list(prompt.token_ids)
         if out.finished:
-            self._running -= 1
             parts.raw_output = self._raw_output(st)
         return parts
 
     @property
     def finished(self) -> bool:
-        return self._running == 0
+        return self.tally.finished
 
     # -- parts ---------------------------------------------------------------------------------------
 
@@ -258,17 +259,11 @@ class ResponseBuilder:
 
     # -- totals --------------------------------------------------------------------------------------
 
-    def token_counts(self) -> tuple[int, int, int]:
-        """(prompt, cached prompt, completion) tokens so far: what usage reports, metering counts and
-        rate-limit reservations settle against."""
-        plan, states = self.plan, self.states
-        cached = sum(states[i * plan.n].num_cached_tokens for i in range(len(plan.prompts)))
-        return plan.prompt_tokens, cached, sum(s.num_output_tokens for s in states)
-
     def usage(self) -> Usage:
-        prompt, cached, completion = self.token_counts()
-        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                     prompt_tokens_details=PromptTokensDetails(cached_tokens=cached))
+        u = self.tally.usage()
+        return Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                     total_tokens=u.prompt_tokens + u.completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(cached_tokens=u.cached_tokens))
 
     def perf_metrics(self, usage: Usage) -> dict[str, float | int]:
         states = self.states

@@ -1,58 +1,31 @@
-"""The one module that knows both wire and engine types.
+"""What completions and chat share in reading the wire and in writing it back.
 
-Inward: a CompletionRequest becomes EngineRequests (tokenized prompts, n fan-out with choice index
-prompt_i * n + j, max_tokens fitted to the context); a ChatCompletionRequest is rendered through the
-model's chat template into a CompletionRequest over token ids, then takes the same way. Outward:
-RequestOutputs become Choices and stream chunks, with legacy or new-style logprobs, echo and token ids
-(shaped for the wire by api/responses.py).
+Inward: the cheap refusals before admission, the checks of what the served model cannot do, and the
+generation fields of a request as the pipeline's InferenceRequest (each endpoint's adapter adds its
+prompts: protocol/completions.py, protocol/chat.py). Outward: engine outputs become choices, with legacy
+or new-style logprobs, echo and token ids (shaped for the wire by protocol/responses.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ember.engine.grammar import GrammarCompiler, response_format_grammar
-from ember.engine.request import EngineRequest, RequestOutput, SamplingParams, TokenLogprob
+from ember.engine.grammar import response_format_grammar
+from ember.engine.request import RequestOutput, SamplingParams, TokenLogprob
 from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.json_depth import MAX_JSON_DEPTH, too_deep
-from ember.pipeline.chat_template import ChatTemplate
-from ember.protocol.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, GenerationRequest
+from ember.pipeline.bounds import check_choices, check_text_fits, text_limit
+from ember.pipeline.plan import Prompt
+from ember.pipeline.request import Caller, InferenceRequest, PromptInput, UsageKind
+from ember.protocol.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    GenerationRequest,
+    WireModel,
+)
 from ember.tokenizer import Tokenizer
-
-DEFAULT_MAX_TOKENS = 16
-MAX_CHOICES = 128
-"""Choices (prompts x n) one request may ask for: the spec's bound on n, applied to the product."""
-
-
-@dataclass
-class Prompt:
-    token_ids: list[int]
-    text: str | None
-    """The prompt as the user wrote it, when it was text."""
-
-
-@dataclass
-class Plan:
-    """One HTTP request in engine terms: requests[c] produces choice c."""
-
-    prompts: list[Prompt]
-    requests: list[EngineRequest]
-    n: int
-
-    def prompt_of(self, choice: int) -> Prompt:
-        return self.prompts[choice // self.n]
-
-    @property
-    def prompt_tokens(self) -> int:
-        return sum(len(p.token_ids) for p in self.prompts)
-
-    @property
-    def max_new_tokens(self) -> int:
-        """The most tokens the request can generate, over all its choices (what rate limits reserve)."""
-        return sum(r.params.max_tokens for r in self.requests)
 
 
 def prompt_items(req: CompletionRequest) -> list[str | list[int]]:
@@ -63,27 +36,6 @@ def prompt_items(req: CompletionRequest) -> list[str | list[int]]:
     if p and all(isinstance(x, int) for x in p):
         return [p]  # type: ignore[list-item]
     return list(p)  # type: ignore[arg-type]
-
-
-def text_limit(tok: Tokenizer, max_tokens: int) -> int:
-    """The most characters a text of at most `max_tokens` tokens can have: past it, it is surely longer."""
-    return max_tokens * tok.max_token_chars
-
-
-def check_text_fits(chars: int, tok: Tokenizer, max_model_len: int, param: str, what: str = "prompt") -> None:
-    """ContextLengthExceeded for a text that cannot fit the context window, told from its length alone:
-    before it is tokenized, which for a 50 MB prompt took 50 s and 6.5 GB to reach the same answer."""
-    if chars > text_limit(tok, max_model_len):
-        raise ContextLengthExceeded(
-            f"the {what} has {chars} characters, more than any text that fits the context window of "
-            f"{max_model_len} tokens (at most {tok.max_token_chars} characters a token)", param=param)
-
-
-def check_choices(prompts: int, n: int) -> None:
-    if prompts * n > MAX_CHOICES:
-        raise InvalidRequest(
-            f"{prompts} prompts x n={n} asks for {prompts * n} choices; at most {MAX_CHOICES} "
-            "per request", param="n", code="too_many_choices")
 
 
 def prediction_text(req: GenerationRequest) -> str | list[int] | None:
@@ -119,55 +71,7 @@ def check_completion_bounds(req: CompletionRequest, tok: Tokenizer, max_model_le
     return len(items) * req.n
 
 
-def tokenize_prompts(req: CompletionRequest, tok: Tokenizer) -> list[Prompt]:
-    """The prompts as token ids; texts were bounded by check_completion_bounds before."""
-    items = prompt_items(req)
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            ids = tok.encode(item)
-            out.append(Prompt(ids, item))
-        else:
-            bad = [t for t in item if not 0 <= t < tok.vocab_size]
-            if bad:
-                raise InvalidRequest(
-                    f"prompt token id {bad[0]} is outside the vocabulary (0..{tok.vocab_size - 1})",
-                    param="prompt", code="invalid_token_id")
-            out.append(Prompt(list(item), None))
-        if not out[-1].token_ids:
-            raise InvalidRequest(f"prompt {i} is empty after tokenization", param="prompt")
-    return out
-
-
-def fit_max_tokens(req: CompletionRequest, prompt_len: int, max_model_len: int) -> int:
-    asked = req.max_tokens if req.max_tokens is not None else req.max_completion_tokens
-    room = max_model_len - prompt_len
-    if room <= 0 and not (asked == 0 and (req.echo or req.echo_last)):
-        raise ContextLengthExceeded(
-            f"the prompt has {prompt_len} tokens, which fills the context window of {max_model_len}",
-            param="prompt")
-    if asked is None:
-        return max(0, min(DEFAULT_MAX_TOKENS, room))
-    if asked > room:
-        if req.context_length_exceeded_behavior == "error":
-            raise ContextLengthExceeded(
-                f"prompt ({prompt_len} tokens) plus max_tokens ({asked}) exceeds the context window "
-                f"of {max_model_len} tokens", param="max_tokens")
-        return max(0, room)
-    return asked
-
-
-def _choice_seed(seed: int | None, choice: int) -> int | None:
-    if seed is None:
-        return None
-    if choice == 0:
-        return seed
-    # Each choice derives its own seed so the n samples differ, yet all repeat together.
-    h = hashlib.blake2b(f"{seed}:{choice}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def logprobs_count(req: CompletionRequest) -> int | None:
+def logprobs_count(req: GenerationRequest) -> int | None:
     """How many alternatives per position; None when no logprobs were asked for."""
     lp = req.logprobs
     if lp is None or lp is False:
@@ -175,29 +79,6 @@ def logprobs_count(req: CompletionRequest) -> int | None:
     if lp is True:
         return req.top_logprobs or 0
     return req.top_logprobs if req.top_logprobs is not None else lp
-
-
-def grammar_of(req: CompletionRequest, grammars: GrammarCompiler | None) -> str | None:
-    """The validated llguidance grammar of the request's response_format, or None for free text."""
-    spec = response_format_grammar(req.response_format)
-    if spec is None:
-        return None
-    if grammars is None:
-        raise InvalidRequest("constrained decoding is not available on this server", param="response_format")
-    return grammars.compile(*spec)
-
-
-def speculation_of(req: CompletionRequest, tok: Tokenizer) -> tuple[int, ...] | None:
-    """`speculation` (text or token ids) or `prediction` (PredictedOutput or text) as token ids."""
-    spec = prediction_text(req)
-    if spec is None or spec == "" or spec == []:
-        return None
-    if isinstance(spec, str):
-        return tuple(tok.encode(spec, add_special_tokens=False))
-    bad = [t for t in spec if t >= tok.vocab_size]
-    if bad:
-        raise InvalidRequest(f"speculation token id {bad[0]} is outside the vocabulary", param="speculation")
-    return tuple(spec)
 
 
 def _has_lone_surrogate(v: object, name: str) -> bool:
@@ -227,7 +108,7 @@ def _has_lone_surrogate(v: object, name: str) -> bool:
     return False
 
 
-def reject_invalid_text(req: CompletionRequest) -> None:
+def reject_invalid_text(req: WireModel) -> None:
     """JSON may escape half of a UTF-16 surrogate pair ("\\ud800"), which is no text: the tokenizer, the
     prefix-cache keys and the detokenizer cannot take it, so it is refused here, naming the field. So is
     a field nested deeper than MAX_JSON_DEPTH (what reads it further down may recurse)."""
@@ -235,55 +116,6 @@ def reject_invalid_text(req: CompletionRequest) -> None:
         if _has_lone_surrogate(value, name):
             raise InvalidRequest(f"{name} contains a lone UTF-16 surrogate (an unpaired \\uD800-\\uDFFF escape); "
                                  "text must be valid Unicode", param=name, code="invalid_unicode")
-
-
-def to_engine_requests(req: CompletionRequest, tok: Tokenizer, max_model_len: int, request_id: str,
-                       grammars: GrammarCompiler | None = None, cache_tenant: str | None = None) -> Plan:
-    """The engine requests of a completion; `cache_tenant` (the caller's account) scopes its prefix cache."""
-    reject_invalid_text(req)
-    check_completion_bounds(req, tok, max_model_len)
-    prompts = tokenize_prompts(req, tok)
-    n = req.n
-    stop = tuple(req.stop_list)
-    nlp = logprobs_count(req)
-    echo = bool(req.echo) or bool(req.echo_last)
-    grammar = grammar_of(req, grammars)
-    speculation = speculation_of(req, tok)
-    bias = tuple(sorted((int(k), float(v)) for k, v in (req.logit_bias or {}).items()))
-    for t, _ in bias:
-        if not 0 <= t < tok.vocab_size:
-            raise InvalidRequest(f"logit_bias token id {t} is outside the vocabulary", param="logit_bias")
-    reqs = []
-    now = time.monotonic()
-    for pi, prompt in enumerate(prompts):
-        max_tokens = fit_max_tokens(req, len(prompt.token_ids), max_model_len)
-        for j in range(n):
-            c = pi * n + j
-            params = SamplingParams(
-                max_tokens=max_tokens,
-                temperature=1.0 if req.temperature is None else req.temperature,
-                top_k=req.top_k or 0,
-                top_p=1.0 if req.top_p is None else req.top_p,
-                min_p=req.min_p or 0.0,
-                typical_p=1.0 if req.typical_p is None else req.typical_p,
-                frequency_penalty=req.frequency_penalty or 0.0,
-                presence_penalty=req.presence_penalty or 0.0,
-                repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
-                logit_bias=bias,
-                mirostat_target=req.mirostat_target,
-                mirostat_lr=0.1 if req.mirostat_lr is None else req.mirostat_lr,
-                seed=_choice_seed(req.seed, c),
-                stop=stop,
-                ignore_eos=req.ignore_eos,
-                logprobs=nlp,
-                prompt_logprobs=nlp if (echo and nlp is not None) else None,
-                grammar=grammar,
-                speculation=speculation,
-            )
-            reqs.append(EngineRequest(f"{request_id}-{c}", tuple(prompt.token_ids), params,
-                                      cache_salt=req.prompt_cache_isolation_key, arrival_time=now,
-                                      cache_tenant=cache_tenant))
-    return Plan(prompts, reqs, n)
 
 
 def reject_reasoning(req: GenerationRequest) -> None:
@@ -301,10 +133,43 @@ def reject_unsupported_completion(req: CompletionRequest) -> None:
     reject_reasoning(req)
 
 
+def inference_request(req: GenerationRequest, prompts: tuple[PromptInput, ...], caller: Caller, request_id: str,
+                      deadline: float | None = None, kind: UsageKind = UsageKind.INTERACTIVE,
+                      fill_context: bool = False) -> InferenceRequest:
+    """The generation fields every endpoint shares, read once; the endpoint's adapter gives the prompts
+    (and `fill_context`: whether generation without max_tokens runs to the context window)."""
+    bias = tuple(sorted((int(k), float(v)) for k, v in (req.logit_bias or {}).items()))
+    sampling = SamplingParams(
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_k=req.top_k or 0,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        min_p=req.min_p or 0.0,
+        typical_p=1.0 if req.typical_p is None else req.typical_p,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+        logit_bias=bias,
+        mirostat_target=req.mirostat_target,
+        mirostat_lr=0.1 if req.mirostat_lr is None else req.mirostat_lr,
+        seed=req.seed,
+        ignore_eos=req.ignore_eos,
+        stop=tuple(req.stop_list),
+        logprobs=logprobs_count(req),
+    )
+    prediction = prediction_text(req)
+    return InferenceRequest(
+        request_id=request_id, caller=caller, prompts=prompts, n=req.n, sampling=sampling,
+        max_tokens=req.max_tokens if req.max_tokens is not None else req.max_completion_tokens,
+        fill_context=fill_context,
+        truncate_max_tokens=req.context_length_exceeded_behavior != "error",
+        echo=bool(req.echo) or bool(req.echo_last),
+        constraint=response_format_grammar(req.response_format),
+        prediction=tuple(prediction) if isinstance(prediction, list) else prediction,
+        cache_salt=req.prompt_cache_isolation_key, priority=req.service_tier == "priority",
+        background=kind == UsageKind.BATCH, deadline=deadline, kind=kind)
+
+
 # -- chat -------------------------------------------------------------------------------------------
-
-_SHARED_FIELDS = frozenset(GenerationRequest.model_fields)
-
 
 def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
     """What the served model cannot do yet is a 400 naming the field, never silently ignored."""
@@ -340,55 +205,6 @@ def _reject_unsupported_message(i: int, m: ChatMessage) -> None:
         raise InvalidRequest(f"{where}.content is required", param="messages.content")
 
 
-def _template_messages(req: ChatCompletionRequest) -> list[dict[str, str]]:
-    # "developer" is OpenAI's new name for the system role; templates know only "system".
-    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-
-
-def _render(template: ChatTemplate, messages: list[dict[str, str]], generation_prompt: bool,
-            safe: bool) -> tuple[str, list[int]]:
-    # A conversation ending with the assistant is a prefill: the model continues that message.
-    prefill = messages[-1]["role"] == "assistant"
-    r = template.encode(messages, add_generation_prompt=generation_prompt and not prefill,
-                        continue_final_message=prefill, safe=safe)
-    return r.text, r.token_ids
-
-
-def _oldest_turn(messages: list[dict[str, str]]) -> int | None:
-    """What prompt_truncate_len drops next: the oldest message that is neither a system one nor the last."""
-    return next((i for i, m in enumerate(messages[:-1]) if m["role"] != "system"), None)
-
-
-def _chars(messages: list[dict[str, str]]) -> int:
-    return sum(len(m["content"]) for m in messages)
-
-
-def render_chat(req: ChatCompletionRequest, template: ChatTemplate, generation_prompt: bool = True,
-                max_token_chars: int | None = None) -> tuple[str, list[int]]:
-    """The prompt text and ids; with prompt_truncate_len, the oldest turns go first (system messages and
-    the last message stay) until the prompt fits.
-
-    Given `max_token_chars` (Tokenizer.max_token_chars), turns are first dropped by their length alone
-    while their characters alone cannot fit the limit: exactly the turns the token count would drop,
-    without rendering and tokenizing a long history once per turn."""
-    messages = _template_messages(req)
-    safe = bool(req.safe_tokenization)
-    limit = req.prompt_truncate_len
-    if limit is not None and max_token_chars is not None:
-        total = _chars(messages)
-        while total > limit * max_token_chars and (drop := _oldest_turn(messages)) is not None:
-            total -= len(messages[drop]["content"])
-            del messages[drop]
-    text, ids = _render(template, messages, generation_prompt, safe)
-    while limit is not None and len(ids) > limit:
-        drop = _oldest_turn(messages)
-        if drop is None:
-            break  # only system messages and the last one are left: the context check decides
-        del messages[drop]
-        text, ids = _render(template, messages, generation_prompt, safe)
-    return text, ids
-
-
 def check_chat_bounds(req: ChatCompletionRequest, tok: Tokenizer, max_model_len: int) -> int:
     """The cheap refusals of a chat request, before rendering or tokenizing: a conversation whose text
     cannot fit the context window (with prompt_truncate_len, what truncation keeps: the system messages
@@ -400,34 +216,6 @@ def check_chat_bounds(req: ChatCompletionRequest, tok: Tokenizer, max_model_len:
     check_text_fits(sum(len(m.text()) for m in kept), tok, max_model_len, "messages", "conversation")
     check_prediction_fits(req, tok, max_model_len)
     return req.n
-
-
-def chat_to_completion(req: ChatCompletionRequest, prompt_ids: list[int], max_model_len: int) -> CompletionRequest:
-    """The chat request in completion terms over the rendered prompt's token ids (fields already validated)."""
-    shared = {k: v for k, v in req if k in _SHARED_FIELDS and k in req.model_fields_set}
-    if req.max_tokens is None and req.max_completion_tokens is None:
-        # Chat has no small default as completions do (OpenAI and vLLM generate up to the context window):
-        # the model ends its turn itself.
-        room = max_model_len - len(prompt_ids)
-        if room > 0:
-            shared["max_tokens"] = room
-    return CompletionRequest.model_construct(**shared, prompt=prompt_ids)
-
-
-def chat_to_engine_requests(req: ChatCompletionRequest, template: ChatTemplate | None, tok: Tokenizer,
-                            max_model_len: int, request_id: str, grammars: GrammarCompiler | None = None,
-                            cache_tenant: str | None = None) -> tuple[CompletionRequest, Plan]:
-    reject_invalid_text(req)
-    reject_unsupported_chat(req)
-    if template is None:
-        raise InvalidRequest("the served model has no chat template, so it cannot take chat messages; use "
-                             "/v1/completions with a prompt", param="messages", code="no_chat_template")
-    check_chat_bounds(req, tok, max_model_len)
-    text, ids = render_chat(req, template, max_token_chars=tok.max_token_chars)
-    creq = chat_to_completion(req, ids, max_model_len)
-    plan = to_engine_requests(creq, tok, max_model_len, request_id, grammars, cache_tenant)
-    plan.prompts[0].text = text  # raw_output's prompt_fragments: the rendered conversation
-    return creq, plan
 
 
 # -- outward ---------------------------------------------------------------------------------------
@@ -443,9 +231,6 @@ class ChoiceState:
     offsets: list[int] = field(default_factory=list)
     prompt_logprobs: tuple[TokenLogprob, ...] | None = None
     finish_reason: str | None = None
-    num_prompt_tokens: int = 0
-    num_cached_tokens: int = 0
-    num_output_tokens: int = 0
     first_token_time: float | None = None
     num_draft_tokens: int = 0
     num_accepted_draft_tokens: int = 0
@@ -459,15 +244,12 @@ class ChoiceState:
             self.prompt_logprobs = out.prompt_logprobs
         if out.finish_reason is not None:
             self.finish_reason = "length" if out.finish_reason == "length" else "stop"
-        self.num_prompt_tokens = out.num_prompt_tokens
-        self.num_cached_tokens = out.num_cached_tokens
-        self.num_output_tokens = out.num_output_tokens
         self.first_token_time = out.first_token_time
         self.num_draft_tokens = out.num_draft_tokens
         self.num_accepted_draft_tokens = out.num_accepted_draft_tokens
 
 
-def echo_prefix(req: CompletionRequest, prompt: Prompt, tok: Tokenizer) -> tuple[str, list[int]]:
+def echo_prefix(req: GenerationRequest, prompt: Prompt, tok: Tokenizer) -> tuple[str, list[int]]:
     """The echoed prompt text and the prompt token ids it covers."""
     if req.echo_last:
         ids = prompt.token_ids[-req.echo_last :]
@@ -518,7 +300,7 @@ def prompt_offsets(tok: Tokenizer, ids: list[int], base: int = 0) -> list[int]:
     return offs
 
 
-def choice_logprobs(req: CompletionRequest, tok: Tokenizer, st: ChoiceState, prompt: Prompt,
+def choice_logprobs(req: GenerationRequest, tok: Tokenizer, st: ChoiceState, prompt: Prompt,
                     echo_text_len: int, echo_ids: list[int]) -> dict | None:
     """The whole choice's logprobs object (echoed prompt tokens first), or None when not asked."""
     if logprobs_count(req) is None:

@@ -11,8 +11,10 @@ import asyncio
 from fastapi import APIRouter
 
 from ember.errors import InvalidRequest
-from ember.http.deps import AppState, InferenceAuth, ServedModel, StateDep, resolve_served
-from ember.platform.auth import Principal
+from ember.http.deps import InferenceAuth, ServedModel, StateDep, caller_of, resolve_served
+from ember.pipeline.bounds import check_text_fits
+from ember.pipeline.request import PromptInput, TextPrompt
+from ember.protocol.chat import conversation
 from ember.protocol.schemas import (
     ChatCompletionRequest,
     DetokenizeRequest,
@@ -21,12 +23,7 @@ from ember.protocol.schemas import (
     TokenizeCompletionRequest,
     TokenizeResponse,
 )
-from ember.protocol.translate import (
-    check_text_fits,
-    reject_invalid_text,
-    reject_unsupported_chat,
-    render_chat,
-)
+from ember.protocol.translate import reject_invalid_text, reject_unsupported_chat
 
 router = APIRouter()
 
@@ -44,20 +41,17 @@ def _check_fits(served: ServedModel, body: TokenizeCompletionRequest | TokenizeC
                         "messages", "conversation")
 
 
-def _rate_limit(state: AppState, principal: Principal, served: ServedModel) -> None:
-    """A request of the key's account like any inference request: it takes from the request-rate quota."""
-    state.platform.limiter.reserve_request(principal.account_id, served.model_id)
-
-
-def _tokenize(served: ServedModel, body: TokenizeCompletionRequest | TokenizeChatRequest) -> list[int]:
-    reject_invalid_text(body)
+def _prompt(body: TokenizeCompletionRequest | TokenizeChatRequest) -> PromptInput:
+    """The prompt exactly as completions (a text) or chat (a conversation) would send it to the model."""
     if isinstance(body, TokenizeCompletionRequest):
-        return served.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
-    if served.chat_template is None:
-        raise InvalidRequest("the served model has no chat template", param="messages", code="no_chat_template")
-    chat = ChatCompletionRequest(model=served.model_id, messages=body.messages)
-    reject_unsupported_chat(chat)
-    return render_chat(chat, served.chat_template, body.add_generation_prompt)[1]
+        return TextPrompt(body.prompt, body.add_special_tokens)
+    return conversation(body.messages, generation_prompt=body.add_generation_prompt)
+
+
+def _check(body: TokenizeCompletionRequest | TokenizeChatRequest) -> None:
+    reject_invalid_text(body)
+    if isinstance(body, TokenizeChatRequest):
+        reject_unsupported_chat(ChatCompletionRequest(model="", messages=body.messages))
 
 
 @router.post("/tokenize", response_model=TokenizeResponse, response_model_exclude_none=True)
@@ -65,8 +59,8 @@ async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest, state:
                    principal: InferenceAuth) -> TokenizeResponse:
     served = _served(state, body.model)
     _check_fits(served, body)
-    _rate_limit(state, principal, served)
-    ids = await asyncio.to_thread(_tokenize, served, body)
+    state.pipeline.draw_request(caller_of(principal))
+    ids = await state.pipeline.tokenize(_prompt(body), lambda: _check(body))
     strs = [served.tokenizer.id_to_piece(t) for t in ids] if body.return_token_strs else None
     return TokenizeResponse(count=len(ids), max_model_len=served.max_model_len, tokens=ids, token_strs=strs)
 
@@ -74,7 +68,7 @@ async def tokenize(body: TokenizeCompletionRequest | TokenizeChatRequest, state:
 @router.post("/detokenize", response_model=DetokenizeResponse)
 async def detokenize(body: DetokenizeRequest, state: StateDep, principal: InferenceAuth) -> DetokenizeResponse:
     served = _served(state, body.model)
-    _rate_limit(state, principal, served)
+    state.pipeline.draw_request(caller_of(principal))
     bad = [t for t in body.tokens if t >= served.tokenizer.vocab_size]
     if bad:
         raise InvalidRequest(f"token id {bad[0]} is outside the vocabulary (0..{served.tokenizer.vocab_size - 1})",
