@@ -104,12 +104,12 @@ class UvicornThread:
 
 
 class LiveServer(UvicornThread):
-    """ember's real app, serving an already loaded model."""
+    """ember's real app, serving an already loaded model; `clock`: see create_app (tests.fake_clock)."""
 
-    def __init__(self, config: Config, loaded: LoadedModel) -> None:
+    def __init__(self, config: Config, loaded: LoadedModel, clock: Callable[[], float] = time.monotonic) -> None:
         from ember.app import create_app
 
-        super().__init__(create_app(config, loaded))
+        super().__init__(create_app(config, loaded, clock=clock))
 
     @property
     def engine(self):  # noqa: ANN201 - the app's Engine
