@@ -102,10 +102,14 @@ def smol_server(smol_served: LoadedModel) -> Iterator[LiveServer]:
 @pytest.fixture
 def ember_serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
     """Start `ember serve FLAGS` (tests.harness.start_serve; its log under tmp_path unless log_path is
-    given), waiting for /health; every process started is stopped when the test ends."""
+    given), waiting for /health; every process started is stopped when the test ends. Without --data-dir
+    in FLAGS a server gets a fresh one under tmp_path: a test never opens the default store, which other
+    checkouts of ember on the machine may have migrated past this one's schema."""
     started: list[ServeProcess] = []
 
     def start(*flags: str, **kwargs: object) -> ServeProcess:
+        if "--data-dir" not in flags and "--db" not in flags:
+            flags = (*flags, "--data-dir", str(tmp_path / f"data-{len(started)}"))
         kwargs.setdefault("log_path", tmp_path / f"serve-{len(started)}.log")
         s = start_serve(*flags, **kwargs)  # type: ignore[arg-type]
         started.append(s)
