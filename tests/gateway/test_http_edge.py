@@ -99,10 +99,11 @@ class _Collect(logging.Handler):
 def logged_server(smol_served: LoadedModel) -> Iterator[tuple[str, _Collect]]:
     """ember's app under the uvicorn configuration `ember serve` uses (access log on)."""
     app = create_app(server_config(), smol_served)
+    server = uvicorn.Server(uvicorn_config(app, ServerConfig(), "info"))  # configures logging: before addHandler
     collect = _Collect()
     logging.getLogger("uvicorn.access").addHandler(collect)
     try:
-        with UvicornThread(app, server=uvicorn.Server(uvicorn_config(app, ServerConfig(), "info"))) as s:
+        with UvicornThread(app, server=server) as s:
             yield s.url, collect
     finally:
         logging.getLogger("uvicorn.access").removeHandler(collect)
