@@ -146,15 +146,16 @@ def test_a_second_signal_exits_at_once(server_factory) -> None:
         t.join(timeout=30)
 
 
-def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_after(tiny) -> None:
+def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_after(tiny, tmp_path) -> None:
     """In process (uvicorn's exit flag instead of a signal): the drain timer fails what is left."""
     import uvicorn
 
     from ember.app import create_app
-    from ember.config import CacheConfig, Config, ServerConfig
+    from ember.config import CacheConfig, Config, ServerConfig, StoreConfig
     from ember.http.uvicorn_server import DrainingServer
 
-    app = create_app(Config(cache=CacheConfig(kv_cache_mb=4), server=ServerConfig(drain_timeout_s=1.0)), tiny)
+    app = create_app(Config(cache=CacheConfig(kv_cache_mb=4), server=ServerConfig(drain_timeout_s=1.0),
+                            store=StoreConfig(data_dir=str(tmp_path))), tiny)
     server = DrainingServer(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10), app, 1.0)
     with UvicornThread(app, server=server) as srv:
         engine = app.state.ember.client.engine
@@ -181,17 +182,17 @@ def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_aft
     assert r.json()["error"]["code"] == "overloaded"
 
 
-def test_an_idle_keep_alive_connection_outlasts_the_clients_pool_expiry(tiny) -> None:
+def test_an_idle_keep_alive_connection_outlasts_the_clients_pool_expiry(tiny, tmp_path) -> None:
     """ember keeps an idle connection open past httpx's (and Node's) 5 s pool expiry. With uvicorn's own
     5 s the two expire together: a client that picks the connection at 4.99 s sends its request into a
     socket the server is closing, and gets a reset with no status line (the soak's unexplained ReadErrors)."""
     import socket
 
     from ember.app import create_app
-    from ember.config import CacheConfig, Config, ServerConfig
+    from ember.config import CacheConfig, Config, ServerConfig, StoreConfig
     from ember.http.uvicorn_server import DrainingServer, uvicorn_config
 
-    cfg = Config(cache=CacheConfig(kv_cache_mb=4))
+    cfg = Config(cache=CacheConfig(kv_cache_mb=4), store=StoreConfig(data_dir=str(tmp_path)))
     assert cfg.server.keep_alive_timeout_s >= 15  # past httpx / Node (5 s) and aiohttp (15 s)
     app = create_app(cfg, tiny)
     ucfg = uvicorn_config(app, ServerConfig(), "warning")
