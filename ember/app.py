@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -36,29 +37,32 @@ from ember.store.db import open_store
 log = logging.getLogger("ember")
 
 
-def build_client(config: Config, loaded: LoadedModel, metrics: EngineMetrics) -> EngineClient:
-    return EngineClient(Engine(loaded, config), on_step=metrics.on_step)
+def build_client(config: Config, loaded: LoadedModel, metrics: EngineMetrics,
+                 clock: Callable[[], float] = time.monotonic) -> EngineClient:
+    return EngineClient(Engine(loaded, config), on_step=metrics.on_step, clock=clock)
 
 
 def create_app(config: Config, loaded: LoadedModel | None = None,
-               torch_thread: TorchThread | None = None, buckets: Buckets | None = None) -> FastAPI:
+               torch_thread: TorchThread | None = None, buckets: Buckets | None = None,
+               clock: Callable[[], float] = time.monotonic) -> FastAPI:
     """The app; pass `loaded` to reuse a model already in memory (tests, several apps in one process),
     and the TorchThread that loaded it, so the step loop runs on that same thread. `buckets`: where rate
-    limits are counted when several processes serve one platform (ember.cluster), else in this process."""
+    limits are counted when several processes serve one platform (ember.cluster), else in this process.
+    `clock`: the monotonic clock of the API-key cache, the open-mode recheck and the stall watchdog."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redact_access_log()
         store = await asyncio.to_thread(open_store, config.store)
         platform = Platform(store, config.platform, config.server.api_keys, config.scheduler.max_num_seqs,
-                            buckets=buckets)
+                            buckets=buckets, clock=clock)
         platform.start()
         tt = torch_thread or TorchThread()
         lm = loaded if loaded is not None else await tt.run(load_model, config.model)
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)  # process_resident_memory_bytes: what a soak watches for leaks
         metrics = EngineMetrics(registry)
-        client = await tt.run(build_client, config, lm, metrics)
+        client = await tt.run(build_client, config, lm, metrics, clock)
         # llguidance's vocabulary view takes ~0.2 s to build: at start-up, not inside a first request.
         await tt.run(lambda: client.engine.grammars.ll_tokenizer)
         client.start(tt)

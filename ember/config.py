@@ -170,6 +170,10 @@ class ServerConfig:
     max_body_mb: float = 8.0
     """A request body on any path but the uploads (`--max-upload-mb` bounds those); past it 413. 8 MiB
     holds a full 128k-token prompt as token ids, or a full context of text, with room to spare."""
+    fd: int | None = None
+    """Serve on this listening socket, inherited from the parent process as a file descriptor, instead of
+    binding --host/--port; host and port are then the socket's own. The parent owns the port before ember
+    starts (a supervisor's socket activation, a test harness), so nothing can take it in between."""
     public_url: str | None = None
     """The base URL clients reach this server at (`http(s)://host[:port]`), for the download URLs it hands
     out and, while it serves open, as one more Host it answers to. None: the address of the socket a
@@ -197,6 +201,8 @@ class ServerConfig:
             raise ValueError("max_header_kb must be at least 1")
         if self.max_body_mb <= 0:
             raise ValueError("max_body_mb must be positive")
+        if self.fd is not None and self.fd < 0:
+            raise ValueError("fd must be a file descriptor (0 or more)")
 
 
 AUTH_MODES = ("auto", "keys", "none")

@@ -1,19 +1,15 @@
-"""Shared fixtures: the real SmolLM2 model, a tiny random-weight Llama, and a live uvicorn server."""
+"""Shared fixtures: the real SmolLM2 model, a tiny random-weight Llama, a live uvicorn server, and real
+`ember serve` processes (tests.harness)."""
 
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
-from typing import Self
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import torch
-import uvicorn
-from fastapi import FastAPI
 
 from ember.config import CacheConfig, Config, ModelConfig, SchedulerConfig, StoreConfig
 from ember.model.args import ModelArgs
@@ -21,6 +17,7 @@ from ember.model.catalog import ModelRef, resolve_model
 from ember.model.checkpoint import Checkpoint
 from ember.model.formats import read_checkpoint
 from ember.model.loader import LoadedModel, build_model, load_model
+from tests.harness import LiveServer, ServeProcess, start_serve
 from tests.postgres import PostgresServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -90,51 +87,6 @@ def tiny(smol_checkpoint: Checkpoint, smol_ref: ModelRef) -> LoadedModel:
     return LoadedModel(model=model, tokenizer=tok, args=args, ref=smol_ref, device=torch.device("cpu"))
 
 
-class UvicornThread:
-    """uvicorn serving `app` on 127.0.0.1 from a background thread, on a socket bound here (no free-port
-    race); entering waits until start-up (the app's lifespan included) has finished."""
-
-    def __init__(self, app: FastAPI, *, lifespan: str = "on", start_timeout: float = 60.0) -> None:
-        self.app = app
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.start_timeout = start_timeout
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan=lifespan))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        deadline = time.monotonic() + self.start_timeout
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
-
-
-class LiveServer(UvicornThread):
-    """ember's real app, serving an already loaded model."""
-
-    def __init__(self, config: Config, loaded: LoadedModel) -> None:
-        from ember.app import create_app
-
-        super().__init__(create_app(config, loaded))
-
-    @property
-    def engine(self):
-        return self.app.state.ember.client.engine
-
-
 def server_config(data_dir: str | None = None, **cache: object) -> Config:
     """A small server; its store is a fresh SQLite file unless `data_dir` names one."""
     return Config(cache=CacheConfig(kv_cache_mb=256, **cache),  # type: ignore[arg-type]
@@ -146,6 +98,27 @@ def server_config(data_dir: str | None = None, **cache: object) -> Config:
 def smol_server(smol_served: LoadedModel) -> Iterator[LiveServer]:
     with LiveServer(server_config(), smol_served) as s:
         yield s
+
+
+@pytest.fixture
+def ember_serve(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    """Start `ember serve FLAGS` (tests.harness.start_serve; its log under tmp_path unless log_path is
+    given), waiting for /health; every process started is stopped when the test ends. Without --data-dir
+    in FLAGS a server gets a fresh one under tmp_path: a test never opens the default store, which other
+    checkouts of ember on the machine may have migrated past this one's schema."""
+    started: list[ServeProcess] = []
+
+    def start(*flags: str, **kwargs: object) -> ServeProcess:
+        if "--data-dir" not in flags and "--db" not in flags:
+            flags = (*flags, "--data-dir", str(tmp_path / f"data-{len(started)}"))
+        kwargs.setdefault("log_path", tmp_path / f"serve-{len(started)}.log")
+        s = start_serve(*flags, **kwargs)  # type: ignore[arg-type]
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from ember.loadgen.bench import BenchConfig, bench_main, make_prompts, percentile, run_bench
-from tests.conftest import UvicornThread
+from tests.harness import UvicornThread
 
 TOKEN_DELAY_S = 0.002
 

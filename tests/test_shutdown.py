@@ -1,72 +1,29 @@
 """SIGTERM / SIGINT on a real `ember serve` process: drain in-flight streams, refuse new work, exit 0.
 
-Each test starts the real server (the default SmolLM2) as a subprocess on a port the OS picked, opens
+Each test starts the real server (the default SmolLM2) as a subprocess (tests.harness), opens
 streams, signals it, and checks what every client saw and how the process ended.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 import pytest
 
 from tests.conftest import MODEL_ID
-
-
-@dataclass
-class Served:
-    proc: subprocess.Popen
-    url: str
-    log: list[str] = field(default_factory=list)
-
-
-def start(*flags: str) -> Served:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "ember", "serve", "--port", "0", "--kv-cache-mb", "256",
-                             *flags], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    served = Served(proc, "")
-    found = threading.Event()
-
-    def read() -> None:  # keep reading stderr for the whole run, so the pipe never fills
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            served.log.append(line)
-            m = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            if m:
-                served.url = m.group(1)
-                found.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not found.wait(timeout=180):
-        proc.kill()
-        raise AssertionError("ember serve did not start:\n" + "".join(served.log))
-    return served
+from tests.harness import ServeProcess, UvicornThread, wait_until
 
 
 @pytest.fixture
-def server_factory() -> Iterator:
-    started: list[Served] = []
-
-    def make(*flags: str) -> Served:
-        s = start(*flags)
-        started.append(s)
-        return s
-
-    yield make
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-            s.proc.wait(timeout=30)
+def server_factory(ember_serve: Callable[..., ServeProcess]) -> Callable[..., ServeProcess]:
+    """`ember serve FLAGS` with the default model and a 256 MB KV cache."""
+    return lambda *flags: ember_serve("--kv-cache-mb", "256", *flags)
 
 
 @dataclass
@@ -121,23 +78,19 @@ def open_streams(url: str, n: int, max_tokens: int) -> tuple[list[StreamResult],
 
 
 def refused(url: str, within: float = 10.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
+    def down() -> bool:
         try:
             httpx.get(url + "/health", timeout=5)
         except httpx.TransportError:
             return True
-        time.sleep(0.2)
-    return False
+        return False
+
+    return wait_until(down, within, "the listener to close", interval=0.2)
 
 
 def wait_for_draining(url: str, within: float = 10.0) -> httpx.Response:
-    deadline = time.monotonic() + within
-    while True:
-        r = httpx.get(url + "/health", timeout=5)
-        if r.status_code != 200 or time.monotonic() > deadline:
-            return r
-        time.sleep(0.05)
+    return wait_until(lambda: (r := httpx.get(url + "/health", timeout=5)).status_code != 200 and r, within,
+                      "/health to stop answering 200")
 
 
 def test_sigterm_drains_16_streams_and_exits_0(server_factory) -> None:
@@ -157,12 +110,12 @@ def test_sigterm_drains_16_streams_and_exits_0(server_factory) -> None:
     for t in threads:
         t.join(timeout=300)
     assert refused(s.url, within=30)  # nothing left in flight: the listener closes
-    assert s.proc.wait(timeout=300) == 0, "".join(s.log)
+    assert s.proc.wait(timeout=300) == 0, s.log()
     for r in results:
         assert r.error is None and r.done
         assert r.finish_reason == "length" and r.error_code is None
         assert r.events[-1]["usage"]["completion_tokens"] == 64
-    assert any("draining" in line for line in s.log)
+    assert "draining" in s.log()
 
 
 def test_sigint_past_the_drain_timeout_ends_streams_with_a_clear_error(server_factory) -> None:
@@ -172,7 +125,7 @@ def test_sigint_past_the_drain_timeout_ends_streams_with_a_clear_error(server_fa
     s.proc.send_signal(signal.SIGINT)
     for t in threads:
         t.join(timeout=60)
-    assert s.proc.wait(timeout=60) == 0, "".join(s.log)
+    assert s.proc.wait(timeout=60) == 0, s.log()
     assert time.monotonic() - t0 < 30  # 1500 tokens each would have taken far longer
     for r in results:
         assert r.error is None and r.done  # the stream closed properly, with [DONE]
@@ -183,7 +136,7 @@ def test_a_second_signal_exits_at_once(server_factory) -> None:
     s = server_factory("--drain-timeout", "300")
     _, threads = open_streams(s.url, 2, max_tokens=1500)
     s.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_until(lambda: "draining requests in flight" in s.log(), 30, "the first SIGTERM to start the drain")
     assert s.proc.poll() is None  # draining, with 300 s to go
     t0 = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
@@ -193,79 +146,60 @@ def test_a_second_signal_exits_at_once(server_factory) -> None:
         t.join(timeout=30)
 
 
-def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_after(tiny) -> None:
+def test_a_non_streamed_request_cut_by_the_drain_timeout_is_a_503_with_retry_after(tiny, tmp_path) -> None:
     """In process (uvicorn's exit flag instead of a signal): the drain timer fails what is left."""
-    import socket
-
     import uvicorn
 
     from ember.app import create_app
-    from ember.config import CacheConfig, Config, ServerConfig
+    from ember.config import CacheConfig, Config, ServerConfig, StoreConfig
     from ember.http.uvicorn_server import DrainingServer
 
-    app = create_app(Config(cache=CacheConfig(kv_cache_mb=4), server=ServerConfig(drain_timeout_s=1.0)), tiny)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    app = create_app(Config(cache=CacheConfig(kv_cache_mb=4), server=ServerConfig(drain_timeout_s=1.0),
+                            store=StoreConfig(data_dir=str(tmp_path))), tiny)
     server = DrainingServer(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=10), app, 1.0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive()
-        time.sleep(0.02)
-    runner = app.state.ember.client.engine.runner
-    real_run = runner.run
+    with UvicornThread(app, server=server) as srv:
+        engine = app.state.ember.client.engine
+        real_run = engine.runner.run
 
-    def slow_run(batch):  # ~50 ms a step: 400 tokens would take 20 s
-        time.sleep(0.05)
-        return real_run(batch)
+        def slow_run(batch):  # ~50 ms a step: 400 tokens would take 20 s
+            time.sleep(0.05)
+            return real_run(batch)
 
-    runner.run = slow_run
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/completions"
-    got: list[httpx.Response] = []
-    t = threading.Thread(target=lambda: got.append(httpx.post(url, json={
-        "model": MODEL_ID, "prompt": "Hi", "max_tokens": 400, "ignore_eos": True}, timeout=60)))
-    t.start()
-    time.sleep(1.0)
-    t0 = time.monotonic()
-    server.should_exit = True
-    t.join(timeout=30)
-    thread.join(timeout=30)
-    assert not thread.is_alive() and time.monotonic() - t0 < 15
+        engine.runner.run = slow_run
+        got: list[httpx.Response] = []
+        t = threading.Thread(target=lambda: got.append(httpx.post(srv.url + "/v1/completions", json={
+            "model": MODEL_ID, "prompt": "Hi", "max_tokens": 400, "ignore_eos": True}, timeout=60)))
+        t.start()
+        wait_until(lambda: engine.has_work, 30, "the request to reach the engine")
+        t0 = time.monotonic()
+        server.should_exit = True
+        t.join(timeout=30)
+        srv.thread.join(timeout=30)
+        assert not srv.thread.is_alive() and time.monotonic() - t0 < 15
     assert app.state.ember.draining
     r = got[0]
     assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
     assert r.json()["error"]["code"] == "overloaded"
-    sock.close()
 
 
-def test_an_idle_keep_alive_connection_outlasts_the_clients_pool_expiry(tiny) -> None:
+def test_an_idle_keep_alive_connection_outlasts_the_clients_pool_expiry(tiny, tmp_path) -> None:
     """ember keeps an idle connection open past httpx's (and Node's) 5 s pool expiry. With uvicorn's own
     5 s the two expire together: a client that picks the connection at 4.99 s sends its request into a
     socket the server is closing, and gets a reset with no status line (the soak's unexplained ReadErrors)."""
     import socket
 
     from ember.app import create_app
-    from ember.config import CacheConfig, Config, ServerConfig
+    from ember.config import CacheConfig, Config, ServerConfig, StoreConfig
     from ember.http.uvicorn_server import DrainingServer, uvicorn_config
 
-    cfg = Config(cache=CacheConfig(kv_cache_mb=4))
+    cfg = Config(cache=CacheConfig(kv_cache_mb=4), store=StoreConfig(data_dir=str(tmp_path)))
     assert cfg.server.keep_alive_timeout_s >= 15  # past httpx / Node (5 s) and aiohttp (15 s)
     app = create_app(cfg, tiny)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
     ucfg = uvicorn_config(app, ServerConfig(), "warning")
     assert ucfg.timeout_keep_alive == cfg.server.keep_alive_timeout_s
-    server = DrainingServer(ucfg, app, 1.0)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive()
-            time.sleep(0.02)
+    with UvicornThread(app, server=DrainingServer(ucfg, app, 1.0)) as srv:
         request = b"GET /health HTTP/1.1\r\nhost: localhost\r\n\r\n"  # an open server answers to no other name
-        with socket.create_connection(sock.getsockname(), timeout=10) as c:
+        with socket.create_connection(srv.sock.getsockname(), timeout=10) as c:
             for _ in range(2):
                 c.sendall(request)
                 got = b""
@@ -275,7 +209,3 @@ def test_an_idle_keep_alive_connection_outlasts_the_clients_pool_expiry(tiny) ->
                     got += chunk
                 assert got.startswith(b"HTTP/1.1 200"), got[:200]
                 time.sleep(6.0)  # idle past uvicorn's default keep-alive (5 s)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()

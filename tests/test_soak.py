@@ -104,7 +104,7 @@ class Shed:
 @pytest.mark.parametrize("retry_after", [True, False])
 def test_a_503_with_retry_after_is_shedding_and_without_it_a_failure(tiny, retry_after: bool) -> None:
     from ember.app import create_app
-    from tests.conftest import UvicornThread
+    from tests.harness import UvicornThread
 
     cfg = Config(cache=CacheConfig(kv_cache_mb=4), scheduler=SchedulerConfig(max_num_seqs=8))
     shed = Shed(create_app(cfg, tiny), every=3, retry_after=retry_after)

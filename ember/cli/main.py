@@ -77,12 +77,20 @@ def refuse_open_exposure(config: Config) -> None:
 def serve(a: argparse.Namespace) -> int:
     from ember.app import create_app
     from ember.engine.client import TorchThread
-    from ember.http.uvicorn_server import run_server
+    from ember.http.uvicorn_server import inherited_socket, run_server
     from ember.model.loader import load_model
 
     config = _config(a)
-    refuse_open_exposure(config)
     cluster = _cluster_config(a)
+    sock = None
+    if config.server.fd is not None:
+        if cluster.uses_ray:
+            raise ValueError("--fd serves one process's socket; Ray Serve's proxies bind --port themselves")
+        sock = inherited_socket(config.server.fd)
+        # The socket's own address decides exposure, the Host check and what is printed, not --host.
+        host, port = sock.getsockname()[:2]
+        config = dataclasses.replace(config, server=dataclasses.replace(config.server, host=host, port=port))
+    refuse_open_exposure(config)
     if cluster.uses_ray:  # only here is Ray imported: one replica without --address stays one process
         from ember.cluster.deployment import run_cluster
 
@@ -93,7 +101,7 @@ def serve(a: argparse.Namespace) -> int:
     print(f"ember: serving {loaded.ref.model_id} on http://{config.server.host}:{config.server.port}/v1",
           file=sys.stderr)
     app = create_app(config, loaded, torch_thread)
-    return run_server(app, config.server, a.log_level)
+    return run_server(app, config.server, a.log_level, sock)
 
 
 def complete(a: argparse.Namespace) -> int:

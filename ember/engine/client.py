@@ -72,8 +72,11 @@ class _FailAll:
 
 
 class EngineClient:
-    def __init__(self, engine: Engine, on_step: Callable[[Engine, float, list[RequestOutput]], None] | None = None):
+    def __init__(self, engine: Engine, on_step: Callable[[Engine, float, list[RequestOutput]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        """`clock`: seconds, monotonic; the watchdog's heartbeat and stalled_for() are read on it."""
         self.engine = engine
+        self._clock = clock
         self._inbox: queue.Queue[_Add | _Abort | _FailAll | None] = queue.Queue()
         self._streams: dict[str, tuple[_Add, int]] = {}
         self._thread: threading.Thread | None = None
@@ -86,7 +89,7 @@ class EngineClient:
         self._fresh: list[str] = []
         """Requests admitted since the last step that completed: the suspects when a step fails."""
         self._failed_once = False
-        self._beat = time.monotonic()
+        self._beat = clock()
         """When the loop last finished a step or an idle wait (the watchdog's heartbeat). The idle wait
         is at most 0.5 s, so a loop that is alive and idle never lets this age past that."""
         self._working = False
@@ -140,7 +143,7 @@ class EngineClient:
         """
         if not self._working and not self._streams and self._inbox.empty():
             return 0.0
-        return max(0.0, time.monotonic() - self._beat)
+        return max(0.0, self._clock() - self._beat)
 
     def stats(self) -> EngineStats:
         """A snapshot taken by the engine thread after its last step (safe to read from any thread)."""
@@ -271,11 +274,11 @@ class EngineClient:
 
     def _run_loop(self) -> None:
         while True:
-            self._beat = time.monotonic()
+            self._beat = self._clock()
             self._working = False
             if not self._drain(block=not self.engine.has_work):
                 break
-            self._beat = time.monotonic()
+            self._beat = self._clock()
             if not self.engine.has_work:
                 self._stats = self.engine.stats()
                 continue

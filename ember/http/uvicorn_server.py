@@ -108,9 +108,23 @@ def uvicorn_config(app: FastAPI, server: ServerConfig, log_level: str = "info") 
                           timeout_graceful_shutdown=server.drain_timeout_s + CUT_GRACE_S)
 
 
-def run_server(app: FastAPI, server: ServerConfig, log_level: str = "info") -> int:
-    """Serve until a signal; the exit status: 0 after a drained shutdown, 1 when start-up failed."""
+def inherited_socket(fd: int) -> socket.socket:
+    """The TCP socket a parent process handed down as file descriptor `fd` (ServerConfig.fd)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as e:
+        raise ValueError(f"--fd {fd}: not an open socket ({e.strerror})") from e
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        sock.detach()  # not ours to close
+        raise ValueError(f"--fd {fd}: not a TCP socket")
+    return sock
+
+
+def run_server(app: FastAPI, server: ServerConfig, log_level: str = "info",
+               sock: socket.socket | None = None) -> int:
+    """Serve until a signal, on `sock` when given (else bind server.host:server.port); the exit status: 0
+    after a drained shutdown, 1 when start-up failed."""
     s = DrainingServer(uvicorn_config(app, server, log_level), app, server.drain_timeout_s)
-    s.run()
+    s.run(sockets=None if sock is None else [sock])
     sys.stderr.flush()
     return 0 if s.started else 1

@@ -12,6 +12,7 @@ import hmac
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -76,8 +77,10 @@ class Authenticator:
     MAX_CACHED = 50_000
 
     def __init__(self, keys: ApiKeys, accounts: Accounts, config: PlatformConfig,
-                 static_keys: tuple[str, ...] = ()) -> None:
+                 static_keys: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: seconds, monotonic; what the key cache's and the open-mode recheck's ages are read on."""
         self.keys = keys
+        self._clock = clock
         self.accounts = accounts
         self.config = config
         self._static = [(hashlib.sha256(k.encode()).digest(), f"static-{hashlib.sha256(k.encode()).hexdigest()[:8]}")
@@ -95,7 +98,7 @@ class Authenticator:
             return False
         if self.config.auth == "none":
             return True
-        now = time.monotonic()
+        now = self._clock()
         if now - self._open_checked > 1.0:  # auto: open until the first account exists
             self._open = self.accounts.count() == 0
             self._open_checked = now
@@ -130,7 +133,7 @@ class Authenticator:
 
     def _lookup(self, token: str) -> KeyOwner | None:
         d = digest(token)
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             hit = self._cache.get(d)
         if hit is not None:

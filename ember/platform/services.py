@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ember.config import PlatformConfig
@@ -27,6 +29,8 @@ class Platform:
     """The scheduler's max_num_seqs: how many admitted sequences run rather than wait."""
     buckets: Buckets | None = None
     """Where rate-limit buckets live: None keeps them in this process; a cluster passes a shared one."""
+    clock: Callable[[], float] = time.monotonic
+    """The authenticator's clock (Authenticator)."""
     accounts: Accounts = field(init=False)
     users: Users = field(init=False)
     keys: ApiKeys = field(init=False)
@@ -42,7 +46,7 @@ class Platform:
         self.users = Users(self.store)
         self.keys = ApiKeys(self.store)
         self.quotas = Quotas(self.store)
-        self.auth = Authenticator(self.keys, self.accounts, self.config, self.static_keys)
+        self.auth = Authenticator(self.keys, self.accounts, self.config, self.static_keys, self.clock)
         self.limiter = RateLimiter(self.quotas, self.buckets)
         self.meter = UsageMeter(self.store)
         self._stop = threading.Event()

@@ -4,40 +4,55 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from ember.config import CacheConfig, Config, SchedulerConfig, ServerConfig
-from tests.conftest import MODEL_ID, LiveServer
+from tests.conftest import MODEL_ID
+from tests.fake_clock import FakeClock
+from tests.harness import LiveServer, wait_until
 
 STALL_S = 1.0
 
 
+@dataclass
+class Served:
+    server: LiveServer
+    clock: FakeClock
+    """The server's monotonic clock: time passes for the watchdog only when a test advances it."""
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def engine(self):  # noqa: ANN201 - the app's Engine
+        return self.server.engine
+
+
 @pytest.fixture
-def tiny_server(tiny):
+def tiny_server(tiny) -> Iterator[Served]:  # noqa: ANN001
     cfg = Config(cache=CacheConfig(kv_cache_mb=16), scheduler=SchedulerConfig(max_num_seqs=8),
                  server=ServerConfig(stall_timeout_s=STALL_S))
-    with LiveServer(cfg, tiny) as s:
-        yield s
+    clock = FakeClock()
+    with LiveServer(cfg, tiny, clock=clock) as s:
+        yield Served(s, clock)
 
 
-def health(server) -> httpx.Response:
+def health(server: Served) -> httpx.Response:
     return httpx.get(server.url + "/health", timeout=10)
 
 
-def wait_for(server, status: int, timeout: float = 15.0) -> httpx.Response:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = health(server)
-        if r.status_code == status or time.monotonic() > deadline:
-            return r
-        time.sleep(0.1)
+def wait_for(server: Served, status: int, timeout: float = 15.0) -> httpx.Response:
+    return wait_until(lambda: (r := health(server)).status_code == status and r, timeout, f"/health {status}")
 
 
-def test_a_wedged_loop_turns_health_503_and_recovers(tiny_server) -> None:
+def test_a_wedged_loop_turns_health_503_and_recovers(tiny_server: Served) -> None:
     # Idle for longer than the stall timeout is not a stall: nothing is pending.
-    time.sleep(STALL_S + 0.5)
+    tiny_server.clock.advance(STALL_S + 0.5)
     assert health(tiny_server).status_code == 200
 
     runner = tiny_server.engine.runner
@@ -45,7 +60,7 @@ def test_a_wedged_loop_turns_health_503_and_recovers(tiny_server) -> None:
     release = threading.Event()
     entered = threading.Event()
 
-    def wedged(batch):
+    def wedged(batch):  # noqa: ANN001, ANN202
         entered.set()
         release.wait(timeout=60)  # a kernel that does not return
         return real_run(batch)
@@ -58,7 +73,9 @@ def test_a_wedged_loop_turns_health_503_and_recovers(tiny_server) -> None:
     try:
         t.start()
         assert entered.wait(timeout=15)
-        r = wait_for(tiny_server, 503)
+        assert health(tiny_server).status_code == 200  # wedged, but not yet for the stall timeout
+        tiny_server.clock.advance(STALL_S + 0.5)
+        r = health(tiny_server)
         assert r.status_code == 503, r.text
         assert r.json()["status"] == "stalled" and r.json()["stalled_seconds"] > STALL_S
     finally:
@@ -69,7 +86,7 @@ def test_a_wedged_loop_turns_health_503_and_recovers(tiny_server) -> None:
     assert wait_for(tiny_server, 200).json()["status"] == "ok"
 
 
-def test_a_dead_loop_turns_health_503_and_fails_requests_at_once(tiny_server) -> None:
+def test_a_dead_loop_turns_health_503_and_fails_requests_at_once(tiny_server: Served) -> None:
     engine = tiny_server.engine
 
     def broken_stats():
@@ -89,13 +106,15 @@ def test_a_dead_loop_turns_health_503_and_fails_requests_at_once(tiny_server) ->
     assert r.status_code == 503 and r.headers.get("retry-after") == "1"
 
 
-def test_a_loop_wedged_admitting_the_only_request_is_seen(tiny_server) -> None:
+def test_a_loop_wedged_admitting_the_only_request_is_seen(tiny_server: Served) -> None:
     """Wedged before the request is registered anywhere (no stream yet, inbox already empty)."""
     engine = tiny_server.engine
     real_add = engine.add
     release = threading.Event()
+    entered = threading.Event()
 
-    def wedged_add(req):
+    def wedged_add(req):  # noqa: ANN001, ANN202
+        entered.set()
         release.wait(timeout=60)
         real_add(req)
 
@@ -106,7 +125,9 @@ def test_a_loop_wedged_admitting_the_only_request_is_seen(tiny_server) -> None:
         timeout=60)))
     try:
         t.start()
-        r = wait_for(tiny_server, 503)
+        assert entered.wait(timeout=15)
+        tiny_server.clock.advance(STALL_S + 0.5)
+        r = health(tiny_server)
         assert r.status_code == 503 and r.json()["status"] == "stalled", r.text
     finally:
         engine.add = real_add

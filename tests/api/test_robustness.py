@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from ember.http.errors import install_error_handlers
 from tests.api.test_disconnect import wait_idle
-from tests.conftest import MODEL_ID, UvicornThread
+from tests.conftest import MODEL_ID
+from tests.harness import UvicornThread, wait_until
 
 PROMPT = "The quick brown fox jumps over the lazy dog. " * 5  # > one 16-token block: a prefix-cache lookup
 
@@ -106,12 +107,10 @@ def test_metrics_gauges_are_current_when_idle(smol_server) -> None:
             if line.startswith("data: "):
                 break
     wait_idle(smol_server)
-    deadline = time.monotonic() + 5
-    while True:  # the engine thread publishes its idle snapshot within its 0.5 s inbox wait
-        text = httpx.get(smol_server.url + "/metrics", timeout=10).text
-        if _gauge(text, "ember_requests_running") == 0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # the engine thread publishes its idle snapshot within its 0.5 s inbox wait
+    text = wait_until(lambda: _gauge(t := httpx.get(smol_server.url + "/metrics", timeout=10).text,
+                                     "ember_requests_running") == 0 and t, 5, "no request running in /metrics",
+                      interval=0.1)
     pool = smol_server.engine.pool
     assert _gauge(text, "ember_requests_running") == 0
     assert _gauge(text, "ember_kv_blocks_used") == 0

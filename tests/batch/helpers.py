@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -16,6 +15,7 @@ from ember.model.loader import LoadedModel
 from ember.store.accounts import Accounts
 from ember.store.db import Store, open_store
 from tests.conftest import MODEL_ID, LiveServer, server_config
+from tests.harness import wait_until
 
 FINISHED = {"JOB_STATE_COMPLETED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
@@ -67,13 +67,13 @@ def upload(client: Fireworks, dataset_id: str, data: bytes, filename: str = "inp
 
 
 def wait_job(client: Fireworks, job_id: str, timeout: float = 240, until: set[str] | None = None):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while True:
+    """The job once its state is one of `until` (default: finished)."""
+
+    def reached():  # noqa: ANN202 - the job, or None while it is in another state
         job = client.batch_inference_jobs.get(job_id)
-        if job.state in (until or FINISHED):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job.state}"
-        time.sleep(0.1)
+        return job if job.state in (until or FINISHED) else None
+
+    return wait_until(reached, timeout, f"job {job_id} to reach {sorted(until or FINISHED)}", interval=0.1)
 
 
 def download(client: Fireworks, dataset_id: str, lineage: bool = False) -> dict[str, bytes]:

@@ -22,6 +22,7 @@ from tests.batch.helpers import (
     upload,
     wait_job,
 )
+from tests.harness import wait_until
 
 PREFIX = "You are a careful assistant. Answer in one short sentence. The question follows. "
 
@@ -195,13 +196,15 @@ def test_cancel_then_continue_runs_only_the_missing_rows(env: BatchEnv) -> None:
     c.batch_inference_jobs.create(model=MODEL_ID, input_dataset_id="cc-in", batch_inference_job_id="cc-parent",
                                   inference_parameters={"temperature": 0.0,
                                                         "extra_body": json.dumps({"ignore_eos": True})})
-    deadline = time.monotonic() + 120
-    while True:
+
+    def four_processed() -> bool:
         j = c.batch_inference_jobs.get("cc-parent")
         if j.job_progress and j.job_progress.total_processed_requests >= 4:
-            break
-        assert time.monotonic() < deadline and j.state not in ("JOB_STATE_COMPLETED", "JOB_STATE_FAILED")
-        time.sleep(0.02)
+            return True
+        assert j.state not in ("JOB_STATE_COMPLETED", "JOB_STATE_FAILED"), j.state
+        return False
+
+    wait_until(four_processed, 120, "4 rows of cc-parent processed", interval=0.02)
     c.batch_inference_jobs.delete("cc-parent")
     parent = c.batch_inference_jobs.get("cc-parent")  # still readable, and final
     assert parent.state == "JOB_STATE_CANCELLED"

@@ -27,6 +27,7 @@ from ember.store.datasets import Datasets
 from ember.store.db import open_store
 from tests.batch.helpers import jsonl, upload, wait_job
 from tests.conftest import MODEL_ID, LiveServer, server_config
+from tests.harness import wait_until
 
 ACCOUNTS = ("acme", "globex", "initech", "hooli")
 MAX_JOBS, MAX_DATASETS, MAX_KEYS = 2, 6, 3
@@ -91,11 +92,8 @@ def file_of(c: openai.OpenAI, lines: list[dict]) -> str:
 
 
 def wait(c: openai.OpenAI, batch_id: str, until: set[str] = DONE, timeout: float = 120):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while (b := c.batches.retrieve(batch_id)).status not in until:
-        assert time.monotonic() < deadline, b.status
-        time.sleep(0.1)
-    return b
+    return wait_until(lambda: (b := c.batches.retrieve(batch_id)).status in until and b, timeout,
+                      f"batch {batch_id} to reach {sorted(until)}", interval=0.1)
 
 
 def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
 
 from tests.batch.helpers import MODEL_ID, BatchEnv
+from tests.harness import wait_until
 
 DONE = {"completed", "failed", "expired", "cancelled"}
 
@@ -22,11 +22,8 @@ def line(cid: str, body: dict, url: str = "/v1/completions") -> dict:
 
 
 def wait(c: openai.OpenAI, batch_id: str, until: set[str] = DONE, timeout: float = 180):  # noqa: ANN201
-    deadline = time.monotonic() + timeout
-    while (b := c.batches.retrieve(batch_id)).status not in until:
-        assert time.monotonic() < deadline, b.status
-        time.sleep(0.1)
-    return b
+    return wait_until(lambda: (b := c.batches.retrieve(batch_id)).status in until and b, timeout,
+                      f"batch {batch_id} to reach {sorted(until)}", interval=0.1)
 
 
 def test_upload_create_poll_download(env: BatchEnv) -> None:

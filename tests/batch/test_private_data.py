@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -25,6 +24,7 @@ from ember.store.api_keys import ApiKeys
 from ember.store.db import open_store
 from tests.batch.helpers import MODEL_ID, BatchEnv, jsonl, upload, wait_job
 from tests.conftest import LiveServer, server_config
+from tests.harness import wait_until
 
 ROWS = [{"custom_id": f"r{i}", "body": {"prompt": f"Row {i}", "max_tokens": 2}} for i in range(3)]
 
@@ -167,16 +167,14 @@ def test_the_operator_cli_disables_and_enables_a_user(env: BatchEnv) -> None:
         assert Users(store).get("acme", "erin").state == "DISABLED"
     finally:
         store.close()
-    deadline = time.monotonic() + 15  # another process: the server's key cache holds a key 5 s
+    # another process: the server's key cache holds a key 5 s (tests/gateway/test_auth_clock.py)
     with env.http(key) as h:
-        while h.post("/v1/completions", json=body).status_code != 403:
-            assert time.monotonic() < deadline
-            time.sleep(0.25)
+        wait_until(lambda: h.post("/v1/completions", json=body).status_code == 403, 15, "erin disabled",
+                   interval=0.25)
     assert ember_cli(["users", "enable", "erin", *args]) == 0
     with env.http(key) as h:
-        while h.post("/v1/completions", json=body).status_code != 200:
-            assert time.monotonic() < deadline + 15
-            time.sleep(0.25)
+        wait_until(lambda: h.post("/v1/completions", json=body).status_code == 200, 15, "erin enabled",
+                   interval=0.25)
 
 
 def test_rotating_the_signing_key_ends_every_url_signed_before(env: BatchEnv) -> None:
@@ -185,10 +183,8 @@ def test_rotating_the_signing_key_ends_every_url_signed_before(env: BatchEnv) ->
     old = signed_url(c, "rotated")
     assert get(old).status_code == 200
     assert ember_cli(["secrets", "rotate-signing-key", "--data-dir", env.data_dir]) == 0
-    deadline = time.monotonic() + 15  # the server rereads the secret every 5 s
-    while get(old).status_code != 403:
-        assert time.monotonic() < deadline
-        time.sleep(0.25)
+    # the server rereads the secret every 5 s
+    wait_until(lambda: get(old).status_code == 403, 15, "the old signature refused", interval=0.25)
     assert get(signed_url(c, "rotated")).status_code == 200
 
 

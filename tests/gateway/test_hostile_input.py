@@ -28,8 +28,9 @@ from ember.http.uvicorn_server import uvicorn_config
 from ember.model.loader import LoadedModel
 from ember.store.accounts import Accounts
 from ember.store.db import open_store
-from tests.conftest import MODEL_ID, UvicornThread, server_config
+from tests.conftest import MODEL_ID, server_config
 from tests.gateway.conftest import Platform
+from tests.harness import UvicornThread
 
 SMALL_ERROR = 64 * 1024
 """The most an error answer may weigh (main answered a 1 MB body with a 73.6 MB 422)."""
@@ -43,10 +44,8 @@ class EmberServer(UvicornThread):
     """ember's app behind uvicorn configured as `ember serve` configures it."""
 
     def __init__(self, data_dir: str, loaded: LoadedModel) -> None:
-        super().__init__(create_app(server_config(data_dir=data_dir), loaded))
-        cfg = uvicorn_config(self.app, ServerConfig(), log_level="warning")
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        app = create_app(server_config(data_dir=data_dir), loaded)
+        super().__init__(app, server=uvicorn.Server(uvicorn_config(app, ServerConfig(), log_level="warning")))
 
 
 @pytest.fixture(scope="module")

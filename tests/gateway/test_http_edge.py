@@ -4,9 +4,6 @@ nothing from a CDN, two Authorization headers, and credentials kept out of the a
 from __future__ import annotations
 
 import logging
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -20,6 +17,7 @@ from ember.http.uvicorn_server import uvicorn_config
 from ember.model.loader import LoadedModel
 from tests.conftest import MODEL_ID, LiveServer, server_config
 from tests.gateway.conftest import Platform
+from tests.harness import UvicornThread, wait_until
 
 BODY = {"model": MODEL_ID, "prompt": "Hi", "max_tokens": 1}
 
@@ -101,23 +99,13 @@ class _Collect(logging.Handler):
 def logged_server(smol_served: LoadedModel) -> Iterator[tuple[str, _Collect]]:
     """ember's app under the uvicorn configuration `ember serve` uses (access log on)."""
     app = create_app(server_config(), smol_served)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn_config(app, ServerConfig(), "info"))
+    server = uvicorn.Server(uvicorn_config(app, ServerConfig(), "info"))  # configures logging: before addHandler
     collect = _Collect()
     logging.getLogger("uvicorn.access").addHandler(collect)
-    t = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and t.is_alive()
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", collect
+        with UvicornThread(app, server=server) as s:
+            yield s.url, collect
     finally:
-        server.should_exit = True
-        t.join(30)
-        sock.close()
         logging.getLogger("uvicorn.access").removeHandler(collect)
 
 
@@ -127,10 +115,7 @@ def test_the_access_log_never_holds_signatures_or_keys(logged_server: tuple[str,
     with httpx.Client(base_url=url, timeout=60) as h:
         h.get(f"/v1/datasetFiles/acme/ds/input.jsonl?expires=1&kid=k1&signature={secrets[0]}")
         h.get(f"/v1/models?key={secrets[1]}&api_key={secrets[1]}&access_token={secrets[2]}&page=2")
-    deadline = time.monotonic() + 10
-    while len(collect.lines) < 2:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: len(collect.lines) >= 2, 10, "two access-log lines")
     text = "\n".join(collect.lines)
     assert not any(s in text for s in secrets), text
     assert "signature=REDACTED" in text and "key=REDACTED" in text and "page=2" in text and "expires=1" in text

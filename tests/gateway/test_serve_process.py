@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import fireworks
@@ -21,47 +20,10 @@ import pytest
 from ember.cli.main import _config, build_parser, refuse_open_exposure
 from ember.config import Config
 from tests.conftest import MODEL_ID
+from tests.harness import EMBER, ServeProcess, bound_socket, wait_until
 
-EMBER = [sys.executable, "-m", "ember"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Serve:
-    def __init__(self, data_dir: str, log: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log.open("ab")
-        self.proc = subprocess.Popen([*EMBER, "serve", "--port", str(self.port), "--data-dir", data_dir,
-                                      "--log-level", "debug", "--kv-cache-mb", "128", *args],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while True:
-            assert self.proc.poll() is None, "ember serve exited during start-up"
-            try:
-                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "ember serve did not start"
-            time.sleep(0.2)
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self.log.close()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+Serve = Callable[..., ServeProcess]
+"""The ember_serve fixture: start `ember serve FLAGS`, stopped when the test ends."""
 
 
 def cli(*args: str) -> str:
@@ -76,11 +38,16 @@ def completion(url: str, key: str | None) -> httpx.Response:
                       headers=headers, timeout=120)
 
 
-def test_auto_mode_walkthrough_kill9_and_clean_logs(tmp_path: Path) -> None:
+def serve_flags(data_dir: str, *args: str) -> tuple[str, ...]:
+    return ("--data-dir", data_dir, "--log-level", "debug", "--kv-cache-mb", "128", *args)
+
+
+def test_auto_mode_walkthrough_kill9_and_clean_logs(tmp_path: Path, ember_serve: Serve) -> None:
     data = str(tmp_path / "data")
     log = tmp_path / "server.log"
-    server = Serve(data, log)
+    server = ember_serve(*serve_flags(data), log_path=log)
     secrets: list[str] = []
+    stop = threading.Event()
     try:
         assert completion(server.url, None).status_code == 200  # auto: open while no account exists
         # the README walk-through: create an account while the server runs, take the key with tail -1
@@ -89,15 +56,14 @@ def test_auto_mode_walkthrough_kill9_and_clean_logs(tmp_path: Path) -> None:
         admin = out.stdout.strip()
         assert re.fullmatch(r"fw_[A-Za-z0-9_-]{40,}", admin), out
         secrets.append(admin)
-        time.sleep(1.2)  # auto mode re-checks the store at most once a second
-        assert completion(server.url, None).status_code == 401
+        # auto mode re-checks the store at most once a second (tests/gateway/test_auth_clock.py)
+        wait_until(lambda: completion(server.url, None).status_code == 401, 10, "auto mode to require keys")
         assert completion(server.url, admin).status_code == 200
         fw = fireworks.Fireworks(api_key=admin, base_url=server.url, account_id="acme", max_retries=0, timeout=30)
         fw.users.create(user_id="bob", role="user")
 
         # create keys as fast as the server answers, and kill -9 it in the middle
         returned: list[tuple[str, str]] = []
-        stop = threading.Event()
 
         def create_keys() -> None:
             while not stop.is_set():
@@ -109,17 +75,15 @@ def test_auto_mode_walkthrough_kill9_and_clean_logs(tmp_path: Path) -> None:
 
         t = threading.Thread(target=create_keys)
         t.start()
-        while len(returned) < 15:
-            time.sleep(0.01)
+        wait_until(lambda: len(returned) >= 15, 120, "15 keys created", interval=0.01)
         server.kill9()
         stop.set()
         t.join(60)
         secrets += [k for _, k in returned]
-    except BaseException:
-        server.stop()
-        raise
+    finally:
+        stop.set()
 
-    server = Serve(data, log)
+    server = ember_serve(*serve_flags(data), log_path=log)
     try:
         for key_id, key in returned:  # every key the client saw created works after the kill
             assert completion(server.url, key).status_code == 200, key_id
@@ -129,7 +93,10 @@ def test_auto_mode_walkthrough_kill9_and_clean_logs(tmp_path: Path) -> None:
         assert len(listed) <= len(returned) + 1  # at most the one whose answer the kill cut off
         assert all(k.prefix and k.create_time and k.key is None for k in listed.values())
         assert completion(server.url, "fw_" + "q" * 43).status_code == 401
-        httpx.get(server.url + "/v1/accounts/acme/users", headers={"authorization": "Bearer " + admin}, timeout=30)
+        users = httpx.get(server.url + "/v1/accounts/acme/users", headers={"authorization": "Bearer " + admin},
+                          timeout=30)
+        assert users.status_code == 200 and {"admin", "bob"} <= {u["name"].rsplit("/", 1)[1]
+                                                                 for u in users.json()["users"]}, users.text
     finally:
         server.stop()
 
@@ -161,10 +128,11 @@ def test_refuses_to_serve_open_on_a_public_address(tmp_path: Path) -> None:
     refuse_open_exposure(config("--host", "0.0.0.0"))  # auto with an account: keys are required
 
 
-def test_auth_keys_and_none_modes(tmp_path: Path) -> None:
+def test_auth_keys_and_none_modes(tmp_path: Path, ember_serve: Serve) -> None:
     data = tempfile.mkdtemp(dir=tmp_path)
-    log = tmp_path / "modes.log"
-    server = Serve(data, log, "--auth", "keys")
+    server = ember_serve(*serve_flags(data, "--auth", "keys"))
+    # served on the socket the harness bound and handed down (--fd), under that socket's own address
+    assert f"on http://127.0.0.1:{server.port}/v1" in server.log()
     try:  # keys: required even with no account in the store
         assert completion(server.url, None).status_code == 401
         assert completion(server.url, "unused").status_code == 401
@@ -172,7 +140,7 @@ def test_auth_keys_and_none_modes(tmp_path: Path) -> None:
     finally:
         server.stop()
     key = cli("accounts", "create", "acme", "--email", "a@b.c", "--data-dir", data).strip().splitlines()[-1]
-    server = Serve(data, log, "--auth", "none")
+    server = ember_serve(*serve_flags(data, "--auth", "none"))
     try:  # none: never required, though accounts exist; a valid key is still metered to its account
         assert completion(server.url, None).status_code == 200
         assert completion(server.url, key).status_code == 200
@@ -184,3 +152,22 @@ def test_auth_keys_and_none_modes(tmp_path: Path) -> None:
     usage = cli("usage", "--account", "acme", "--data-dir", data)
     assert re.search(r"TEXT_COMPLETION\s+1\s", usage), usage  # exactly the keyed request
     assert os.path.exists(os.path.join(data, "ember.db"))
+
+
+def test_fd_serves_the_inherited_socket_and_checks_its_own_address(tmp_path: Path) -> None:
+    assert _config(build_parser().parse_args(["serve", "--fd", "7"])).server.fd == 7
+
+    def serve_on(sock: socket.socket | int, *args: str) -> subprocess.CompletedProcess[str]:
+        fd = sock if isinstance(sock, int) else sock.fileno()
+        return subprocess.run([*EMBER, "serve", "--fd", str(fd), "--data-dir", str(tmp_path), *args],
+                              pass_fds=(fd,), capture_output=True, text=True, timeout=120)
+
+    with bound_socket("0.0.0.0") as sock:  # the socket's address decides exposure, not --host (loopback)
+        r = serve_on(sock)
+    assert r.returncode == 2 and "refusing to serve without API keys on 0.0.0.0" in r.stderr, r.stderr
+    with bound_socket() as sock:  # Ray Serve's proxies bind their own port: a socket cannot be handed down
+        r = serve_on(sock, "--replicas", "2")
+    assert r.returncode == 2 and "--fd serves one process's socket" in r.stderr, r.stderr
+    with (tmp_path / "not-a-socket").open("w") as f:
+        r = serve_on(f.fileno())
+    assert r.returncode == 2 and "not an open socket" in r.stderr, r.stderr

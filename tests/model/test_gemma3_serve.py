@@ -5,17 +5,14 @@ transformers' own, token for token: completions, and chat through the Gemma turn
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import torch
 
-from tests.gateway.test_serve_process import EMBER, free_port
+from tests.harness import start_serve
 
 MODEL_ID = "accounts/fireworks/models/gemma-3-270m-q4_k_m"
 
@@ -27,31 +24,12 @@ START_TIMEOUT = 600
 @pytest.fixture(scope="module")
 def server_url(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("gemma-serve")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (tmp / "server.log").open("ab") as log:
-        proc = subprocess.Popen([*EMBER, "serve", "--port", str(port), "--data-dir", str(tmp / "data"),
-                                 "--kv-cache-mb", "128", "--model", str(gemma_path), "--quantization", "none"],
-                                stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT
-            while True:
-                assert proc.poll() is None, "ember serve exited during start-up"
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "ember serve did not start"
-                time.sleep(0.5)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    s = start_serve("--data-dir", str(tmp / "data"), "--kv-cache-mb", "128", "--model", str(gemma_path),
+                    "--quantization", "none", log_path=tmp / "server.log", timeout=START_TIMEOUT, interval=0.5)
+    try:
+        yield s.url
+    finally:
+        s.stop()
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
 from ember.cluster.nodes import node_env as ember_node_env
 from ember.cluster.nodes import ray_executable
+from tests.harness import ServeProcess, free_port, start_serve, wait_until
 
 MODEL = "accounts/fireworks/models/smollm2-135m-instruct"
 
@@ -30,12 +31,6 @@ AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
 
 def node_env() -> dict[str, str]:
     return {**ember_node_env(), **AUTH}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_args(temp_dir: str, cpus: int = 1) -> list[str]:
@@ -49,17 +44,17 @@ def node_args(temp_dir: str, cpus: int = 1) -> list[str]:
 
 def port_released(port: int, timeout: float = 15.0) -> bool:
     """Nothing listens on `port` any more (SO_REUSEADDR: connections left in TIME_WAIT do not count)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def bindable() -> bool:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
-                return True
             except OSError:
-                if time.monotonic() > deadline:
-                    return False
-        time.sleep(0.5)
+                return False
+            return True
+
+    return wait_until(bindable, timeout, f"port {port} to be released", interval=0.5)
 
 
 def in_session(sid: int) -> list[int]:
@@ -181,11 +176,12 @@ def ray_cluster() -> Iterator[RayCluster]:
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     c.sessions.add(c.nodes["head"].pid)
     try:
-        _wait_for(lambda: os.path.exists(os.path.join(temp_dir, "ray_current_cluster")), 60, "the Ray head")
+        wait_until(lambda: os.path.exists(os.path.join(temp_dir, "ray_current_cluster")), 60, "the Ray head",
+                   interval=0.5)
         for n, name in enumerate(WORKERS, start=2):
             # one at a time: two `ray start` of one host joining at once, the second exits with status 1
             c.add_worker(name)
-            _wait_for(lambda n=n: c.active_nodes() >= n, 90, f"Ray node {name}")
+            wait_until(lambda n=n: c.active_nodes() >= n, 90, f"Ray node {name}", interval=0.5)
         yield c
     finally:
         c.shutdown()
@@ -197,50 +193,36 @@ def ray_cluster() -> Iterator[RayCluster]:
         shutil.rmtree(temp_dir, ignore_errors=True)  # Ray's session logs: hundreds of MB over many runs
 
 
-def _wait_for(cond, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} did not come up in {timeout:.0f} s")
-        time.sleep(0.5)
-
-
 @dataclass
 class ClusterServer:
-    url: str
-    proc: subprocess.Popen
-    log_path: str
+    server: ServeProcess
     data_dir: str
 
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes]:
+        return self.server.proc
+
     def log(self) -> str:
-        with open(self.log_path, errors="replace") as f:
-            return f.read()[-4000:]
+        return self.server.log()[-4000:]
 
 
 @contextmanager
 def ember_on_cluster(cluster: RayCluster, data_dir: str, *extra: str) -> Iterator[ClusterServer]:
-    port = free_port()
-    log_path = os.path.join(data_dir, "serve.log")
-    args = [sys.executable, "-m", "ember", "serve", "--replicas", "2", "--address", cluster.address,
-            "--port", str(port), "--kv-cache-mb", "32", "--data-dir", data_dir, "--threads-per-replica", "1",
-            "--log-level", "warning", *extra]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(args, env=node_env(), stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    s = ClusterServer(f"http://127.0.0.1:{port}", proc, log_path, data_dir)
+    # Ray Serve's proxy binds the port itself: no socket can be handed down, so a free one is chosen.
+    server = start_serve("--replicas", "2", "--address", cluster.address, "--kv-cache-mb", "32", "--data-dir",
+                         data_dir, "--threads-per-replica", "1", "--log-level", "warning", *extra,
+                         log_path=Path(data_dir) / "serve.log", port=free_port(), env=node_env(),
+                         new_session=True, timeout=240, interval=0.5,
+                         ready=lambda s: "replica(s) on Ray Serve" in s.log())
     try:
-        _wait_for(lambda: proc.poll() is not None or "replica(s) on Ray Serve" in s.log(), 240, "ember serve")
-        assert proc.poll() is None, s.log()
-        _wait_for(lambda: len(replicas_answering(s.url)) == 2, 120, "both replicas")
-        yield s
+        wait_until(lambda: len(replicas_answering(server.url)) == 2, 120, "both replicas", interval=0.5)
+        yield ClusterServer(server, data_dir)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)  # ember alone: it deletes the app, then disconnects
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        server.stop()  # SIGTERM: ember alone; it deletes the app, then disconnects
 
 
 def complete(url: str, body: dict, headers: dict | None = None, timeout: float = 60) -> httpx.Response:

@@ -8,13 +8,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import httpx
 import pytest
 
 from ember.config import ClusterConfig
-from tests.serve.cluster import MODEL, free_port, in_session, node_env, port_released, replicas_answering
+from tests.harness import free_port, start_serve, wait_until
+from tests.serve.cluster import MODEL, in_session, node_env, port_released, replicas_answering
 
 
 def test_one_replica_without_address_never_imports_ray() -> None:
@@ -30,38 +31,25 @@ def test_one_replica_without_address_never_imports_ray() -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_two_replicas_on_a_local_ray(tmp_path) -> None:  # noqa: ANN001
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    args = [sys.executable, "-m", "ember", "serve", "--replicas", "2", "--port", str(port), "--kv-cache-mb", "32",
-            "--data-dir", str(tmp_path), "--log-level", "warning"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(args, env=node_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+def test_two_replicas_on_a_local_ray(tmp_path: Path) -> None:
+    # Ray Serve's proxy binds the port itself: no socket can be handed down, so a free one is chosen.
+    s = start_serve("--replicas", "2", "--kv-cache-mb", "32", "--data-dir", str(tmp_path), "--log-level", "warning",
+                    log_path=tmp_path / "serve.log", port=free_port(), env=node_env(), new_session=True,
+                    timeout=240, interval=2, ready=lambda s: len(replicas_answering(s.url, 8)) >= 2)
     try:
-        deadline = time.monotonic() + 240
-        while len(replicas_answering(url, 8)) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(2)
-        with httpx.stream("POST", url + "/v1/completions", timeout=60,
+        with httpx.stream("POST", s.url + "/v1/completions", timeout=60,
                           json={"model": MODEL, "prompt": "Hi", "max_tokens": 4, "stream": True}) as r:
             assert r.status_code == 200
             assert [ln for ln in r.iter_lines() if ln.startswith("data: ")][-1] == "data: [DONE]"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, log_path.read_text()[-3000:]
-    deadline = time.monotonic() + 20
-    while (left := in_session(proc.pid)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for pid in left:
-        os.kill(pid, signal.SIGKILL)
-    assert left == [], "Ray processes left behind"
-    assert port_released(port)
+        status = s.stop(timeout=90)
+    assert status == 0, s.log()[-3000:]
+    try:
+        wait_until(lambda: not in_session(s.proc.pid), 20, "Ray processes to exit", interval=0.5)
+    finally:
+        for pid in in_session(s.proc.pid):  # never leave them running, even when the wait failed
+            os.kill(pid, signal.SIGKILL)
+    assert port_released(s.port)
 
 
 def test_sqlite_with_a_cluster_address_off_this_machine_is_refused(tmp_path) -> None:  # noqa: ANN001
