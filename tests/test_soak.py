@@ -12,16 +12,17 @@ import os
 
 import pytest
 
-from ember.config import CacheConfig, Config, SchedulerConfig
+from ember.config import CacheConfig, Config, SchedulerConfig, StoreConfig
 from ember.loadgen.soak import BAD_BODIES, KINDS, Soak, SoakConfig, format_report
 from tests.conftest import MODEL_ID, LiveServer
 
 
 @pytest.fixture
-def tiny_server(tiny):
+def tiny_server(tiny, tmp_path):
     # 1 MiB is 256 blocks of 16 tokens on the tiny model (float16 K and V): 64 clients run it full, so sequences are
     # preempted and recomputed while others hang up and prefixes are shared.
-    cfg = Config(cache=CacheConfig(kv_cache_mb=1), scheduler=SchedulerConfig(max_num_seqs=16))
+    cfg = Config(cache=CacheConfig(kv_cache_mb=1), scheduler=SchedulerConfig(max_num_seqs=16),
+                 store=StoreConfig(data_dir=str(tmp_path)))  # never the machine's default store
     with LiveServer(cfg, tiny) as s:
         yield s
 
@@ -102,11 +103,12 @@ class Shed:
 
 
 @pytest.mark.parametrize("retry_after", [True, False])
-def test_a_503_with_retry_after_is_shedding_and_without_it_a_failure(tiny, retry_after: bool) -> None:
+def test_a_503_with_retry_after_is_shedding_and_without_it_a_failure(tiny, tmp_path, retry_after: bool) -> None:
     from ember.app import create_app
     from tests.harness import UvicornThread
 
-    cfg = Config(cache=CacheConfig(kv_cache_mb=4), scheduler=SchedulerConfig(max_num_seqs=8))
+    cfg = Config(cache=CacheConfig(kv_cache_mb=4), scheduler=SchedulerConfig(max_num_seqs=8),
+                 store=StoreConfig(data_dir=str(tmp_path)))
     shed = Shed(create_app(cfg, tiny), every=3, retry_after=retry_after)
     with UvicornThread(shed) as srv:  # type: ignore[arg-type]
         report = asyncio.run(Soak(SoakConfig(base_url=srv.url, model=MODEL_ID, clients=4, duration_s=6,
