@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from ember.config import StoreConfig
+from ember.errors import FailedPrecondition
 from ember.store.private_files import private_dir, secure_sqlite
 
 if TYPE_CHECKING:
@@ -65,7 +67,17 @@ class Store:
             if self.dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
-            command.upgrade(cfg, target)
+            try:
+                command.upgrade(cfg, target)
+            except CommandError as e:
+                if "Can't locate revision" not in str(e):
+                    raise
+                # The schema names a revision this ember does not ship: a newer ember wrote it. Nothing is
+                # changed (the transaction rolls back); an older ember cannot read a newer schema.
+                raise FailedPrecondition(
+                    f"the database {self.engine.url.render_as_string(hide_password=True)} was written by a "
+                    f"newer ember (its schema is past revision {self.head_revision()!r}, the newest this "
+                    "ember knows): upgrade ember, or give this one its own --data-dir / --db") from None
 
     @staticmethod
     def head_revision() -> str:
