@@ -15,10 +15,10 @@ from ember.model.layers import apply_rope
 
 @pytest.fixture(scope="module")
 def native():
-    if shutil.which("c++") is None:
-        pytest.skip("no C++ compiler on this machine: the engine uses the torch path")
+    # `make install` builds the kernels, so every machine that runs the tests has a compiler: never skip.
+    assert shutil.which("c++") is not None, "no C++ compiler: `make install` needs one to build the kernels"
     module = kernels.load()
-    assert module is not None, "a compiler is present, so the kernel must build"
+    assert module is not None, "the native kernels must build"
     return module
 
 
