@@ -83,17 +83,23 @@ class ToolCallParser:
         return events
 
     def finish(self) -> list[StreamEvent]:
-        """The text still held back (the generation ended): content when outside a call."""
+        """The text still held back (the generation ended): content when there was no call. After calls
+        only layout may follow: anything else (a next call cut at its marker) leaves the answer
+        incomplete."""
         events: list[StreamEvent] = []
         if self._state == _State.TEXT and self._buf:
-            if not (self.calls and not self._buf.strip()):
+            if self.calls:
+                if self._buf.strip():
+                    self._state = _State.BROKEN
+            else:
                 self._text(events, self._buf)
             self._buf = ""
         return events
 
     @property
     def complete(self) -> bool:
-        """Every call that was started ended well-formed (call after finish)."""
+        """Every call that was started ended well-formed, and nothing but layout follows the last one
+        (read after finish)."""
         return self._state == _State.TEXT and all(c.complete for c in self.calls)
 
     # -- states -------------------------------------------------------------------------------------
@@ -114,10 +120,11 @@ class ToolCallParser:
                 self._buf = self._buf[at + len(self.fmt.open):]
                 self._state = _State.HEADER
                 return True
+            if self.calls:
+                return False  # after calls only another call may come: held until it does or the end
             keep = _held_prefix(self._buf, self.fmt.open)
-            free = self._buf[:len(self._buf) - keep]
-            out = free.rstrip()
-            if out and not (self.calls and not out.strip()):
+            out = self._buf[:len(self._buf) - keep].rstrip()
+            if out:
                 self._text(events, out)
                 self._buf = self._buf[len(out):]
             return False

@@ -83,7 +83,8 @@ def test_multi_turn_and_content_parts(smol_server, hf_tokenizer: Any) -> None:
             {"role": "developer", "content": "Be brief."},
             {"role": "user", "content": "What is my name?"}]
     r = post(smol_server, messages=conv, max_tokens=8, temperature=0, return_token_ids=True).json()
-    plain = [{"role": "user", "content": "Hi, I'm Ann."}, {"role": "assistant", "content": "Hello Ann!"},
+    # text parts join with "\n" (AGENT-APIS C4)
+    plain = [{"role": "user", "content": "Hi, \nI'm Ann."}, {"role": "assistant", "content": "Hello Ann!"},
              {"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is my name?"}]
     assert r["prompt_token_ids"] == template_ids(hf_tokenizer, plain, add_generation_prompt=True)
 
@@ -101,8 +102,9 @@ def test_stream_deltas_as_openai_sends_them(openai_client: openai.OpenAI) -> Non
     content_chunks = [c for c in chunks[1:] if c.choices and c.choices[0].delta.content]
     assert len(content_chunks) >= 2  # tokens arrive one by one, not in one lump
     assert "".join(c.choices[0].delta.content for c in content_chunks) == full.choices[0].message.content
+    # with include_usage, usage comes alone on an extra last chunk (AGENT-APIS C1)
     last = chunks[-1]
-    assert last.choices[0].finish_reason == full.choices[0].finish_reason
+    assert last.choices == [] and chunks[-2].choices[0].finish_reason == full.choices[0].finish_reason
     assert [c for c in chunks if c.usage is not None] == [last]
     assert last.usage.completion_tokens == full.usage.completion_tokens
     assert last.usage.prompt_tokens == full.usage.prompt_tokens
@@ -304,12 +306,12 @@ def test_langchain_chat_openai(smol_server) -> None:
 # -- refusals -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("patch", "param"), [
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools"),
     ({"tool_choice": "required"}, "tool_choice"),
-    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"functions": [{"name": "f g"}]}, "functions"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/a.png"}}]}]},
      "messages.content"),
-    ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "messages.role"),
+    ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "c1"}]}, "tool_call_id"),
     ({"reasoning_effort": "high"}, "reasoning_effort"),
 ])
 def test_unsupported_is_400_naming_the_field(smol_server, patch: dict, param: str) -> None:
@@ -339,7 +341,7 @@ def test_sdk_errors(openai_client: openai.OpenAI) -> None:
         openai_client.chat.completions.create(model="accounts/fireworks/models/nope", messages=ASK)
     with pytest.raises(openai.BadRequestError) as e:
         openai_client.chat.completions.create(
-            model=MODEL_ID, messages=ASK, tools=[{"type": "function", "function": {"name": "f"}}])
+            model=MODEL_ID, messages=ASK, tools=[{"type": "function", "function": {"name": "no spaces"}}])
     assert e.value.param == "tools"
 
 

@@ -61,6 +61,13 @@ def test_a_cut_call_is_not_complete() -> None:
         assert not p.complete, cut
 
 
+def test_a_next_call_cut_at_its_marker_leaves_the_answer_incomplete() -> None:
+    p, events = parse(CALL_T + "\n<tool")
+    assert not p.complete and not [e for e in events if isinstance(e, TextDelta)]
+    p, _ = parse(CALL_T + "\n")
+    assert p.complete
+
+
 def test_a_malformed_call_is_not_complete() -> None:
     p, _ = parse('<tool_call>\n{"name": "x", "arguments": [1]}\n</tool_call>')
     assert not p.complete
