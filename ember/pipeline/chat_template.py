@@ -80,10 +80,13 @@ class ChatTemplate:
         return "tools" in self.source
 
     def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool,
-               continue_final_message: bool = False) -> str:
+               continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None) -> str:
+        # `tools` is always defined, None when absent, as transformers renders it: templates test
+        # `tools is not none` without checking it is defined.
+        context = {**self._special, "tools": tools}
         try:
             text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self._special)
+                                         **context)
         except TemplateRaised as e:
             raise InvalidRequest(f"the model's chat template refused the conversation: {e}",
                                  param="messages") from e
@@ -91,10 +94,11 @@ class ChatTemplate:
             raise InvalidRequest(f"the model's chat template failed on these messages: {e}",
                                  param="messages") from e
         if continue_final_message:
-            text = self._cut_after_final(text, messages, add_generation_prompt)
+            text = self._cut_after_final(text, messages, add_generation_prompt, context)
         return text
 
-    def _cut_after_final(self, text: str, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _cut_after_final(self, text: str, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                         context: dict[str, Any]) -> str:
         """The prompt up to the end of the final message's content, so the model continues it.
 
         Where the content starts is found by rendering once more with the content replaced by a marker no
@@ -104,7 +108,7 @@ class ChatTemplate:
         marker = f"\ue000{secrets.token_hex(8)}\ue001"
         try:
             marked = self._template.render(messages=[*messages[:-1], dict(messages[-1], content=marker)],
-                                           add_generation_prompt=add_generation_prompt, **self._special)
+                                           add_generation_prompt=add_generation_prompt, **context)
         except (TemplateRaised, jinja2.TemplateError, TypeError, ValueError):
             marked = ""
         at = marked.find(marker)
