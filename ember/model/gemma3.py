@@ -19,18 +19,16 @@ What differs from Llama (transformers' Gemma3ForCausalLM is the reference):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
 from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from ember.model.args import ModelArgs
+from ember.model.args import FULL, SLIDING, ModelArgs
 from ember.model.attention import ForwardBatch
 from ember.model.layers import Attention, GatedMLP, RMSNorm, rope_cos_sin, rope_inv_freq
 
-SLIDING, FULL = "sliding", "full"
 DEFAULT_SLIDING_PATTERN = 6
 """Gemma 3's layout when the checkpoint does not spell it out: every 6th layer is full, the rest slide."""
 DEFAULT_LOCAL_THETA = 10000.0
@@ -45,11 +43,6 @@ def default_query_pre_attn_scalar(n_layers: int, dim: int, n_heads: int, head_di
     """Queries are scaled by head_dim ** -0.5, except in the 62-layer 27B model, the one Gemma 3 whose
     query_pre_attn_scalar is dim / n_heads instead (checkpoints that do not carry it rely on this)."""
     return float(dim // n_heads if n_layers == 62 else head_dim)
-
-
-def attention_scale(args: ModelArgs) -> float:
-    assert args.head_dim is not None
-    return float(args.query_pre_attn_scalar or args.head_dim) ** -0.5
 
 
 class Gemma3Block(nn.Module):
@@ -110,13 +103,3 @@ class Gemma3(nn.Module):
 
 def local_inv_freq(args: ModelArgs) -> torch.Tensor:
     return rope_inv_freq(replace(args, rope_theta=args.rope_local_theta or DEFAULT_LOCAL_THETA, rope_scaling=None))
-
-
-def qk_norm_state(tensors: Mapping[str, torch.Tensor], args: ModelArgs, layer: int
-                  ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The checkpoint's per-layer q_norm and k_norm weights -> the attention's `qk_norm` rows: stacked per
-    head, with the attention scale folded into q's (so q's projection rows carry no scale)."""
-    p = f"model.layers.{layer}.self_attn."
-    q_norm, k_norm = tensors[p + "q_norm.weight"], tensors[p + "k_norm.weight"]
-    yield f"layers.{layer}.self_attn.qk_norm", torch.cat(
-        [(q_norm * attention_scale(args)).expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)], dim=0)

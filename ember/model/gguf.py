@@ -3,8 +3,11 @@
 Two things differ from a Hugging Face checkpoint and are undone here, once: ggml stores shapes
 innermost-first (the reader hands back row-major [out, in] data, which is what torch wants), and for
 Llama, llama.cpp's converter reorders the rows of q and k for its interleaved-pair RoPE, while our model
-(like transformers) rotates halves. Gemma 3 files keep the halves layout (llama.cpp runs Gemma with
-NEOX-style RoPE) but store every RMSNorm weight as 1 + w, which the Gemma 3 module uses as it is.
+(like transformers) rotates halves. Gemma 3, Qwen and Phi-3 files keep the halves layout (llama.cpp runs
+them with NEOX-style RoPE); Gemma 3's store every RMSNorm weight as 1 + w, which its module uses as it is.
+A tensor the architecture stores fused (Phi-3's attn_qkv, and ffn_up holding gate|up) is handed over as
+its parts: row ranges of the same mapped blocks. RoPE's frequency tensors become ModelArgs: Llama 3's
+rope_freqs as per-frequency divisors, Phi-3's rope_factors_short / _long as its LongRoPE scaling.
 """
 
 from __future__ import annotations
@@ -21,15 +24,17 @@ import torch
 
 from ember.errors import ModelLoadError
 from ember.model.architectures import GGUF_GLOBAL_NAMES, Architecture, architecture
-from ember.model.args import ModelArgs
+from ember.model.args import FULL, SLIDING, ModelArgs
 from ember.model.checkpoint import Checkpoint
-from ember.model.gemma3 import FULL, SLIDING, layer_types_for_pattern
+from ember.model.gemma3 import layer_types_for_pattern
 from ember.model.gguf_file import GGUFFile, TensorInfo, dequantize, read_gguf_file
 from ember.model.layers import rope_inv_freq
 from ember.tokenizer import Tokenizer
 
-_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.weight")
+_BLOCK_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _ROPE_FREQS = "rope_freqs.weight"
+_ROPE_FACTORS = ("rope_factors_short.weight", "rope_factors_long.weight")
+_ROPE_TENSORS = (_ROPE_FREQS, *_ROPE_FACTORS)
 
 
 def read_gguf(path: str | Path) -> Checkpoint:
@@ -51,27 +56,68 @@ def read_gguf(path: str | Path) -> Checkpoint:
 
     entries: dict[str, tuple[TensorInfo, tuple[int, ...], int | None]] = {}
     source_bits: dict[str, int] = {}
-    rope_freqs: torch.Tensor | None = None
+    rope: dict[str, list[float]] = {}
     for t in reader.tensors:
-        if t.name == _ROPE_FREQS:
-            rope_freqs = _dequantize(t, shapes[t.name])
+        if t.name in _ROPE_TENSORS:
+            rope[t.name] = _dequantize(t, shapes[t.name]).flatten().tolist()
             continue
-        name = hf_name(t.name, spec)
-        if name is None:
-            raise ModelLoadError(f"unexpected tensor {t.name!r} in {path}: not a plain {arch} checkpoint")
-        heads = None
-        if spec.gguf_permuted_qk:
-            heads = args.n_heads if name.endswith("q_proj.weight") else (
-                args.n_kv_heads if name.endswith("k_proj.weight") else None)
-        entries[name] = (t, shapes[t.name], heads)
-        bits = quant_bits(t.tensor_type)
-        if bits is not None:
-            source_bits[name] = bits
+        stored = hf_name(t.name, spec)
+        if stored is None:
+            raise ModelLoadError(f"unexpected tensor {t.name!r} in {path}: not a plain {arch} checkpoint "
+                                 f"(the {arch} tensors ember knows: {', '.join(sorted(spec.gguf_names))})")
+        for name, part in _split_stored(stored, t, spec, args, path):
+            heads = None
+            if spec.gguf_permuted_qk:
+                heads = args.n_heads if ".q_proj." in name else args.n_kv_heads if ".k_proj." in name else None
+            entries[name] = (part, tuple(reversed(part.shape)), heads)
+            bits = quant_bits(part.tensor_type)
+            if bits is not None:
+                source_bits[name] = bits
     tensors = LazyTensors(entries)
-    if rope_freqs is not None:
-        args = replace(args, rope_scaling=llama3_scaling_from_freqs(args, rope_freqs, path))
+    args = _rope_tensor_args(args, rope, meta, path)
     spec.check_complete(args, tensors, path)
     return Checkpoint(args=args, tensors=tensors, tokenizer=tokenizer, source=str(path), source_bits=source_bits)
+
+
+def _split_stored(name: str, t: TensorInfo, spec: Architecture, args: ModelArgs, path: Path
+                  ) -> Iterator[tuple[str, TensorInfo]]:
+    """(Hugging Face name, tensor) of each part of a stored fused weight (row ranges of its blocks: a
+    block never spans two rows), or of the tensor itself."""
+    layer, _, rest = name.removeprefix("model.layers.").partition(".")
+    stem, _, suffix = rest.rpartition(".")
+    if not name.startswith("model.layers.") or stem not in spec.stored_fused:
+        yield name, t
+        return
+    parts = spec.split_stored(args, stem)
+    rows = t.shape[1] if len(t.shape) > 1 else 0
+    if rows != parts[-1][2]:
+        raise ModelLoadError(f"{path}: {t.name} has {rows} rows, not the {parts[-1][2]} its metadata implies")
+    for part, start, end in parts:
+        yield (f"model.layers.{layer}.{part}.{suffix}",
+               replace(t, shape=(t.shape[0], end - start), data=t.data[start:end]))
+
+
+def _rope_tensor_args(args: ModelArgs, rope: dict[str, list[float]], meta: dict[str, Any], path: Path) -> ModelArgs:
+    """Llama 3's rope_freqs (divisors, named as the Llama 3 scaling they reproduce where one does), or
+    Phi-3's short and long factors (its LongRoPE scaling, in transformers' terms)."""
+    if _ROPE_FREQS in rope:
+        try:
+            scaling = llama3_scaling_from_freqs(args, torch.tensor(rope[_ROPE_FREQS]), path)
+        except ModelLoadError:
+            scaling = None  # the divisors still say all there is to say
+        return replace(args, rope_freq_factors=tuple(rope[_ROPE_FREQS]), rope_scaling=scaling)
+    if not any(n in rope for n in _ROPE_FACTORS):
+        return args
+    if not all(n in rope for n in _ROPE_FACTORS):
+        raise ModelLoadError(f"{path}: has one of {' and '.join(_ROPE_FACTORS)} but not the other")
+    arch = args.arch
+    original = meta.get(f"{arch}.rope.scaling.original_context_length")
+    if original is None:
+        raise ModelLoadError(f"GGUF file {path} lacks metadata {arch}.rope.scaling.original_context_length")
+    return replace(args, rope_scaling={
+        "rope_type": "longrope", "short_factor": rope[_ROPE_FACTORS[0]], "long_factor": rope[_ROPE_FACTORS[1]],
+        "original_max_position_embeddings": int(original), "factor": args.max_seq_len / int(original),
+        "attention_factor": meta.get(f"{arch}.rope.scaling.attn_factor")})
 
 
 def quant_bits(qtype: gguf.GGMLQuantizationType) -> int | None:
@@ -118,7 +164,7 @@ def hf_name(gguf_name: str, arch: Architecture) -> str | None:
     m = _BLOCK_RE.fullmatch(gguf_name)
     if m is None or m.group(2) not in block_names:
         return None
-    return f"model.layers.{m.group(1)}.{block_names[m.group(2)]}.weight"
+    return f"model.layers.{m.group(1)}.{block_names[m.group(2)]}.{m.group(3)}"
 
 
 def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -162,6 +208,8 @@ def _model_args(meta: dict[str, Any], spec: Architecture, shapes: dict[str, tupl
     extra: dict[str, Any] = {}
     if defaults.sliding_window_pattern is not None:
         extra = _sliding_args(meta, spec, n_layers, path)
+    elif meta.get(f"{arch}.attention.sliding_window"):  # Mistral (as llama), Phi-3: every layer slides
+        extra = {"sliding_window": int(meta[f"{arch}.attention.sliding_window"])}
     if defaults.query_pre_attn_scalar is not None:
         extra["query_pre_attn_scalar"] = defaults.query_pre_attn_scalar(n_layers, dim, n_heads, head_dim)
     return ModelArgs(

@@ -47,10 +47,13 @@ class RMSNorm(nn.Module):
 
 
 def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
-    """RoPE's inverse frequencies for args.rope_theta, with args.rope_scaling ("linear" or "llama3")."""
+    """RoPE's inverse frequencies for args.rope_theta, divided by a GGUF file's per-frequency factors where
+    it has them, else scaled by args.rope_scaling ("linear", "llama3", or "longrope" / "su")."""
     hd = args.head_dim
     assert hd is not None
     inv = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    if args.rope_freq_factors is not None:
+        return (inv / torch.tensor(args.rope_freq_factors, dtype=torch.float64)).float()
     sc = args.rope_scaling or {}
     kind = sc.get("rope_type", sc.get("type"))
     if kind == "linear":
@@ -64,14 +67,43 @@ def rope_inv_freq(args: ModelArgs) -> torch.Tensor:
         scaled = torch.where(wavelen > old_ctx / low, inv / factor, inv)
         mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
         inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    elif kind in LONGROPE:
+        # One set of factors for every position of the served context, chosen by its length (as llama.cpp
+        # does), so a token's rotation never depends on how long its sequence has grown: the long factors
+        # once the context exceeds the pretraining one. transformers switches per forward pass instead,
+        # which agrees whenever a sequence runs past the original context or the served one stays within it.
+        long = args.max_seq_len > int(sc["original_max_position_embeddings"])
+        factors = sc["long_factor" if long else "short_factor"]
+        if len(factors) != hd // 2:
+            raise ValueError(f"rope_scaling has {len(factors)} factors for head_dim {hd}")
+        inv = inv / torch.tensor(factors, dtype=torch.float64)
     elif kind not in (None, "default"):
         raise ValueError(f"unsupported rope_scaling type {kind!r}")
     return inv.float()
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, D/2) cos and sin of each position's angles."""
+LONGROPE = ("longrope", "su")
+"""rope_scaling types of Phi-3's scaled RoPE (the second is its older name)."""
+
+
+def rope_attention_factor(args: ModelArgs) -> float:
+    """What cos and sin are multiplied by (LongRoPE's attention factor; 1 for other RoPE kinds)."""
+    sc = args.rope_scaling or {}
+    if sc.get("rope_type", sc.get("type")) not in LONGROPE:
+        return 1.0
+    if sc.get("attention_factor") is not None:
+        return float(sc["attention_factor"])
+    original = int(sc["original_max_position_embeddings"])
+    factor = float(sc.get("factor") or 1.0)
+    return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, D/2) cos and sin of each position's angles, times `scale`."""
     freqs = positions.to(torch.float32).unsqueeze(1) * inv_freq.unsqueeze(0)
+    if scale != 1.0:
+        return freqs.cos() * scale, freqs.sin() * scale
     return freqs.cos(), freqs.sin()
 
 
@@ -88,9 +120,12 @@ class Attention(nn.Module):
     `qk_norm`: q and k are RMS-normed per head before RoPE by the weights in `qk_norm` (rows 0..H-1 for
     q's heads, then one per kv head), into which the loader folds the attention scale. Without it the
     loader folds the scale into q's projection rows. Either way q leaves RoPE pre-scaled.
+
+    `qkv_bias`: the projection adds a fused q|k|v bias (Qwen 2), kept apart from the Linear so that any
+    quantized drop-in for it serves; q's part carries the attention scale like q's rows.
     """
 
-    def __init__(self, args: ModelArgs, window: int = 0, qk_norm: bool = False) -> None:
+    def __init__(self, args: ModelArgs, window: int = 0, qk_norm: bool = False, qkv_bias: bool = False) -> None:
         super().__init__()
         hd = args.head_dim
         assert hd is not None
@@ -101,12 +136,15 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(args.dim, (args.n_heads + 2 * args.n_kv_heads) * hd, bias=False)
         self.o_proj = nn.Linear(args.n_heads * hd, args.dim, bias=False)
         self.qk_norm = nn.Parameter(torch.ones(args.n_heads + args.n_kv_heads, hd)) if qk_norm else None
+        self.qkv_bias = nn.Parameter(torch.zeros((args.n_heads + 2 * args.n_kv_heads) * hd)) if qkv_bias else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch,
                 kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         T = x.shape[0]
         H, KV, D = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv_proj.forward(x)
+        if self.qkv_bias is not None:
+            qkv += self.qkv_bias  # in place: qkv is the projection's fresh output
         qk = qkv[:, : (H + KV) * D].view(T, H + KV, D)
         if self.qk_norm is not None:
             qk = F.rms_norm(qk, (D,), None, self.eps) * self.qk_norm

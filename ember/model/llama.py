@@ -1,5 +1,8 @@
-"""The Llama-family network (SmolLM2 among it): RMSNorm, RoPE, grouped-query attention over a paged KV
-cache, SwiGLU.
+"""The Llama-family network: RMSNorm, RoPE, grouped-query attention over a paged KV cache, SwiGLU.
+
+SmolLM2, Llama 3.x and Mistral run it as it is (Mistral's layers slide over `sliding_window` positions);
+Qwen 2 adds a q|k|v bias, Qwen 3 a per-head q/k RMSNorm, Phi-3 its LongRoPE (cos and sin scaled by
+the attention factor): each switched on by its architecture entry, the rest shared.
 
 Projections are fused (qkv, gate_up) so one matmul serves three or two; the loader fuses the checkpoint's
 separate tensors. Every Linear here may be swapped for a quantized drop-in by `model/quant.py`.
@@ -14,7 +17,14 @@ from torch import nn
 
 from ember.model.args import ModelArgs
 from ember.model.attention import ForwardBatch
-from ember.model.layers import Attention, GatedMLP, RMSNorm, rope_cos_sin, rope_inv_freq
+from ember.model.layers import (
+    Attention,
+    GatedMLP,
+    RMSNorm,
+    rope_attention_factor,
+    rope_cos_sin,
+    rope_inv_freq,
+)
 
 
 def attention_q_scale(args: ModelArgs) -> float:
@@ -24,10 +34,10 @@ def attention_q_scale(args: ModelArgs) -> float:
 
 
 class Block(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, layer: int, qk_norm: bool = False, qkv_bias: bool = False) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(args.dim, args.norm_eps)
-        self.self_attn = Attention(args)
+        self.self_attn = Attention(args, args.window(layer), qk_norm=qk_norm, qkv_bias=qkv_bias)
         self.post_attention_layernorm = RMSNorm(args.dim, args.norm_eps)
         self.mlp = GatedMLP(args)
 
@@ -44,16 +54,17 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, qk_norm: bool = False, qkv_bias: bool = False) -> None:
         super().__init__()
         self.args = args
         # Built empty: the loader fills every weight. (nn.Embedding's own random init on the meta device
         # loads torch's Python decompositions first: seconds of start-up for nothing.)
         self.embed_tokens = nn.Embedding(args.vocab_size, args.dim, _weight=torch.empty(args.vocab_size, args.dim))
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(Block(args, i, qk_norm, qkv_bias) for i in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
+        self.rope_scale = rope_attention_factor(args)
 
     def rebuild_buffers(self, device: torch.device) -> None:
         """Non-persistent buffers are not in the state dict; the loader rebuilds them on the real device."""
@@ -61,7 +72,7 @@ class Llama(nn.Module):
 
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states after the final norm, one row per input token: (T, dim)."""
-        cos, sin = rope_cos_sin(batch.positions, self.inv_freq)  # (T, D/2)
+        cos, sin = rope_cos_sin(batch.positions, self.inv_freq, self.rope_scale)  # (T, D/2)
         h = self.embed_tokens(batch.input_ids)  # a fresh tensor: the blocks add into it in place
         delta = None
         for layer, kv in zip(self.layers, kv_caches, strict=True):

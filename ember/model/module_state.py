@@ -1,11 +1,11 @@
 """Checkpoint tensors (Hugging Face names) -> a module's parameters, as its architecture entry describes:
-norms under the same name, fused Linears (q|k|v, gate|up) concatenated from their parts, q's rows scaled
-by the entry's q_scale, and the entry's own extra tensors through its hook.
+norms under the same name, fused Linears (q|k|v, gate|up) and biases concatenated from their parts, q's
+rows (and q's bias) scaled by the entry's q_scale, and the entry's own extra tensors through its hook.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 
@@ -36,6 +36,14 @@ def module_state(ckpt: Checkpoint, skip: frozenset[str] = frozenset()) -> Iterat
         for module, parts in arch.fused_linears.items():
             if m + module in skip:
                 continue
-            weights = [t[p + part + ".weight"] * q_scale if part == Q_PROJ and q_scale != 1.0
-                       else t[p + part + ".weight"] for part in parts]
-            yield m + module + ".weight", torch.cat(weights, dim=0) if len(weights) > 1 else weights[0]
+            yield m + module + ".weight", _fused(t, p, parts, ".weight", q_scale)
+        for param, parts in arch.fused_biases.items():
+            yield m + param, _fused(t, p, parts, ".bias", q_scale)
+
+
+def _fused(t: Mapping[str, torch.Tensor], prefix: str, parts: tuple[str, ...], suffix: str, q_scale: float
+           ) -> torch.Tensor:
+    """The parts' tensors (`prefix + part + suffix`) stacked by rows, q's scaled by q_scale."""
+    out = [t[prefix + part + suffix] * q_scale if part == Q_PROJ and q_scale != 1.0 else t[prefix + part + suffix]
+           for part in parts]
+    return torch.cat(out, dim=0) if len(out) > 1 else out[0]
