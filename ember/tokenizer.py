@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,33 @@ _LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-# pre type -> (split applied first or None, whether ByteLevel then applies the GPT-2 regex, ignore_merges)
-_BYTE_LEVEL_PRE: dict[str, tuple[str | None, bool, bool]] = {
-    "default": (None, True, False),
-    "gpt2": (None, True, False),
+
+
+@dataclass(frozen=True)
+class BytePre:
+    """How a byte-level vocabulary named by GGUF `tokenizer.ggml.pre` splits text before its merges."""
+
+    split: str | None
+    """A regex whose matches (and the text between them) are the words, applied first; None: none."""
+    gpt2_regex: bool
+    """Whether ByteLevel then splits with GPT-2's own regex as well."""
+    ignore_merges: bool = False
+    """Whether a word that is itself in the vocabulary is taken whole (tiktoken's rule) before merging."""
+    nfc: bool = False
+    """Whether text is NFC-normalized first (the family's own tokenizer.json does it: Qwen's)."""
+
+
+_BYTE_LEVEL_PRE: dict[str, BytePre] = {
+    "default": BytePre(None, gpt2_regex=True),
+    "gpt2": BytePre(None, gpt2_regex=True),
     # SmolLM / StarCoder: every digit is its own word, then GPT-2 splitting.
-    "smollm": (r"\p{N}", True, False),
-    "starcoder": (r"\p{N}", True, False),
-    "llama-bpe": (_LLAMA3_SPLIT, False, True),
-    "llama3": (_LLAMA3_SPLIT, False, True),
-    "qwen2": (_QWEN2_SPLIT, False, False),
+    "smollm": BytePre(r"\p{N}", gpt2_regex=True),
+    "starcoder": BytePre(r"\p{N}", gpt2_regex=True),
+    # Llama 3.x: tiktoken's pattern and rule.
+    "llama-bpe": BytePre(_LLAMA3_SPLIT, gpt2_regex=False, ignore_merges=True),
+    "llama3": BytePre(_LLAMA3_SPLIT, gpt2_regex=False, ignore_merges=True),
+    # Qwen 2, 2.5 and 3 (all name their vocabulary "qwen2"): single digits, NFC first.
+    "qwen2": BytePre(_QWEN2_SPLIT, gpt2_regex=False, nfc=True),
 }
 
 
@@ -96,7 +114,8 @@ class Tokenizer:
         elif kind == "llama":
             hf = _sentencepiece_bpe(tokens, types, meta)
         else:
-            raise ModelLoadError(f"unsupported GGUF tokenizer model {kind!r} (supported: 'gpt2', 'llama')")
+            raise ModelLoadError(f"unsupported GGUF tokenizer model {kind!r} (tokenizer.ggml.model; supported: "
+                                 "'gpt2' (byte-level BPE), 'llama' (SentencePiece BPE))")
         _register_added(hf, tokens, types)
         extra = [meta.get(k) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")]
         return cls(
@@ -122,6 +141,8 @@ class Tokenizer:
             hf = HFTokenizer.from_file(str(path))
         except Exception as e:  # tokenizers raises a bare Exception on malformed files
             raise ModelLoadError(f"cannot read tokenizer {path}: {' '.join(str(e).split())}") from e
+        if hf.decoder is None:
+            hf.decoder = implied_decoder(json.loads(hf.to_str()), path)
         folder = path.parent
         tok_cfg = _read_json(folder / "tokenizer_config.json")
         gen_cfg = _read_json(folder / "generation_config.json")
@@ -150,10 +171,13 @@ class Tokenizer:
         """The most characters one token stands for: its bytes, which are at least its characters.
 
         So a text of c characters is at least c / max_token_chars tokens, a bound that costs a len() where
-        tokenizing a 50 MB prompt to learn it cannot fit took 50 s and 6 GB. (It assumes the normalizer
-        does not merge characters, which byte-level BPE and SentencePiece tokenizers do not.)"""
+        tokenizing a 50 MB prompt to learn it cannot fit took 50 s and 6 GB. (A normalizer that composes
+        characters, Qwen's NFC, widens the bound by the most characters one composed character replaces.)"""
         longest = max((len(self.token_bytes(i)) for i in range(self.vocab_size) if self._has_id(i)), default=1)
-        return max(1, longest, *(len(t.encode()) for t in self._added.values()))
+        longest = max(1, longest, *(len(t.encode()) for t in self._added.values()))
+        # NFC / NFKC composition joins up to four characters into one (Greek and Vietnamese letters with
+        # stacked marks), so a text's characters may outnumber the bytes it is tokenized from by that much.
+        return longest * 4 if _composes(self.hf) else longest
 
     def _has_id(self, token_id: int) -> bool:
         return token_id in self._added or self.hf.id_to_token(token_id) is not None
@@ -200,13 +224,16 @@ class Tokenizer:
 def _byte_level_bpe(tokens: list[str], types: list[int], meta: dict[str, Any]) -> HFTokenizer:
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in _BYTE_LEVEL_PRE:
-        raise ModelLoadError(f"unsupported GGUF pre-tokenizer {pre!r} (supported: {sorted(_BYTE_LEVEL_PRE)})")
-    split, gpt2_regex, ignore_merges = _BYTE_LEVEL_PRE[pre]
+        raise ModelLoadError(f"unsupported GGUF pre-tokenizer {pre!r} (tokenizer.ggml.pre; supported: "
+                             f"{', '.join(sorted(_BYTE_LEVEL_PRE))})")
+    spec = _BYTE_LEVEL_PRE[pre]
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges") or []]
-    hf = HFTokenizer(models.BPE(_vocab(tokens), merges, ignore_merges=ignore_merges))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=gpt2_regex)
-    hf.pre_tokenizer = byte_level if split is None else pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(split), behavior="isolated"), byte_level])
+    hf = HFTokenizer(models.BPE(_vocab(tokens), merges, ignore_merges=spec.ignore_merges))
+    if spec.nfc:
+        hf.normalizer = normalizers.NFC()
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=spec.gpt2_regex)
+    hf.pre_tokenizer = byte_level if spec.split is None else pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(spec.split), behavior="isolated"), byte_level])
     hf.decoder = decoders.ByteLevel()
     return hf
 
@@ -291,6 +318,56 @@ def _chat_template(tok_cfg: dict[str, Any], folder: Path) -> str | None:
     if template is None and (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
     return template if isinstance(template, str) else None
+
+
+def implied_decoder(spec: dict[str, Any], path: Path) -> decoders.Decoder:
+    """The decoder a tokenizer.json without one needs, as its pre-tokenizer, normalizer and model imply it.
+
+    Byte-level BPE spells bytes as GPT-2's printable characters, which only ByteLevel turns back; a
+    SentencePiece-style vocabulary writes spaces as U+2581 and may fall back to <0xNN> byte pieces. Any
+    other tokenizer cannot be decoded faithfully without knowing its rules, so it is refused by name."""
+    pre, norm, model = spec.get("pre_tokenizer"), spec.get("normalizer"), spec.get("model") or {}
+    if _has_type(pre, "ByteLevel"):
+        return decoders.ByteLevel()
+    metaspace = _find_type(pre, "Metaspace")
+    if metaspace is not None:
+        return decoders.Metaspace(replacement=metaspace.get("replacement", "\u2581"),
+                                  prepend_scheme=metaspace.get("prepend_scheme", "always"),
+                                  split=metaspace.get("split", True))
+    replace = _find_type(norm, "Replace")
+    if replace is not None and replace.get("content") == "\u2581":
+        steps: list[decoders.Decoder] = [decoders.Replace("\u2581", " ")]
+        if model.get("byte_fallback"):
+            steps.append(decoders.ByteFallback())
+        steps.append(decoders.Fuse())
+        if _has_type(norm, "Prepend"):
+            steps.append(decoders.Strip(" ", 1, 0))
+        return decoders.Sequence(steps)
+    raise ModelLoadError(
+        f"{path} has no decoder, and its pre-tokenizer and normalizer imply none (byte-level BPE or a "
+        f"SentencePiece-style \u2581 vocabulary): add the model's \"decoder\" to {path.name}")
+
+
+def _find_type(node: Any, kind: str) -> dict[str, Any] | None:
+    """The first component of type `kind` in a tokenizer.json component, searching its Sequences."""
+    if isinstance(node, dict):
+        if node.get("type") == kind:
+            return node
+        for child in (*node.get("pretokenizers", ()), *node.get("normalizers", ())):
+            found = _find_type(child, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def _has_type(node: Any, kind: str) -> bool:
+    return _find_type(node, kind) is not None
+
+
+def _composes(hf: HFTokenizer) -> bool:
+    # The normalizer's own JSON: the whole tokenizer's would serialize the vocabulary too.
+    norm = json.loads(hf.normalizer.__getstate__()) if hf.normalizer is not None else None
+    return _has_type(norm, "NFC") or _has_type(norm, "NFKC")
 
 
 def _is_byte_level(hf: HFTokenizer) -> bool:
