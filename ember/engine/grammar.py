@@ -22,7 +22,11 @@ from ember.errors import InvalidRequest
 from ember.json_depth import check_depth, loads_bounded
 from ember.tokenizer import Tokenizer
 
-ANY_JSON_OBJECT = '{"type": "object"}'
+COMPACT_JSON = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+"""llguidance's JSON options for every constrained JSON ember asks for: one space after `,` and `:` and
+no other layout (json.dumps' spacing). Left free, a small model spends its budget on newlines between
+keys and values until max_tokens cuts the answer."""
+ANY_JSON_OBJECT = json.dumps({"type": "object", "x-guidance": COMPACT_JSON})
 
 
 class GrammarCompiler:
@@ -40,22 +44,23 @@ class GrammarCompiler:
                 self._ll = llguidance.LLTokenizer(t.hf.to_str(), n_vocab=t.vocab_size, eos_token=t.eos_id)
             return self._ll
 
-    def _compile(self, kind: str, text: str) -> str:
-        """("json_schema" | "grammar" | "regex", text) -> a validated llguidance grammar; 400 if invalid."""
-        fmt = {"json_schema": "json_schema", "grammar": "grammar", "regex": "regex"}[kind]
+    def _compile(self, kind: str, text: str, param: str = "response_format") -> str:
+        """("json_schema" | "grammar" | "regex" | "lark", text) -> a validated llguidance grammar; a 400
+        naming `param` (the request field the grammar came from) if invalid."""
+        fmt = {"json_schema": "json_schema", "grammar": "grammar", "regex": "regex", "lark": "lark"}[kind]
         try:
             grammar = llguidance.grammar_from(fmt, text)
         except (ValueError, RuntimeError) as e:
-            raise InvalidRequest(f"invalid {kind}: {e}", param="response_format") from e
+            raise InvalidRequest(f"invalid {kind}: {e}", param=param) from e
         err = llguidance.LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
         if err:
-            raise InvalidRequest(f"invalid {kind}: {err}", param="response_format")
+            raise InvalidRequest(f"invalid {kind}: {err}", param=param)
         # A grammar can be well-formed and still match nothing ("x ::= x"): its first mask stops the
         # matcher. Asked once per grammar here, it is a 400 instead of an empty 200.
         probe = self.matcher(grammar)
         llg_np.fill_next_token_bitmask(probe, np.zeros((1, (self._tokenizer.vocab_size + 31) // 32), np.int32))
         if probe.is_error():
-            raise InvalidRequest(f"the {kind} matches no text at all", param="response_format")
+            raise InvalidRequest(f"the {kind} matches no text at all", param=param)
         return grammar
 
     def matcher(self, grammar: str) -> llguidance.LLMatcher:
@@ -95,6 +100,8 @@ def _schema_text(schema: str | dict) -> str:
     # OpenAI's wrapper {"name": ..., "schema": {...}, "strict": ...} carries the schema one level down.
     if "schema" in schema and isinstance(schema["schema"], dict) and "type" not in schema:
         schema = schema["schema"]
+    if "x-guidance" not in schema:  # a client's own llguidance options stand
+        schema = {**schema, "x-guidance": COMPACT_JSON}
     return json.dumps(schema)
 
 

@@ -125,6 +125,8 @@ async def stream_events(gen: Generation, builder: ResponseBuilder) -> AsyncItera
             chunk = builder.chunk(builder.advance(ev.index, ev.output))
             if chunk is not None:
                 yield sse(to_json(chunk))
+        for chunk in builder.closing_chunks():
+            yield sse(to_json(chunk))
     except Exception as e:  # a failure after the stream began: one error event, then close
         yield sse(error_payload(e))
     finally:  # also when the client went away mid-stream (the generator is closed)

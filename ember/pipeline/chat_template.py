@@ -76,14 +76,18 @@ class ChatTemplate:
 
     @property
     def supports_tools(self) -> bool:
-        """Whether the template renders a `tools` list at all (ember does not parse tool calls yet)."""
+        """Whether the template renders a `tools` list itself (else ember's generic tool prompt does)."""
         return "tools" in self.source
 
+    def _context(self, tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+        # As transformers: `tools` is always defined, None when no tools are given.
+        return dict(self._special, tools=tools or None)
+
     def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool,
-               continue_final_message: bool = False) -> str:
+               continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None) -> str:
         try:
             text = self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                         **self._special)
+                                         **self._context(tools))
         except TemplateRaised as e:
             raise InvalidRequest(f"the model's chat template refused the conversation: {e}",
                                  param="messages") from e
@@ -91,10 +95,11 @@ class ChatTemplate:
             raise InvalidRequest(f"the model's chat template failed on these messages: {e}",
                                  param="messages") from e
         if continue_final_message:
-            text = self._cut_after_final(text, messages, add_generation_prompt)
+            text = self._cut_after_final(text, messages, add_generation_prompt, tools)
         return text
 
-    def _cut_after_final(self, text: str, messages: list[dict[str, Any]], add_generation_prompt: bool) -> str:
+    def _cut_after_final(self, text: str, messages: list[dict[str, Any]], add_generation_prompt: bool,
+                         tools: list[dict[str, Any]] | None) -> str:
         """The prompt up to the end of the final message's content, so the model continues it.
 
         Where the content starts is found by rendering once more with the content replaced by a marker no
@@ -104,7 +109,7 @@ class ChatTemplate:
         marker = f"\ue000{secrets.token_hex(8)}\ue001"
         try:
             marked = self._template.render(messages=[*messages[:-1], dict(messages[-1], content=marker)],
-                                           add_generation_prompt=add_generation_prompt, **self._special)
+                                           add_generation_prompt=add_generation_prompt, **self._context(tools))
         except (TemplateRaised, jinja2.TemplateError, TypeError, ValueError):
             marked = ""
         at = marked.find(marker)
@@ -116,10 +121,12 @@ class ChatTemplate:
         return _cut_after_final_message(text, content)
 
     def encode(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool,
-               continue_final_message: bool = False, safe: bool = False) -> Rendered:
+               continue_final_message: bool = False, safe: bool = False,
+               tools: list[dict[str, Any]] | None = None) -> Rendered:
         """The rendered prompt and its ids. `safe`: special-token text inside a message stays text (only the
         template's own special tokens become special ids), so a user cannot forge a turn."""
-        kw = {"add_generation_prompt": add_generation_prompt, "continue_final_message": continue_final_message}
+        kw: dict[str, Any] = {"add_generation_prompt": add_generation_prompt,
+                              "continue_final_message": continue_final_message, "tools": tools}
         text = self.render(messages, **kw)
         if safe:
             return Rendered(text, self._encode_safe(text, self._content_spans(text, messages, kw)))
@@ -142,7 +149,7 @@ class ChatTemplate:
         plain.encode_special_tokens = True
         return plain
 
-    def _content_spans(self, text: str, messages: list[dict[str, Any]], kw: dict[str, bool]) -> list[tuple[int, int]]:
+    def _content_spans(self, text: str, messages: list[dict[str, Any]], kw: dict[str, Any]) -> list[tuple[int, int]]:
         """Where each message's text sits in the rendered prompt.
 
         The template is rendered again with each content replaced by a marker no user can guess; putting
@@ -150,7 +157,9 @@ class ChatTemplate:
         many templates do), else the template changed the text and the message cannot be kept apart.
         """
         nonce = secrets.token_hex(8)
-        marked = [dict(m, content=f"\ue000{nonce}:{i}\ue001") for i, m in enumerate(messages)]
+        # A message without text (an assistant turn of tool calls only) has nothing to keep apart.
+        marked = [dict(m, content=f"\ue000{nonce}:{i}\ue001") if m.get("content") else m
+                  for i, m in enumerate(messages)]
         pieces = re.split(f"\ue000{nonce}:([0-9]+)\ue001", self.render(marked, **kw))
         for strip in (False, True):
             out, spans = [pieces[0]], []

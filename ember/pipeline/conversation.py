@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ember.pipeline.chat_template import ChatTemplate
 from ember.pipeline.request import Conversation, Message
+from ember.pipeline.tool_format import tool_style
+from ember.pipeline.tool_prompt import generic_messages
+from ember.pipeline.tools import ToolSet
+
+
+def _template_message(m: Message) -> dict[str, Any]:
+    """A message as transformers hands it to a template that takes tools (OpenAI's shape; arguments as a
+    JSON value, which such templates write with `tojson`)."""
+    d: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        d["content"] = m.content or None
+        d["tool_calls"] = [{"id": c.id, "type": "function",
+                            "function": {"name": c.name, "arguments": c.arguments_value()}}
+                           for c in m.tool_calls]
+    if m.role == "tool":
+        d["tool_call_id"] = m.tool_call_id
+        if m.name is not None:
+            d["name"] = m.name
+    return d
 
 
 def _render(template: ChatTemplate, messages: list[Message], generation_prompt: bool,
-            safe: bool) -> tuple[str, list[int]]:
+            safe: bool, tools: ToolSet | None = None) -> tuple[str, list[int]]:
+    template_tools = None
+    if tools is not None or any(m.tool_calls or m.role == "tool" for m in messages):
+        style = tool_style(template)
+        if style.native:
+            if tools is not None and tools.tools:
+                template_tools = [{"type": "function", "function": t.as_function()} for t in tools.tools]
+        else:
+            messages = generic_messages(messages, tools, style.format)
     # A conversation ending with the assistant is a prefill: the model continues that message.
-    prefill = messages[-1].role == "assistant"
-    r = template.encode([{"role": m.role, "content": m.content} for m in messages],
+    prefill = messages[-1].role == "assistant" and not messages[-1].tool_calls
+    r = template.encode([_template_message(m) for m in messages],
                         add_generation_prompt=generation_prompt and not prefill,
-                        continue_final_message=prefill, safe=safe)
+                        continue_final_message=prefill, safe=safe, tools=template_tools)
     return r.text, r.token_ids
 
 
@@ -36,11 +65,11 @@ def render_conversation(conv: Conversation, template: ChatTemplate,
         while total > limit * max_token_chars and (drop := _oldest_turn(messages)) is not None:
             total -= len(messages[drop].content)
             del messages[drop]
-    text, ids = _render(template, messages, conv.generation_prompt, conv.safe)
+    text, ids = _render(template, messages, conv.generation_prompt, conv.safe, conv.tools)
     while limit is not None and len(ids) > limit:
         drop = _oldest_turn(messages)
         if drop is None:
             break  # only system messages and the last one are left: the context check decides
         del messages[drop]
-        text, ids = _render(template, messages, conv.generation_prompt, conv.safe)
+        text, ids = _render(template, messages, conv.generation_prompt, conv.safe, conv.tools)
     return text, ids

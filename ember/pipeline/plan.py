@@ -15,6 +15,8 @@ from ember.errors import ContextLengthExceeded, InvalidRequest
 from ember.pipeline.conversation import render_conversation
 from ember.pipeline.request import Conversation, InferenceRequest, PromptInput, TextPrompt
 from ember.pipeline.served_model import ServedModel
+from ember.pipeline.tool_format import ToolFormat, hidden_markers, tool_style
+from ember.pipeline.tools import ToolSet
 
 DEFAULT_MAX_TOKENS = 16
 
@@ -26,6 +28,17 @@ class Prompt:
     """The prompt as text (what the user wrote, or the rendered conversation); None for token ids."""
 
 
+@dataclass(frozen=True)
+class ToolParsing:
+    """How the answers of a request that offers tools are read back as calls."""
+
+    format: ToolFormat
+    tools: ToolSet
+    hidden_markers: dict[int, str]
+    """Markers that are special tokens (absent from the detokenized text), by id."""
+    max_calls: int | None
+
+
 @dataclass
 class Plan:
     """One request in engine terms: requests[c] produces choice c."""
@@ -33,6 +46,8 @@ class Plan:
     prompts: list[Prompt]
     requests: list[EngineRequest]
     n: int
+    tools: ToolParsing | None = None
+    """Set when the answers are parsed for tool calls (tools given, tool_choice not none)."""
 
     def prompt_of(self, choice: int) -> Prompt:
         return self.prompts[choice // self.n]
@@ -114,11 +129,28 @@ def _speculation(req: InferenceRequest, served: ServedModel) -> tuple[int, ...] 
     return spec
 
 
-def _grammar(req: InferenceRequest, served: ServedModel) -> str | None:
-    if req.constraint is None:
+def tool_parsing(req: InferenceRequest, served: ServedModel) -> ToolParsing | None:
+    """The calls' format when the request's conversation offers tools it may call."""
+    convs = [p for p in req.prompts if isinstance(p, Conversation) and p.tools is not None]
+    if not convs or not convs[0].tools.constrained or served.chat_template is None:  # type: ignore[union-attr]
+        return None
+    style = tool_style(served.chat_template)
+    tools: ToolSet = convs[0].tools  # type: ignore[assignment]
+    return ToolParsing(style.format, tools, hidden_markers(style.format, served.tokenizer), style.max_calls(tools))
+
+
+def _grammar(req: InferenceRequest, served: ServedModel, tools: ToolParsing | None) -> str | None:
+    if req.constraint is None and tools is None:
         return None
     if served.grammars is None:
-        raise InvalidRequest("constrained decoding is not available on this server", param="response_format")
+        raise InvalidRequest("constrained decoding is not available on this server",
+                             param="response_format" if tools is None else "tools")
+    if tools is not None:
+        if req.constraint is not None:
+            raise InvalidRequest("response_format cannot be combined with tools that may be called; send "
+                                 "tool_choice none, or no response_format", param="response_format")
+        text = tools.format.grammar(tools.tools, served.tokenizer, tools.max_calls)
+        return served.grammars.compile("lark", text, "tools")
     return served.grammars.compile(*req.constraint)
 
 
@@ -126,7 +158,8 @@ def plan(req: InferenceRequest, served: ServedModel) -> Plan:
     """The engine requests of `req`; its caller's account scopes their prefix cache."""
     tok = served.tokenizer
     prompts = _prompts(req, served)
-    grammar = _grammar(req, served)
+    tools = tool_parsing(req, served)
+    grammar = _grammar(req, served, tools)
     speculation = _speculation(req, served)
     for t, _ in req.sampling.logit_bias:
         if not 0 <= t < tok.vocab_size:
@@ -143,4 +176,4 @@ def plan(req: InferenceRequest, served: ServedModel) -> Plan:
             reqs.append(EngineRequest(f"{req.request_id}-{c}", tuple(prompt.token_ids), params,
                                       cache_salt=req.cache_salt, arrival_time=now, background=req.background,
                                       cache_tenant=req.caller.cache_tenant))
-    return Plan(prompts, reqs, req.n)
+    return Plan(prompts, reqs, req.n, tools)

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ember.engine.request import SamplingParams
+from ember.pipeline.tools import ToolCall, ToolSet
 from ember.store.usage import BATCH, TEXT_COMPLETION
 
 
@@ -45,8 +46,14 @@ class TokenPrompt:
 @dataclass(frozen=True)
 class Message:
     role: str
-    """A role the chat template knows: system, user or assistant."""
+    """system, user, assistant or tool (a tool's result)."""
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant turn's calls."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
+    name: str | None = None
+    """A tool message: the function that answered (when known)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,13 @@ class Conversation:
     generation_prompt: bool = True
     """End with the assistant's turn header (ignored when the last message is the assistant's: it is
     continued)."""
+    tools: ToolSet | None = None
+    """Functions offered to the model: rendered into the prompt whatever the choice; the answer is
+    constrained and parsed for calls unless the choice is none."""
+
+    @property
+    def has_tool_turns(self) -> bool:
+        return any(m.tool_calls or m.role == "tool" for m in self.messages)
 
 
 PromptInput = TextPrompt | TokenPrompt | Conversation

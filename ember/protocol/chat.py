@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 from ember.errors import InvalidRequest
 from ember.pipeline.generation import Generation
-from ember.pipeline.request import Caller, Conversation, InferenceRequest, Message, UsageKind
+from ember.pipeline.request import Caller, Conversation, InferenceRequest, UsageKind
 from ember.pipeline.served_model import ServedModel
+from ember.pipeline.tools import ToolSet
 from ember.protocol.endpoint import Endpoint
 from ember.protocol.responses import Head, ResponseBuilder
 from ember.protocol.schemas import ChatCompletionRequest, ChatMessage
+from ember.protocol.tools import history_messages, tool_set
 from ember.protocol.translate import (
     check_chat_bounds,
     inference_request,
@@ -21,10 +23,8 @@ from ember.protocol.translate import (
 
 
 def conversation(messages: Sequence[ChatMessage], truncate_to: int | None = None, safe: bool = False,
-                 generation_prompt: bool = True) -> Conversation:
-    # "developer" is OpenAI's new name for the system role; templates know only "system".
-    return Conversation(tuple(Message("system" if m.role == "developer" else m.role, m.text()) for m in messages),
-                        truncate_to, safe, generation_prompt)
+                 generation_prompt: bool = True, tools: ToolSet | None = None) -> Conversation:
+    return Conversation(history_messages(messages), truncate_to, safe, generation_prompt, tools)
 
 
 def chat_sequences(req: ChatCompletionRequest, served: ServedModel) -> int:
@@ -44,7 +44,8 @@ def chat_request(req: ChatCompletionRequest, served: ServedModel, caller: Caller
         raise InvalidRequest("the served model has no chat template, so it cannot take chat messages; use "
                              "/v1/completions with a prompt", param="messages", code="no_chat_template")
     check_chat_bounds(req, served.tokenizer, served.max_model_len)
-    conv = conversation(req.messages, req.prompt_truncate_len, bool(req.safe_tokenization))
+    conv = conversation(req.messages, req.prompt_truncate_len, bool(req.safe_tokenization),
+                        tools=tool_set(req))
     return inference_request(req, (conv,), caller, request_id, deadline, kind, fill_context=True)
 
 

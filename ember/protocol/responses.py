@@ -12,15 +12,18 @@ not sent (`exclude_unset`), so a choice carries `token_ids` only when they were 
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI
 from pydantic import BaseModel
 
 from ember.engine.request import RequestOutput
-from ember.pipeline.plan import Plan
+from ember.pipeline.plan import Plan, ToolParsing
+from ember.pipeline.tool_stream import ArgumentsDelta, CallStart, TextDelta, ToolCallParser
 from ember.pipeline.usage import Tally
 from ember.protocol.schemas import GenerationRequest
 from ember.protocol.translate import ChoiceState, choice_logprobs, echo_prefix, logprobs_count
@@ -89,16 +92,35 @@ class CompletionChunk(CompletionResponse):
     """One SSE event of a streamed completion: the choices that moved, usage on the final chunk."""
 
 
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str
+    """JSON text (never an object)."""
+
+
+class ToolCall(Sent):
+    always = ("type",)
+    id: str
+    """`call_` and letters or digits, unique within the response."""
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class AssistantMessage(Sent):
-    always = ("role",)
+    always = ("role", "content")
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    """None when the message is only tool calls."""
+    tool_calls: list[ToolCall] | None = None
+
+
+ChatFinish = Literal["stop", "length", "tool_calls", "error"]
 
 
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: ChatFinish | None = None
     logprobs: dict[str, Any] | None = None
     raw_output: RawOutput | None = None
     token_ids: list[int] | None = None
@@ -115,15 +137,29 @@ class ChatCompletionResponse(Envelope):
     prompt_token_ids: list[int] | None = None
 
 
+class DeltaFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    """The call's position in the message: deltas with the same index build one call."""
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: DeltaFunction
+
+
 class DeltaMessage(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChatStreamChoice(BaseModel):
     index: int
     delta: DeltaMessage
-    finish_reason: Literal["stop", "length", "error"] | None = None
+    finish_reason: ChatFinish | None = None
     logprobs: dict[str, Any] | None = None
     raw_output: RawOutput | None = None
     prompt_token_ids: list[int] | None = None
@@ -160,10 +196,70 @@ class ChoiceParts:
     """The prompt ids, when return_token_ids (a stream sends them once, with the choice's first chunk)."""
     raw_output: RawOutput | None = None
     """When raw_output (a stream sends it once, on the choice's final chunk)."""
+    tool_calls: list[ToolCall] | None = None
+    """A whole chat message's calls (then `text` is its content, None when there is none)."""
+    tool_deltas: list[DeltaToolCall] = field(default_factory=list)
+    """A stream chunk's pieces of calls."""
+    content: str | None = None
 
     @property
     def says_something(self) -> bool:
-        return bool(self.text or self.finish_reason or self.token_ids or self.logprobs or self.prompt_token_ids)
+        return bool(self.text or self.finish_reason or self.token_ids or self.logprobs or self.prompt_token_ids
+                    or self.tool_deltas)
+
+
+def new_call_id() -> str:
+    return "call_" + secrets.token_hex(12)
+
+
+@dataclass
+class ToolReading:
+    """One choice's text read for tool calls, as it arrives (see pipeline/tool_stream.py)."""
+
+    spec: ToolParsing
+    parser: ToolCallParser
+    ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, spec: ToolParsing) -> ToolReading:
+        return cls(spec, ToolCallParser(spec.format))
+
+    def feed(self, text: str, token_ids: list[int], final: bool) -> tuple[str, list[DeltaToolCall]]:
+        """Content and call pieces this much more text adds. Markers that are special tokens are not in
+        the detokenized text: they are put back after the text of their output."""
+        extra = "".join(self.spec.hidden_markers.get(t, "") for t in token_ids)
+        events = self.parser.feed(text + extra)
+        if final:
+            events += self.parser.finish()
+        content, deltas = "", []
+        for ev in events:
+            if isinstance(ev, TextDelta):
+                content += ev.text
+            elif isinstance(ev, CallStart):
+                self.ids.append(new_call_id())
+                deltas.append(DeltaToolCall(index=ev.index, id=self.ids[ev.index], type="function",
+                                            function=DeltaFunction(name=ev.name, arguments="")))
+            elif isinstance(ev, ArgumentsDelta):
+                deltas.append(DeltaToolCall(index=ev.index, function=DeltaFunction(arguments=ev.text)))
+        return content, deltas
+
+    def calls(self) -> list[ToolCall] | None:
+        """The answer's calls once generation ended: None unless every call is complete, names a function
+        it may call and has arguments that parse as a JSON object (else the answer is text, T6)."""
+        p = self.parser
+        if not p.calls or not p.complete:
+            return None
+        allowed = {t.name for t in self.spec.tools.callable()}
+        out = []
+        for i, c in enumerate(p.calls):
+            try:
+                args = json.loads(c.arguments)
+            except ValueError:
+                return None
+            if c.name not in allowed or not isinstance(args, dict):
+                return None
+            out.append(ToolCall(id=self.ids[i], function=FunctionCall(name=c.name, arguments=c.arguments)))
+        return out
 
 
 @dataclass
@@ -192,12 +288,17 @@ class ResponseBuilder:
         self.states = [ChoiceState(i) for i in range(len(plan.requests))]
         self._started = [False] * len(self.states)
         self._echo_len = [0] * len(self.states)  # generated text offsets count from after the echoed prompt
+        tools = plan.tools if kind == "chat" else None
+        self._tools = [ToolReading.of(tools) if tools is not None else None for _ in self.states]
 
     # -- feeding -------------------------------------------------------------------------------------
 
     def add(self, c: int, out: RequestOutput) -> None:
         """Non-streaming: only accumulate."""
         self.states[c].add(out)
+        reading = self._tools[c]
+        if reading is not None:
+            reading.feed(out.new_text, list(out.new_token_ids), out.finished)
 
     def advance(self, c: int, out: RequestOutput) -> ChoiceParts:
         """Streaming: accumulate, and return what this output adds to choice c."""
@@ -217,6 +318,12 @@ class ResponseBuilder:
                                 prompt_logprobs=st.prompt_logprobs if echo_ids else None)
             logprobs = choice_logprobs(self.req, self.tok, delta, prompt, self._echo_len[c], echo_ids)
         parts = ChoiceParts(c, echo_text + out.new_text, st.finish_reason, logprobs)
+        reading = self._tools[c]
+        if reading is not None:
+            text, parts.tool_deltas = reading.feed(out.new_text, list(out.new_token_ids), out.finished)
+            parts.text = echo_text + text
+            if out.finished and reading.calls() is not None:
+                parts.finish_reason = "tool_calls"
         if self.req.return_token_ids:
             parts.token_ids = list(out.new_token_ids)
             if first:
@@ -236,6 +343,13 @@ class ResponseBuilder:
         echo_text, echo_ids = echo_prefix(self.req, prompt, self.tok)
         parts = ChoiceParts(st.index, echo_text + st.text, st.finish_reason,
                             choice_logprobs(self.req, self.tok, st, prompt, len(echo_text), echo_ids))
+        reading = self._tools[st.index]
+        calls = reading.calls() if reading is not None else None
+        if reading is not None and calls is not None:
+            # Only calls, or text the model wrote before them; anything that is not calls stays text (T6).
+            parts.tool_calls = calls
+            parts.content = (echo_text + reading.parser.content) or None
+            parts.finish_reason = "tool_calls"
         if self.req.return_token_ids:
             parts.token_ids = list(st.token_ids)
             parts.prompt_token_ids = list(prompt.token_ids)
@@ -325,12 +439,28 @@ class ResponseBuilder:
             chunk = CompletionChunk(**self._head(), choices=[_completion_choice(parts)])
         else:
             chunk = ChatCompletionChunk(**self._head(), choices=[_chat_stream_choice(parts)])
-        if final:  # usage (and perf metrics) ride on the final chunk, as Fireworks sends them
+        if final and not self._usage_apart:  # usage (and perf metrics) ride on the final chunk, as Fireworks sends them
             usage = self.usage()
             chunk.usage = usage
             if self.req.perf_metrics_in_response:
                 chunk.perf_metrics = self.perf_metrics(usage)
         return chunk
+
+    @property
+    def _usage_apart(self) -> bool:
+        """Chat with `stream_options.include_usage`: usage comes on its own last chunk (OpenAI's placement)."""
+        opts = self.req.stream_options
+        return self.kind == "chat" and opts is not None and bool(opts.include_usage)
+
+    def closing_chunks(self) -> list[CompletionChunk | ChatCompletionChunk]:
+        """After the final chunk: the usage chunk with no choices, when asked for apart."""
+        if not (self._usage_apart and self.finished):
+            return []
+        usage = self.usage()
+        chunk = ChatCompletionChunk(**self._head(), choices=[], usage=usage)
+        if self.req.perf_metrics_in_response:
+            chunk.perf_metrics = self.perf_metrics(usage)
+        return [chunk]
 
     def _head(self) -> dict[str, Any]:
         return {"id": self.head.id, "created": self.head.created, "model": self.head.model}
@@ -345,8 +475,9 @@ def _completion_choice(p: ChoiceParts) -> CompletionChoice:
 
 
 def _chat_choice(p: ChoiceParts) -> ChatChoice:
-    c = ChatChoice(index=p.index, message=AssistantMessage(content=p.text), finish_reason=p.finish_reason,
-                   logprobs=p.logprobs)
+    message = AssistantMessage(content=p.text) if p.tool_calls is None else \
+        AssistantMessage(content=p.content, tool_calls=p.tool_calls)
+    c = ChatChoice(index=p.index, message=message, finish_reason=p.finish_reason, logprobs=p.logprobs)
     for name in ("token_ids", "raw_output"):
         if getattr(p, name) is not None:
             setattr(c, name, getattr(p, name))
@@ -355,6 +486,8 @@ def _chat_choice(p: ChoiceParts) -> ChatChoice:
 
 def _chat_stream_choice(p: ChoiceParts) -> ChatStreamChoice:
     delta = DeltaMessage(content=p.text) if p.text else DeltaMessage()
+    if p.tool_deltas:
+        delta.tool_calls = p.tool_deltas
     c = ChatStreamChoice(index=p.index, delta=delta, finish_reason=p.finish_reason, logprobs=p.logprobs)
     for name in ("prompt_token_ids", "token_ids", "raw_output"):
         if getattr(p, name) is not None:

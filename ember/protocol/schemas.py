@@ -11,7 +11,7 @@ the first asks for new-style logprobs, the second for legacy ones.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator
 
@@ -34,7 +34,8 @@ class WireModel(BaseModel):
 
 class StreamOptions(WireModel):
     include_usage: StrictBool | None = False
-    """Accepted for OpenAI clients; usage is always on the final chunk, as Fireworks sends it."""
+    """True: chat usage comes on an extra last chunk with no choices (OpenAI's placement); otherwise it
+    rides on the final chunk, as Fireworks sends it."""
 
 
 class ResponseFormat(WireModel):
@@ -195,6 +196,7 @@ class ContentPart(WireModel):
 class ToolCallFunction(WireModel):
     name: str
     arguments: str
+    """JSON text, as OpenAI sends it."""
 
 
 class ToolCall(WireModel):
@@ -203,42 +205,55 @@ class ToolCall(WireModel):
     function: ToolCallFunction
 
 
+class FunctionCallMessage(WireModel):
+    """A legacy assistant `function_call` in the history."""
+
+    name: str
+    arguments: str
+
+
 class ChatMessage(WireModel):
     role: Literal["system", "user", "assistant", "tool", "developer", "function"]
     content: str | Annotated[list[ContentPart], FAIL_FAST] | None = None
     reasoning_content: str | None = None
     tool_calls: Annotated[list[ToolCall], FAIL_FAST] | None = None
+    function_call: FunctionCallMessage | None = None
     tool_call_id: str | None = None
     name: str | None = None
 
     def text(self) -> str:
-        """The content as one string: text parts joined (non-text parts are refused before this is read)."""
+        """The content as one string: text parts joined with "\n" (non-text parts are refused before this
+        is read)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(p.text or "" for p in self.content if p.type == "text")
+        return "\n".join(p.text or "" for p in self.content if p.type == "text")
 
 
 class FunctionDef(WireModel):
-    name: str
+    # Loose on purpose: the chat adapter checks names and schemas itself, so a bad definition is a 400
+    # naming `tools` (T9) rather than a bare schema violation.
+    name: Any = None
     description: str | None = None
-    parameters: dict | None = None
+    parameters: Any = None
     strict: StrictBool | None = None
 
 
 class ChatTool(WireModel):
-    type: Literal["function"] = "function"
-    function: FunctionDef
+    type: Any = "function"
+    function: FunctionDef | None = None
 
 
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1, fail_fast=True)
-    # Accepted by the schema so the refusal can name them (400) instead of a bare "unknown field".
     tools: Annotated[list[ChatTool], FAIL_FAST] | None = None
-    tool_choice: Literal["auto", "none", "any", "required"] | dict | None = None
+    tool_choice: str | dict | None = None
+    """auto, none, required, any, or a named function; read by protocol/tools.py."""
     functions: Annotated[list[FunctionDef], FAIL_FAST] | None = None
-    function_call: Literal["auto", "none"] | dict | None = None
+    """Deprecated: read as tools."""
+    function_call: str | dict | None = None
+    """Deprecated: read as tool_choice."""
     parallel_tool_calls: StrictBool | None = None
     prompt_truncate_len: Annotated[StrictInt, Field(ge=1)] | None = None
     safe_tokenization: StrictBool | None = None
@@ -282,7 +297,7 @@ def _field_names(*models: type[BaseModel]) -> frozenset[str]:
 
 
 WIRE_FIELD_NAMES = _field_names(CompletionRequest, ChatCompletionRequest, ChatMessage, ContentPart, ChatTool,
-                                FunctionDef, TokenizeCompletionRequest, TokenizeChatRequest, DetokenizeRequest,
+                                FunctionDef, ToolCall, ToolCallFunction, TokenizeCompletionRequest, TokenizeChatRequest, DetokenizeRequest,
                                 StreamOptions, ResponseFormat, ThinkingConfigEnabled,
                                 PredictedOutput)
 """Every field name a request can hold; `ember.http.errors` names the faulty one from these."""

@@ -172,18 +172,7 @@ def inference_request(req: GenerationRequest, prompts: tuple[PromptInput, ...], 
 # -- chat -------------------------------------------------------------------------------------------
 
 def reject_unsupported_chat(req: ChatCompletionRequest) -> None:
-    """What the served model cannot do yet is a 400 naming the field, never silently ignored."""
-    if req.tools:
-        raise InvalidRequest("tools are not supported: the served model has no tool-calling template and ember "
-                             "does not parse tool calls yet", param="tools")
-    if req.functions:
-        raise InvalidRequest("functions are not supported (nor tools): the served model has no tool-calling "
-                             "template", param="functions")
-    if req.tool_choice not in (None, "none", "auto"):
-        raise InvalidRequest("tool_choice needs tools, which are not supported by the served model",
-                             param="tool_choice")
-    if req.function_call not in (None, "none", "auto"):
-        raise InvalidRequest("function_call needs functions, which are not supported", param="function_call")
+    """What the served model cannot do is a 400 naming the field, never silently ignored."""
     for i, m in enumerate(req.messages):
         _reject_unsupported_message(i, m)
     reject_reasoning(req)
@@ -198,10 +187,7 @@ def _reject_unsupported_message(i: int, m: ChatMessage) -> None:
                                      "reads text only", param="messages.content")
             if part.text is None:
                 raise InvalidRequest(f"{where}.content: a text part needs `text`", param="messages.content")
-    if m.tool_calls or m.role in ("tool", "function") or m.tool_call_id is not None:
-        raise InvalidRequest(f"{where}: tool calls and tool results are not supported: the served model has no "
-                             "tool-calling template", param="messages.role")
-    if m.content is None:
+    if m.content is None and not (m.role == "assistant" and (m.tool_calls or m.function_call is not None)):
         raise InvalidRequest(f"{where}.content is required", param="messages.content")
 
 
