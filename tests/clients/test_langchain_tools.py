@@ -66,10 +66,12 @@ def test_bind_tools_call_tool_result_and_final_answer(smol_serve: ServeProcess, 
                      max_tokens=96, max_retries=0, http_client=recorded_bodies(sent))
 
     history: list[BaseMessage] = [HumanMessage("What is the weather like in Paris right now?")]
-    ai = run(llm.bind_tools([get_weather], tool_choice="required"), history, stream)
+    # strict: LangChain closes the schema (additionalProperties false), as OpenAI's strict mode asks.
+    ai = run(llm.bind_tools([get_weather], tool_choice="required", strict=True), history, stream)
     assert ai.response_metadata["finish_reason"] == "tool_calls", ai
     assert not ai.invalid_tool_calls and ai.tool_calls, ai
     assert sent[-1]["tool_choice"] == "required" and sent[-1]["tools"][0]["function"]["name"] == "get_weather"
+    assert sent[-1]["tools"][0]["function"]["strict"] is True
     assert sent[-1].get("stream", False) is stream
     schema = get_weather.tool_call_schema.model_json_schema()
     for call in ai.tool_calls:
