@@ -5,7 +5,8 @@
 const $ = (id) => document.getElementById(id);
 
 const ui = {
-  messages: [],          // chat history: {role, content}
+  messages: [],          // chat history: {role, content}, assistant tool_calls and tool results
+  pendingCalls: [],      // calls of the last answer still waiting for a tool result: {id, name, arguments}
   lastRequest: null,     // {url, body} of the last request sent
   lastFinal: null,       // the final chunk of the last stream (usage, perf_metrics)
   controller: null,      // AbortController of the running request
@@ -92,41 +93,70 @@ function responseFormat() {
     if (!text) throw new Error("response_format: the grammar is empty");
     return { type, grammar: text };
   }
-  const schema = validateSchema(text);
+  const schema = validateSchema(text, "response_format", "schema");
   return { type, json_schema: { name: "playground", schema } };
 }
 
-// A light structural check so a mistyped schema is caught here, not by a 400 from the server.
+// A light structural check so a mistyped schema is caught here, not by a 400 from the server. `field`
+// names the request field in the message, `root` the schema's own path.
 const SCHEMA_TYPES = new Set(["object", "array", "string", "number", "integer", "boolean", "null"]);
-function validateSchema(text) {
+function validateSchema(text, field, root) {
   let schema;
   try {
     schema = JSON.parse(text);
   } catch (e) {
-    throw new Error("response_format: the JSON schema is not valid JSON (" + e.message + ")");
+    throw new Error(`${field}: the JSON schema is not valid JSON (${e.message})`);
   }
   if (typeof schema !== "object" || schema === null || Array.isArray(schema)) {
-    throw new Error("response_format: a JSON schema must be an object");
+    throw new Error(`${field}: a JSON schema must be an object`);
   }
   const walk = (node, path) => {
     if (typeof node !== "object" || node === null) return;
     if ("type" in node) {
       const types = Array.isArray(node.type) ? node.type : [node.type];
       for (const t of types) {
-        if (!SCHEMA_TYPES.has(t)) throw new Error(`response_format: ${path}.type "${t}" is not a JSON Schema type`);
+        if (!SCHEMA_TYPES.has(t)) throw new Error(`${field}: ${path}.type "${t}" is not a JSON Schema type`);
       }
     }
     if ("properties" in node && (typeof node.properties !== "object" || Array.isArray(node.properties))) {
-      throw new Error(`response_format: ${path}.properties must be an object`);
+      throw new Error(`${field}: ${path}.properties must be an object`);
     }
     if ("required" in node && !Array.isArray(node.required)) {
-      throw new Error(`response_format: ${path}.required must be an array`);
+      throw new Error(`${field}: ${path}.required must be an array`);
     }
     for (const [k, v] of Object.entries(node.properties || {})) walk(v, `${path}.properties.${k}`);
     if (node.items) walk(node.items, `${path}.items`);
   };
-  walk(schema, "schema");
+  walk(schema, root);
   return schema;
+}
+
+// The function defined in the Tools box, as `tools` and `tool_choice`; null when no tools are sent.
+const FUNCTION_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+class ToolError extends Error {}
+function toolsRequest() {
+  const choice = $("tool-choice").value;
+  if (!choice) return null;
+  const name = $("tool-name").value.trim();
+  if (!FUNCTION_NAME.test(name)) {
+    throw new ToolError("tools: the function name must be 1 to 64 letters, digits, _ or -");
+  }
+  const fn = { name };
+  const description = $("tool-description").value.trim();
+  if (description) fn.description = description;
+  const text = $("tool-parameters").value.trim();
+  if (text) {
+    let parameters;
+    try {
+      parameters = validateSchema(text, "tools", "parameters");
+    } catch (e) {
+      throw new ToolError(e.message);
+    }
+    if (parameters.type !== "object") throw new ToolError('tools: parameters must be a schema of "type": "object"');
+    fn.parameters = parameters;
+  }
+  const toolChoice = choice === "named" ? { type: "function", function: { name } } : choice;
+  return { tools: [{ type: "function", function: fn }], tool_choice: toolChoice };
 }
 
 function buildRequest(input) {
@@ -135,8 +165,10 @@ function buildRequest(input) {
     const messages = [];
     const system = $("system").value.trim();
     if (system) messages.push({ role: "system", content: system });
-    messages.push(...ui.messages, { role: "user", content: input });
+    messages.push(...ui.messages, nextMessage(input));
     body.messages = messages;
+    const tools = toolsRequest();
+    if (tools) Object.assign(body, tools);
   } else {
     body.prompt = input;
   }
@@ -171,14 +203,24 @@ function buildRequest(input) {
   return { url, body };
 }
 
+// The message the composer's text becomes: the result of the first call still waiting for one, else
+// the user's turn.
+function nextMessage(input) {
+  return nextMessageFor(ui.pendingCalls[0], input);
+}
+
+function nextMessageFor(call, input) {
+  return call ? { role: "tool", tool_call_id: call.id, content: input } : { role: "user", content: input };
+}
+
 // -- transcript ------------------------------------------------------------------------------------
 
-function addMessage(role, text) {
+function addMessage(role, text, title) {
   const div = document.createElement("div");
   div.className = "msg " + role;
   const label = document.createElement("span");
   label.className = "role";
-  label.textContent = role === "completion" ? "completion" : role;
+  label.textContent = title || role;
   div.append(label);
   const body = document.createElement("span");
   body.className = "body";
@@ -187,6 +229,34 @@ function addMessage(role, text) {
   $("transcript").append(div);
   div.scrollIntoView({ block: "end" });
   return body;
+}
+
+// One tool call of an answer: its name, and its arguments as they stream in.
+function addCall(out, name) {
+  const msg = out.parentElement;
+  let calls = msg.querySelector(".calls");
+  if (!calls) {
+    calls = document.createElement("div");
+    calls.className = "calls";
+    msg.append(calls);
+  }
+  const div = document.createElement("div");
+  div.className = "call";
+  const n = document.createElement("span");
+  n.className = "call-name";
+  n.textContent = name;
+  const args = document.createElement("code");
+  args.className = "call-args";
+  div.append(n, args);
+  calls.append(div);
+  return args;
+}
+
+function showPendingCall() {
+  const call = ui.pendingCalls[0];
+  $("input").placeholder = call
+    ? `Result of ${call.name}(${call.arguments}), sent back as a tool message…`
+    : "Type a message… (Ctrl+Enter to send)";
 }
 
 // Probability 1 is green, 0 red; light enough to read black text on.
@@ -254,23 +324,36 @@ function resetMetrics() {
 async function send(event) {
   event.preventDefault();
   $("rf-error").textContent = "";
+  $("tool-error").textContent = "";
   const input = $("input").value;
   if (!input.trim()) return;
+  const isChat = mode() === "chat";
+  // With several calls waiting, each result is kept until the last one, which sends them all.
+  if (isChat && ui.pendingCalls.length > 1) {
+    const call = ui.pendingCalls.shift();
+    ui.messages.push(nextMessageFor(call, input));
+    addMessage("tool", input, "tool · " + call.name);
+    $("input").value = "";
+    showPendingCall();
+    return;
+  }
   let req;
   try {
     req = buildRequest(input);
   } catch (e) {
-    $("rf-error").textContent = e.message;
-    $("rf-body").focus();
+    const tool = e instanceof ToolError;
+    $(tool ? "tool-error" : "rf-error").textContent = e.message;
+    $(tool ? "tool-parameters" : "rf-body").focus();
     return;
   }
   ui.lastRequest = req;
   showBanner("");
   resetMetrics();
-  const isChat = mode() === "chat";
+  const sent = isChat ? req.body.messages[req.body.messages.length - 1] : null;
+  const answered = isChat ? ui.pendingCalls[0] : null;
   let out;
   if (isChat) {
-    addMessage("user", input);
+    addMessage(sent.role, input, answered ? "tool · " + answered.name : null);
     out = addMessage("assistant", "");
   } else {
     out = addMessage("completion", "");
@@ -287,6 +370,7 @@ async function send(event) {
   let chunks = 0;
   let text = "";
   let finish = null;
+  const calls = [];  // by index: {id, name, arguments, view}
   try {
     const resp = await fetch(req.url, {
       method: "POST", headers: headers(), body: JSON.stringify(req.body), signal: ui.controller.signal,
@@ -305,6 +389,20 @@ async function send(event) {
       if (choice) {
         const piece = isChat ? (choice.delta && choice.delta.content) || "" : choice.text || "";
         const lps = choice.logprobs && choice.logprobs.content;
+        for (const d of (isChat && choice.delta && choice.delta.tool_calls) || []) {
+          let call = calls[d.index];
+          if (!call) {
+            call = calls[d.index] = { id: d.id, name: d.function.name, arguments: "" };
+            call.view = addCall(out, call.name);
+          }
+          const more = (d.function && d.function.arguments) || "";
+          call.arguments += more;
+          call.view.textContent = call.arguments;
+          if (tFirst === null) {
+            tFirst = performance.now();
+            setMetric("m-ttft", ((tFirst - t0) / 1000).toFixed(2) + " s");
+          }
+        }
         if (piece || lps) {
           if (tFirst === null) {
             tFirst = performance.now();
@@ -326,7 +424,17 @@ async function send(event) {
       if (event.usage) showUsage(event, tFirst);
     }
     if (isChat) {
-      ui.messages.push({ role: "user", content: input }, { role: "assistant", content: text });
+      if (answered) ui.pendingCalls.shift();
+      const said = { role: "assistant", content: text };
+      if (finish === "tool_calls") {  // calls cut by max_tokens are not calls: they stay out of the history
+        said.content = text || null;
+        said.tool_calls = calls.map((c) => ({ id: c.id, type: "function",
+                                              function: { name: c.name, arguments: c.arguments } }));
+      }
+      ui.messages.push(sent, said);
+      // A finished call waits for its result; a call cut by max_tokens came back as text (no id to answer).
+      if (finish === "tool_calls") ui.pendingCalls = calls.map(({ id, name, arguments: a }) => ({ id, name, arguments: a }));
+      showPendingCall();
     }
     if (finish) {
       const f = document.createElement("span");
@@ -481,6 +589,7 @@ function bindRange(id) {
 function onModeChange() {
   const chat = mode() === "chat";
   $("system-box").hidden = !chat;
+  $("tools-box").hidden = !chat;
   $("input").placeholder = chat ? "Type a message… (Ctrl+Enter to send)" : "Type a prompt to continue… (Ctrl+Enter to send)";
   $("input").setAttribute("aria-label", chat ? "Message" : "Prompt");
 }
@@ -500,6 +609,18 @@ function onFormatChange() {
   $("rf-error").textContent = "";
 }
 
+function onToolChoiceChange() {
+  $("tool-def").hidden = !$("tool-choice").value;
+  if (!$("tool-parameters").value.trim()) {
+    $("tool-parameters").value = JSON.stringify({
+      type: "object",
+      properties: { city: { type: "string" }, unit: { type: "string", enum: ["celsius", "fahrenheit"] } },
+      required: ["city", "unit"],
+    }, null, 2);
+  }
+  $("tool-error").textContent = "";
+}
+
 function init() {
   for (const id of ["temperature", "top_p", "min_p", "typical_p", "repetition_penalty", "frequency_penalty", "presence_penalty"]) {
     bindRange(id);
@@ -511,6 +632,8 @@ function init() {
   $("stop").addEventListener("click", () => ui.controller && ui.controller.abort());
   $("clear").addEventListener("click", () => {
     ui.messages = [];
+    ui.pendingCalls = [];
+    showPendingCall();
     $("transcript").replaceChildren();
     resetMetrics();
   });
@@ -524,6 +647,7 @@ function init() {
   $("api-key").value = sessionStorage.getItem("ember-api-key") || "";
   for (const r of document.querySelectorAll('input[name="mode"]')) r.addEventListener("change", onModeChange);
   $("rf-type").addEventListener("change", onFormatChange);
+  $("tool-choice").addEventListener("change", onToolChoiceChange);
   const transcript = $("transcript");
   for (const [ev, fn] of [["mouseover", showTooltip], ["focusin", showTooltip]]) {
     transcript.addEventListener(ev, (e) => { if (e.target.classList.contains("tok")) fn(e.target); });
@@ -534,6 +658,7 @@ function init() {
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") hideTooltip(); });
   onModeChange();
   onFormatChange();
+  onToolChoiceChange();
   loadModels().catch((e) => showBanner("cannot reach the server: " + e.message));
 }
 

@@ -53,7 +53,10 @@ def test_models_card_tells_the_context_window(openai_client, smol_server) -> Non
     listed = httpx.get(smol_server.url + "/v1/models", timeout=10).json()["data"][0]
     assert listed["id"] == MODEL_ID
     assert listed["supports_chat"] is True
-    assert listed["supports_tools"] is False and listed["supports_image_input"] is False
+    # Every chat model takes tools (the generic tool prompt where the template has none); text only.
+    assert listed["supports_tools"] is True and listed["supports_image_input"] is False
+    assert listed["architecture"] == "llama"
+    assert card.model_extra["supports_tools"] is True
 
 
 def test_openapi_documents_both_endpoints_and_their_chunks(smol_server) -> None:

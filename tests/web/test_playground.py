@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -342,3 +344,72 @@ def test_docs_run_swagger_ui_from_this_server_alone(key_server, page: Page) -> N
     shot(page, "docs")
     assert origins == {key_server.url.split("/")[2]}, origins
     assert csp_errors == []
+
+
+def test_a_defined_function_is_called_streamed_and_its_result_sent_back(smol_server, page: Page) -> None:
+    open_page(page, smol_server)
+    set_greedy(page, 64)
+    sent: list[str] = []
+    page.on("request", lambda r: sent.append(r.url) if "/v1/chat" in r.url else None)
+    page.select_option("#tool-choice", "named")
+    page.get_by_label("function name").fill("get_weather")
+    page.get_by_label("description").fill("Get the current weather in a city.")
+    page.fill("#tool-parameters", '{"type": "object", "properties": {"city": {"type": "text"}}}')
+    page.get_by_label("Message", exact=True).fill("What is the weather like in Paris?")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#tool-error")).to_contain_text('tools: parameters.properties.city.type "text"')
+    page.get_by_label("function name").fill("get weather!")
+    page.get_by_role("button", name="Send").click()
+    expect(page.locator("#tool-error")).to_contain_text("function name")
+    assert sent == []
+    schema = {"type": "object", "properties": {"city": {"type": "string"},
+                                               "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+              "required": ["city", "unit"]}
+    page.get_by_label("function name").fill("get_weather")
+    page.fill("#tool-parameters", json.dumps(schema))
+    page.evaluate("""() => {
+        window.__args = [];
+        new MutationObserver(() => {
+            const a = document.querySelector('.msg.assistant .call-args');
+            if (a && window.__args[window.__args.length - 1] !== a.textContent) window.__args.push(a.textContent);
+        }).observe(document.getElementById('transcript'), {childList: true, subtree: true, characterData: true});
+    }""")
+    page.get_by_role("button", name="Send").click()
+    wait_done(page)
+    shot(page, "9-tool-call")
+    req = last_request(page)
+    assert req["body"]["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather in a city.", "parameters": schema}}]
+    assert req["body"]["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+
+    # The page shows the call the server makes for the same request unstreamed: name and arguments.
+    body = dict(req["body"], stream=False)
+    body.pop("stream_options")
+    ref = httpx.post(smol_server.url + req["url"], json=body, timeout=120).json()["choices"][0]
+    assert ref["finish_reason"] == "tool_calls" and len(ref["message"]["tool_calls"]) == 1
+    want = ref["message"]["tool_calls"][0]["function"]
+    answer = page.locator(".msg.assistant").last
+    expect(answer.locator(".call-name")).to_have_text([want["name"]])
+    assert answer.locator(".call-args").inner_text() == want["arguments"]
+    jsonschema.validate(json.loads(want["arguments"]), schema)
+    expect(answer.locator(".finish")).to_have_text("finish_reason: tool_calls")
+    seen = page.evaluate("() => window.__args")
+    assert len(seen) >= 3 and seen[-1] == want["arguments"], f"the arguments did not stream in: {seen}"
+
+    # The next message is the call's result, sent back as a tool message; with tool_choice "none" the
+    # model answers in text.
+    expect(page.get_by_label("Message", exact=True)).to_have_attribute("placeholder", re.compile("^Result of get_weather"))
+    page.select_option("#tool-choice", "none")
+    page.get_by_label("Message", exact=True).fill("It is 21 degrees and sunny.")
+    page.get_by_role("button", name="Send").click()
+    wait_done(page)
+    shot(page, "10-tool-result-answered")
+    messages = last_request(page)["body"]["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "tool"]
+    call = messages[1]["tool_calls"][0]
+    assert messages[1]["content"] is None and call["function"] == want and call["id"].startswith("call_")
+    assert messages[2] == {"role": "tool", "tool_call_id": call["id"], "content": "It is 21 degrees and sunny."}
+    assert last_request(page)["body"]["tool_choice"] == "none"
+    final = page.locator(".msg.assistant").last
+    assert final.locator(".body").inner_text().strip() and final.locator(".call").count() == 0
+    expect(page.locator(".msg.tool .role")).to_have_text(["tool · get_weather"])
