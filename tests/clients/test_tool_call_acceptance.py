@@ -110,6 +110,7 @@ async def streamed_calls(client: AsyncOpenAI, body: dict) -> tuple[list[tuple[st
     return [(calls[i]["name"], calls[i]["arguments"]) for i in sorted(calls)], finish, pieces
 
 
+@pytest.mark.timeout(3600)  # 232 generations of up to 256 tokens: minutes on an idle 2-core host, far more on a busy one
 def test_required_and_named_calls_are_valid_and_streaming_agrees(served: tuple[str, ServeProcess],
                                                                   record_property: Any) -> None:
     model, server = served
