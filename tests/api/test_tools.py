@@ -135,7 +135,7 @@ def reassemble(chunks: list[Any]) -> tuple[str | None, list[dict], str | None]:
 def test_stream_equals_the_answer(served: tuple[openai.OpenAI, str, str], tool_choice: str) -> None:
     client, model, _ = served
     kw: dict[str, Any] = dict(model=model, messages=ASK, tools=TOOLS, tool_choice=tool_choice, temperature=0,
-                              max_tokens=100 if tool_choice == "required" else 30)
+                              parallel_tool_calls=False, max_tokens=60 if tool_choice == "required" else 30)
     full = client.chat.completions.create(**kw)
     chunks = list(client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
     content, calls, finish = reassemble(chunks)
