@@ -87,7 +87,7 @@ LONGROPE = ("longrope", "su")
 
 
 def rope_attention_factor(args: ModelArgs) -> float:
-    """What cos and sin are multiplied by (LongRoPE's attention factor; 1 for other RoPE kinds)."""
+    """LongRoPE's attention factor, by which transformers multiplies cos and sin (1 for other RoPE kinds)."""
     sc = args.rope_scaling or {}
     if sc.get("rope_type", sc.get("type")) not in LONGROPE:
         return 1.0
@@ -98,12 +98,9 @@ def rope_attention_factor(args: ModelArgs) -> float:
     return math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1.0 else 1.0
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(T, D/2) cos and sin of each position's angles, times `scale`."""
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, D/2) cos and sin of each position's angles."""
     freqs = positions.to(torch.float32).unsqueeze(1) * inv_freq.unsqueeze(0)
-    if scale != 1.0:
-        return freqs.cos() * scale, freqs.sin() * scale
     return freqs.cos(), freqs.sin()
 
 

@@ -1,8 +1,8 @@
 """The Llama-family network: RMSNorm, RoPE, grouped-query attention over a paged KV cache, SwiGLU.
 
 SmolLM2, Llama 3.x and Mistral run it as it is (Mistral's layers slide over `sliding_window` positions);
-Qwen 2 adds a q|k|v bias, Qwen 3 a per-head q/k RMSNorm, Phi-3 its LongRoPE (cos and sin scaled by
-the attention factor): each switched on by its architecture entry, the rest shared.
+Qwen 2 adds a q|k|v bias, Qwen 3 a per-head q/k RMSNorm, Phi-3 its LongRoPE frequencies (its attention
+factor is folded into q's rows with the attention scale): each switched on by its architecture entry.
 
 Projections are fused (qkv, gate_up) so one matmul serves three or two; the loader fuses the checkpoint's
 separate tensors. Every Linear here may be swapped for a quantized drop-in by `model/quant.py`.
@@ -29,8 +29,9 @@ from ember.model.layers import (
 
 def attention_q_scale(args: ModelArgs) -> float:
     """The attention scale the loader folds into q's projection rows (exact for head_dim 64: a power of
-    two), so the decode path spends no op on it."""
-    return 1.0 / math.sqrt(args.head_dim or 1)
+    two), so the decode path spends no op on it. LongRoPE's attention factor f multiplies both q's and
+    k's cos and sin in transformers, so every score by f ** 2: folded here too."""
+    return rope_attention_factor(args) ** 2 / math.sqrt(args.head_dim or 1)
 
 
 class Block(nn.Module):
@@ -64,7 +65,6 @@ class Llama(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, args.vocab_size, bias=False)
         self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
-        self.rope_scale = rope_attention_factor(args)
 
     def rebuild_buffers(self, device: torch.device) -> None:
         """Non-persistent buffers are not in the state dict; the loader rebuilds them on the real device."""
@@ -72,7 +72,7 @@ class Llama(nn.Module):
 
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Hidden states after the final norm, one row per input token: (T, dim)."""
-        cos, sin = rope_cos_sin(batch.positions, self.inv_freq, self.rope_scale)  # (T, D/2)
+        cos, sin = rope_cos_sin(batch.positions, self.inv_freq)  # (T, D/2)
         h = self.embed_tokens(batch.input_ids)  # a fresh tensor: the blocks add into it in place
         delta = None
         for layer, kv in zip(self.layers, kv_caches, strict=True):

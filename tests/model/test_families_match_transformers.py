@@ -8,7 +8,8 @@ family also shows that ember without that option would miss transformers by far 
 
 Bounds, measured on these checkpoints (logits up to ~7 in magnitude, float32 on both sides, K/V in
 float32): max |logit difference| 3e-6 to 6e-6 from safetensors and from the F32 GGUF (the same numbers:
-the F32 GGUF gives the safetensors logits bit for bit), bounded at 5e-5. Q8_0 weights with int8-quantized
+the F32 GGUF gives the safetensors logits bit for bit, but for Phi-3's float32 attention factor),
+bounded at 5e-5. Q8_0 weights with int8-quantized
 activations: 0.24 to 0.71, bounded at 1.0, with argmax agreement 86% to 94% (random weights over a 49152
 vocabulary leave top-2 margins down to 5e-4), bounded at 80%.
 """
@@ -96,10 +97,17 @@ def test_logits_match_transformers(tiny: TinyCheckpoint, source: str) -> None:
 
 
 def test_gguf_f32_equals_safetensors(tiny: TinyCheckpoint) -> None:
+    """Bit for bit, except Phi-3's: GGUF metadata holds its attention factor as a float32 (measured max
+    |logit difference| 8e-6)."""
     a, b = load(tiny.hf_dir), load(tiny.gguf_f32)
     ids = prompt_ids(a)
     assert b.tokenizer.encode(PROMPT) == ids
-    assert torch.equal(dense_logits(a, ids, kv_dtype=torch.float32), dense_logits(b, ids, kv_dtype=torch.float32))
+    ours, theirs = dense_logits(a, ids, kv_dtype=torch.float32), dense_logits(b, ids, kv_dtype=torch.float32)
+    if tiny.family.name == "phi3":
+        diff = (ours - theirs).abs().max().item()
+        assert diff <= TOL, diff
+    else:
+        assert torch.equal(ours, theirs)
 
 
 def test_q8_0_gguf_on_the_block_kernels_within_bound(tiny: TinyCheckpoint) -> None:
