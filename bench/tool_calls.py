@@ -42,7 +42,10 @@ TOOL = {"type": "function", "function": {
         "duration_minutes": {"type": "integer"},
         "attendees": {"type": "array", "items": {"type": "string"}},
         "location": {"type": "string"}},
-        "required": ["title", "date", "start_time", "duration_minutes", "attendees", "location"]}}}
+        "required": ["title", "date", "start_time", "duration_minutes", "attendees", "location"],
+        # Closed, as clients' strict mode sends it: an open object lets a small model add keys until
+        # max_tokens, and the run would measure cut answers rather than calls.
+        "additionalProperties": False}}}
 ASKS = [
     "Book a one-hour design review with Ana and Li on 2027-03-04 at 10:00 in room 4B.",
     "Schedule lunch with my sister Maria next Friday, 2027-01-15, at 12:30 at the Italian place on Main Street.",

@@ -616,6 +616,7 @@ function onToolChoiceChange() {
       type: "object",
       properties: { city: { type: "string" }, unit: { type: "string", enum: ["celsius", "fahrenheit"] } },
       required: ["city", "unit"],
+      additionalProperties: false,
     }, null, 2);
   }
   $("tool-error").textContent = "";

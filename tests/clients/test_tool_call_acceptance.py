@@ -114,7 +114,7 @@ async def streamed_calls(client: AsyncOpenAI, body: dict) -> tuple[list[tuple[st
 def test_required_and_named_calls_are_valid_and_streaming_agrees(served: tuple[str, ServeProcess],
                                                                   record_property: Any) -> None:
     model, server = served
-    client = AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=900)
+    client = AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=3600)
 
     async def create(body: dict) -> Any:
         return (await client.chat.completions.create(**body)).choices[0]

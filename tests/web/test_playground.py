@@ -364,7 +364,7 @@ def test_a_defined_function_is_called_streamed_and_its_result_sent_back(smol_ser
     assert sent == []
     schema = {"type": "object", "properties": {"city": {"type": "string"},
                                                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-              "required": ["city", "unit"]}
+              "required": ["city", "unit"], "additionalProperties": False}
     page.get_by_label("function name").fill("get_weather")
     page.fill("#tool-parameters", json.dumps(schema))
     page.evaluate("""() => {
