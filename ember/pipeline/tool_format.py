@@ -38,7 +38,7 @@ class ToolFormat:
     def call_schema(self, tools: ToolSet) -> dict:
         """The JSON of one call: `{"name": <a callable function>, "arguments": <its parameters>}`."""
         options = [{"type": "object",
-                    "properties": {"name": {"const": t.name}, self.arguments_key: t.parameters},
+                    "properties": {"name": {"const": t.name}, self.arguments_key: closed_objects(t.parameters)},
                     "required": ["name", self.arguments_key], "additionalProperties": False}
                    for t in tools.callable()]
         return {"anyOf": options, "x-guidance": COMPACT_JSON}
@@ -70,6 +70,37 @@ class ToolFormat:
             lines.append(f"start: {open_tok} body{more}")
         lines.append(f"body: {body}")
         return "\n".join(lines) + "\n"
+
+
+_COMBINED = ("allOf", "$ref", "patternProperties", "unevaluatedProperties", "dependentSchemas", "if")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+
+
+def closed_objects(schema: object) -> object:
+    """The schema for the call grammar: an object with listed `properties` and no `additionalProperties`
+    gets `additionalProperties: false` (as OpenAI's strict mode reads a function's parameters), at every
+    depth. Left open, the grammar lets a small model invent keys after the ones it was asked for, until
+    max_tokens cuts the call. The language only narrows: arguments still validate against the schema the
+    client sent. Objects merged with others (allOf, $ref, pattern properties ...) are left as written, since
+    closing one part would refuse keys another part defines."""
+    if isinstance(schema, list):
+        return [closed_objects(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {k: closed_objects(v) for k, v in out[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [closed_objects(v) for v in out[key]]
+    if isinstance(out.get("items"), (dict, list)):
+        out["items"] = closed_objects(out["items"])
+    if isinstance(out.get("properties"), dict) and "additionalProperties" not in out \
+            and not any(k in out for k in _COMBINED):
+        out["additionalProperties"] = False
+    return out
 
 
 def marker_token(text: str, tok: Tokenizer) -> int | None:

@@ -9,7 +9,7 @@ import llguidance
 import pytest
 
 from ember.engine.grammar import GrammarCompiler
-from ember.pipeline.tool_format import HERMES, hidden_markers, marker_token
+from ember.pipeline.tool_format import HERMES, closed_objects, hidden_markers, marker_token
 from ember.pipeline.tool_stream import ArgumentsDelta, CallStart, TextDelta, ToolCallParser
 from ember.pipeline.tools import ToolCall, ToolDef, ToolMode, ToolSet
 from ember.tokenizer import Tokenizer
@@ -164,3 +164,24 @@ def test_bad_arguments_schema_is_a_400_naming_tools(compiler: GrammarCompiler, t
     with pytest.raises(InvalidRequest) as e:
         compiler.compile("lark", HERMES.grammar(ToolSet((bad,), ToolMode.REQUIRED), tok), "tools")
     assert e.value.param == "tools"
+
+
+def test_parameters_without_additional_properties_take_no_invented_keys(compiler: GrammarCompiler,
+                                                                         tok: Tokenizer) -> None:
+    """A schema that leaves `additionalProperties` unset is read closed for the grammar (at every depth),
+    so a small model cannot wander into keys nobody defined; a free-form object stays open."""
+    open_schema = {"type": "object", "properties": {
+        "city": {"type": "string"},
+        "where": {"type": "object", "properties": {"lat": {"type": "number"}}},
+        "extra": {"type": "object"}}, "required": ["city"]}
+    tool = ToolDef("get_weather", None, json.dumps(open_schema))
+    g = HERMES.grammar(ToolSet((tool,), ToolMode.REQUIRED), tok)
+
+    def call(args: str) -> str:
+        return '<tool_call>\n{"name": "get_weather", "arguments": ' + args + '}\n</tool_call>'
+
+    assert accepts(compiler, tok, g, call('{"city": "Paris"}'))
+    assert accepts(compiler, tok, g, call('{"city": "Paris", "extra": {"anything": 1}}'))
+    assert not accepts(compiler, tok, g, call('{"city": "Paris", "type": "object"}'))
+    assert not accepts(compiler, tok, g, call('{"city": "Paris", "where": {"lat": 1, "lon": 2}}'))
+    assert closed_objects({"allOf": [{"properties": {"a": {}}}]}) == {"allOf": [{"properties": {"a": {}}}]}
