@@ -38,7 +38,7 @@ class ToolFormat:
     def call_schema(self, tools: ToolSet) -> dict:
         """The JSON of one call: `{"name": <a callable function>, "arguments": <its parameters>}`."""
         options = [{"type": "object",
-                    "properties": {"name": {"const": t.name}, self.arguments_key: closed_objects(t.parameters)},
+                    "properties": {"name": {"const": t.name}, self.arguments_key: bounded(t.parameters)},
                     "required": ["name", self.arguments_key], "additionalProperties": False}
                    for t in tools.callable()]
         return {"anyOf": options, "x-guidance": COMPACT_JSON}
@@ -72,34 +72,49 @@ class ToolFormat:
         return "\n".join(lines) + "\n"
 
 
+NUMBER_LIMIT = 1e15
+NUMBER_STEP = 1e-8
+"""Numbers in a call's arguments, unless the schema bounds them itself: |x| <= 1e15 with at most 8 decimals
+(llama.cpp's JSON grammars bound digits likewise). Sampled at temperature 1, a small model otherwise writes
+digits (`4.5446356947981114719...`) until max_tokens cuts the call."""
+
 _COMBINED = ("allOf", "$ref", "patternProperties", "unevaluatedProperties", "dependentSchemas", "if")
 _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 _SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
 
 
-def closed_objects(schema: object) -> object:
-    """The schema for the call grammar: an object with listed `properties` and no `additionalProperties`
+def bounded(schema: object) -> object:
+    """The schema for the call grammar: numbers bounded (NUMBER_LIMIT, NUMBER_STEP), and an object with listed `properties` and no `additionalProperties`
     gets `additionalProperties: false` (as OpenAI's strict mode reads a function's parameters), at every
     depth. Left open, the grammar lets a small model invent keys after the ones it was asked for, until
     max_tokens cuts the call. The language only narrows: arguments still validate against the schema the
     client sent. Objects merged with others (allOf, $ref, pattern properties ...) are left as written, since
     closing one part would refuse keys another part defines."""
     if isinstance(schema, list):
-        return [closed_objects(s) for s in schema]
+        return [bounded(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
     out = dict(schema)
     for key in _SUBSCHEMA_MAPS:
         if isinstance(out.get(key), dict):
-            out[key] = {k: closed_objects(v) for k, v in out[key].items()}
+            out[key] = {k: bounded(v) for k, v in out[key].items()}
     for key in _SUBSCHEMA_LISTS:
         if isinstance(out.get(key), list):
-            out[key] = [closed_objects(v) for v in out[key]]
+            out[key] = [bounded(v) for v in out[key]]
     if isinstance(out.get("items"), (dict, list)):
-        out["items"] = closed_objects(out["items"])
+        out["items"] = bounded(out["items"])
     if isinstance(out.get("properties"), dict) and "additionalProperties" not in out \
             and not any(k in out for k in _COMBINED):
         out["additionalProperties"] = False
+    types = out.get("type")
+    types = set(types) if isinstance(types, list) else {types}
+    if types & {"number", "integer"}:
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -NUMBER_LIMIT
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = NUMBER_LIMIT
+        if "number" in types and "multipleOf" not in out:
+            out["multipleOf"] = NUMBER_STEP
     return out
 
 

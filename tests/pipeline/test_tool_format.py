@@ -9,7 +9,7 @@ import llguidance
 import pytest
 
 from ember.engine.grammar import GrammarCompiler
-from ember.pipeline.tool_format import HERMES, closed_objects, hidden_markers, marker_token
+from ember.pipeline.tool_format import HERMES, bounded, hidden_markers, marker_token
 from ember.pipeline.tool_stream import ArgumentsDelta, CallStart, TextDelta, ToolCallParser
 from ember.pipeline.tools import ToolCall, ToolDef, ToolMode, ToolSet
 from ember.tokenizer import Tokenizer
@@ -184,4 +184,21 @@ def test_parameters_without_additional_properties_take_no_invented_keys(compiler
     assert accepts(compiler, tok, g, call('{"city": "Paris", "extra": {"anything": 1}}'))
     assert not accepts(compiler, tok, g, call('{"city": "Paris", "type": "object"}'))
     assert not accepts(compiler, tok, g, call('{"city": "Paris", "where": {"lat": 1, "lon": 2}}'))
-    assert closed_objects({"allOf": [{"properties": {"a": {}}}]}) == {"allOf": [{"properties": {"a": {}}}]}
+    assert bounded({"allOf": [{"properties": {"a": {}}}]}) == {"allOf": [{"properties": {"a": {}}}]}
+
+
+def test_numbers_in_arguments_have_bounded_digits(compiler: GrammarCompiler, tok: Tokenizer) -> None:
+    """At temperature 1 a small model wrote `"b": 4.54463569479811147191...` until max_tokens cut the
+    call: unbounded numbers get |x| <= 1e15 and 8 decimals; a schema's own bounds stand."""
+    schema = {"type": "object", "properties": {"a": {"type": "number"}, "n": {"type": "integer"},
+                                               "p": {"type": "number", "minimum": 0, "exclusiveMaximum": 5}}}
+    g = HERMES.grammar(ToolSet((ToolDef("add", None, json.dumps(schema)),), ToolMode.REQUIRED), tok)
+
+    def call(args: str) -> str:
+        return '<tool_call>\n{"name": "add", "arguments": ' + args + '}\n</tool_call>'
+
+    assert accepts(compiler, tok, g, call('{"a": 2.5, "n": -3, "p": 4.75}'))
+    assert accepts(compiler, tok, g, call('{"a": 12345678.12345678}'))
+    assert not accepts(compiler, tok, g, call('{"a": 4.544635694798}'))
+    assert not accepts(compiler, tok, g, call('{"n": 10000000000000000000}'))
+    assert not accepts(compiler, tok, g, call('{"p": 5}'))
