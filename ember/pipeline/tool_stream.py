@@ -69,6 +69,9 @@ class ToolCallParser:
     _depth: int = 0
     _in_string: bool = False
     _escape: bool = False
+    _opened: str = ""
+    """The text from the end of the last content handed out through the opening marker just seen: given
+    back as content if no call comes of it, so a stream says what the answer says."""
 
     def __post_init__(self) -> None:
         key = re.escape(json.dumps(self.fmt.arguments_key))
@@ -87,7 +90,11 @@ class ToolCallParser:
         only layout may follow: anything else (a next call cut at its marker) leaves the answer
         incomplete."""
         events: list[StreamEvent] = []
-        if self._state == _State.TEXT and self._buf:
+        if not self.calls and self._state in (_State.HEADER, _State.BROKEN):
+            # A marker with no call behind it (cut, or malformed): the whole answer is text.
+            self._text(events, self._opened + self._buf)
+            self._buf = ""
+        elif self._state == _State.TEXT and self._buf:
             if self.calls:
                 if self._buf.strip():
                     self._state = _State.BROKEN
@@ -117,6 +124,7 @@ class ToolCallParser:
                 before = self._buf[:at]
                 if before.strip():
                     self._text(events, before.rstrip())
+                self._opened = before[len(before.rstrip()):] + self.fmt.open
                 self._buf = self._buf[at + len(self.fmt.open):]
                 self._state = _State.HEADER
                 return True

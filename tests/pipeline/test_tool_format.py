@@ -61,6 +61,15 @@ def test_a_cut_call_is_not_complete() -> None:
         assert not p.complete, cut
 
 
+def test_a_marker_with_no_call_behind_it_streams_back_as_the_text() -> None:
+    """Cut right after the marker (or the marker followed by no call header), the answer is text: what a
+    stream hands out must add up to it, marker and the layout before it included."""
+    for text in ("You can call:\n<tool_call>", "You can call:\n<tool_call>\n{\"nam", "<tool_call>oops"):
+        p, events = parse(text)
+        assert not p.complete and not p.calls
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == text == p.content
+
+
 def test_a_next_call_cut_at_its_marker_leaves_the_answer_incomplete() -> None:
     p, events = parse(CALL_T + "\n<tool")
     assert not p.complete and not [e for e in events if isinstance(e, TextDelta)]
