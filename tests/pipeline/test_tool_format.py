@@ -187,7 +187,7 @@ def test_parameters_without_additional_properties_take_no_invented_keys(compiler
     g = HERMES.grammar(ToolSet((tool,), ToolMode.REQUIRED), tok)
 
     def call(args: str) -> str:
-        return '<tool_call>\n{"name": "get_weather", "arguments": ' + args + '}\n</tool_call>'
+        return HERMES.render_call(ToolCall("call_0", "get_weather", args))
 
     assert accepts(compiler, tok, g, call('{"city": "Paris"}'))
     assert accepts(compiler, tok, g, call('{"city": "Paris", "extra": {"anything": 1}}'))
@@ -204,7 +204,7 @@ def test_numbers_in_arguments_have_bounded_digits(compiler: GrammarCompiler, tok
     g = HERMES.grammar(ToolSet((ToolDef("add", None, json.dumps(schema)),), ToolMode.REQUIRED), tok)
 
     def call(args: str) -> str:
-        return '<tool_call>\n{"name": "add", "arguments": ' + args + '}\n</tool_call>'
+        return HERMES.render_call(ToolCall("call_0", "add", args))
 
     assert accepts(compiler, tok, g, call('{"a": 2.5, "n": -3, "p": 4.75}'))
     assert accepts(compiler, tok, g, call('{"a": 12345678.12345678}'))
